@@ -1,0 +1,13 @@
+"""sk_softreg: scikit-learn estimators that train PyTorch networks with soft regularization.
+
+The training objective adds an L1 penalty (``lambda1``) and an L2 penalty
+(``lambda2``) on the weights and a KL term (``alpha``) on the outputs to the
+data loss. Both estimators are ``skorch.NeuralNet`` subclasses.
+"""
+
+from ._classifier import SoftRegCNNClassifier
+from ._regressor import SoftRegRegressor
+
+__version__ = "0.1.0"
+
+__all__ = ["SoftRegCNNClassifier", "SoftRegRegressor", "__version__"]

@@ -1,0 +1,317 @@
+"""The soft-regularization mixin shared by both estimators.
+
+It sits in front of a ``skorch.NeuralNet`` subclass in the MRO and changes only
+skorch's extension points:
+
+- ``get_loss`` adds the penalty terms to the *training* loss only;
+- ``train_step`` applies the proximal L1 step after ``optimizer.step()``;
+- ``initialize_module`` passes the shape arguments inferred from the data;
+- ``on_epoch_begin`` / ``on_epoch_end`` record the penalty terms in history;
+- ``fit`` / ``partial_fit`` validate parameters and data and seed torch.
+"""
+
+import math
+import numbers
+from contextlib import contextmanager
+import inspect
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    StrOptions,
+    validate_parameter_constraints,
+)
+
+from .penalties import (
+    l1_penalty,
+    l2_penalty,
+    prox_l1_,
+    prox_thresholds,
+    select_penalized,
+)
+
+_NON_NEGATIVE = Interval(numbers.Real, 0, None, closed="left")
+_HISTORY_TERMS = ("train_l1", "train_l2", "train_kl")
+
+
+def resolve_device(device):
+    """Map ``"auto"`` to ``"cuda"`` when CUDA is available, else ``"cpu"``."""
+    if isinstance(device, str) and device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class SoftRegMixin:
+    """λ1 / λ2 / α soft regularization on top of a ``skorch.NeuralNet``.
+
+    Subclasses provide ``_validate_fit_data``, ``_validate_predict_data``,
+    ``_inferred_module_kwargs`` and ``_kl_term``.
+    """
+
+    _parameter_constraints = {
+        "lambda1": [_NON_NEGATIVE],
+        "lambda2": [_NON_NEGATIVE],
+        "alpha": [_NON_NEGATIVE],
+        "penalize": [StrOptions({"weights", "all"}), callable],
+        "l1_method": [StrOptions({"proximal", "subgradient"})],
+        "random_state": ["random_state"],
+    }
+    _finite_params = ("lambda1", "lambda2", "alpha")
+
+    # ------------------------------------------------------------------
+    # device="auto": the parameter is stored as given; skorch reads the
+    # resolved device through this property.
+    @property
+    def device(self):
+        return resolve_device(self._device_param)
+
+    @device.setter
+    def device(self, value):
+        self._device_param = value
+
+    def _get_param_names(self):
+        # skorch lists every public key of __dict__; drop private state
+        # (``_params_to_validate``, ``_device_param``, ...) and add ``device``.
+        names = [k for k in super()._get_param_names() if not k.startswith("_")]
+        return names + ["device"]
+
+    def get_params(self, deep=True, **kwargs):
+        params = super().get_params(deep=deep, **kwargs)
+        params["device"] = self._device_param
+        return params
+
+    def set_params(self, **kwargs):
+        """Set parameters; like skorch's, but only stores ``callbacks`` on an uninitialized net.
+
+        skorch builds the callbacks inside ``set_params``; scikit-learn expects
+        ``set_params`` to store values and leave their checks to ``fit``.
+        """
+        if "callbacks" in kwargs and not self.initialized_:
+            self.callbacks = kwargs.pop("callbacks")
+        return super().set_params(**kwargs)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_epoch_terms", None)
+        return state
+
+    def __setstate__(self, state):
+        requested = state.pop("_device_param", "cpu")
+        state["device"] = resolve_device(requested)
+        super().__setstate__(state)
+        loaded = self.__dict__.pop("device")
+        # keep "auto" as given; otherwise follow skorch (cuda -> cpu fallback)
+        self._device_param = requested if requested == "auto" else loaded
+
+    def __sklearn_is_fitted__(self):
+        return bool(getattr(self, "initialized_", False)) and hasattr(self, "n_features_in_")
+
+    # ------------------------------------------------------------------
+    # parameter checks (run in fit, never in __init__)
+    def _validate_hyperparameters(self):
+        params = {name: getattr(self, name) for name in self._parameter_constraints}
+        validate_parameter_constraints(
+            self._parameter_constraints, params, caller_name=type(self).__name__
+        )
+        for name in self._finite_params:
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                constraint = self._parameter_constraints[name][0]
+                raise InvalidParameterError(
+                    f"The {name!r} parameter of {type(self).__name__} must be {constraint}."
+                    f" Got {value!r} instead."
+                )
+        self._validate_device()
+
+    def _validate_device(self):
+        device = self._device_param
+        if device is None or (isinstance(device, str) and device == "auto"):
+            return
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise InvalidParameterError(
+                f"The 'device' parameter of {type(self).__name__} must be 'auto', None, a "
+                f"torch.device or a device string such as 'cpu' or 'cuda:0'. Got {device!r} instead."
+            ) from None
+        if parsed.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r} was requested but CUDA is not available on this machine "
+                "(torch.cuda.is_available() is False). Use device='cpu' or device='auto'."
+            )
+
+    # ------------------------------------------------------------------
+    # fitting
+    def fit(self, X, y=None, **fit_params):
+        """Validate the data, initialize the network (unless ``warm_start``) and train.
+
+        Parameters
+        ----------
+        X : array-like
+            Training data; see the class docstring for the accepted shapes.
+        y : array-like
+            Targets.
+        **fit_params : dict
+            Passed on to the module's ``forward`` and to ``train_split``.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_hyperparameters()
+        reset = not (self.warm_start and self.initialized_)
+        X, y = self._validate_fit_data(X, y, reset=reset)
+        with self._seeded():
+            if reset:
+                self.initialize()
+            super().partial_fit(X, y, **fit_params)
+        self._after_fit(X, y)
+        return self
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        """Train for ``max_epochs`` more epochs, initializing only on the first call.
+
+        Parameters
+        ----------
+        X : array-like
+        y : array-like
+        classes : array-like, default=None
+            Classifier only: all class labels, for a first call that may not see
+            every class.
+        **fit_params : dict
+
+        Returns
+        -------
+        self
+        """
+        self._validate_hyperparameters()
+        reset = not self.initialized_
+        X, y = self._validate_fit_data(X, y, reset=reset, classes=classes)
+        if reset:
+            self.initialize()
+        super().partial_fit(X, y, **fit_params)
+        self._after_fit(X, y)
+        return self
+
+    @contextmanager
+    def _seeded(self):
+        """Seed torch from ``random_state`` inside, and restore the global RNG after."""
+        if self.random_state is None:
+            yield
+            return
+        if isinstance(self.random_state, numbers.Integral):
+            seed = int(self.random_state)
+        else:
+            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        device = torch.device(self.device) if self.device is not None else torch.device("cpu")
+        cuda_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            yield
+
+    def _after_fit(self, X, y):
+        params = self._penalized_params()
+        total = sum(p.numel() for p in params)
+        zeros = sum(int((p == 0).sum()) for p in params)
+        self.sparsity_ = zeros / total if total else 0.0
+
+    def initialize_module(self):
+        """Build ``module_``, passing the shape arguments inferred from the data.
+
+        For the default module, and for a user module class whose constructor
+        takes them, the inferred arguments (see ``_inferred_module_kwargs``) are
+        passed unless the user set them through ``module__*``.
+        """
+        kwargs = self.get_params_for("module")
+        module = self.module if self.module is not None else self._default_module
+        if isinstance(module, type) or (callable(module) and not isinstance(module, torch.nn.Module)):
+            accepted = _accepted_kwargs(module)
+            for key, value in self._inferred_module_kwargs().items():
+                if key in accepted:
+                    kwargs.setdefault(key, value)
+        self.module_ = self.initialized_instance(module, kwargs)
+        return self
+
+    def get_params_for(self, prefix):
+        params = super().get_params_for(prefix)
+        if prefix == "iterator_train":
+            params.setdefault("shuffle", True)
+        return params
+
+    # ------------------------------------------------------------------
+    # the objective
+    def _penalized_params(self):
+        return select_penalized(self.module_, self.penalize)
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        """Data loss, plus the weighted penalty terms when ``training``.
+
+        Returns ``data + λ1·Σ|w| + λ2·Σw² + α·mean KL`` for training batches and
+        the plain data loss otherwise, so ``valid_loss`` stays comparable across
+        λ and α. Under ``l1_method="proximal"`` the L1 term is reported but carries
+        no gradient: the proximal step in ``train_step`` applies it.
+        """
+        data = self._data_loss(y_pred, y_true, X=X, training=training)
+        if not training:
+            return data
+        zero = data.new_zeros(())
+        l1 = l2 = zero
+        params = self._penalized_params() if (self.lambda1 or self.lambda2) else []
+        if self.lambda1:
+            if self.l1_method == "proximal":
+                with torch.no_grad():
+                    l1 = self.lambda1 * l1_penalty(params)
+            else:
+                l1 = self.lambda1 * l1_penalty(params)
+        if self.lambda2:
+            l2 = self.lambda2 * l2_penalty(params)
+        kl = self.alpha * self._kl_term(y_pred, y_true).mean() if self.alpha else zero
+        self._accumulate_terms(torch.stack([l1, l2, kl]).detach(), len(y_pred))
+        return data + l1 + l2 + kl
+
+    def _data_loss(self, y_pred, y_true, X=None, training=False):
+        return super().get_loss(y_pred, y_true, X=X, training=training)
+
+    def train_step(self, batch, **fit_params):
+        """One optimizer step, then the proximal L1 step on the penalized weights."""
+        step = super().train_step(batch, **fit_params)
+        if self.lambda1 and self.l1_method == "proximal":
+            params = self._penalized_params()
+            prox_l1_(params, prox_thresholds(self.optimizer_, params, self.lambda1))
+        return step
+
+    # ------------------------------------------------------------------
+    # history: penalty terms summed on the device, read once per epoch
+    def _accumulate_terms(self, terms, n):
+        if getattr(self, "_epoch_terms", None) is None:
+            self._epoch_terms = [terms * n, n]
+        else:
+            self._epoch_terms[0] += terms * n
+            self._epoch_terms[1] += n
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
+        self._epoch_terms = None
+
+    def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        if getattr(self, "_epoch_terms", None) is not None:
+            sums, n = self._epoch_terms
+            for name, value in zip(_HISTORY_TERMS, (sums / n).tolist()):
+                self.history.record(name, value)
+            self._epoch_terms = None
+        super().on_epoch_end(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
+
+
+def _accepted_kwargs(factory):
+    """Names of keyword arguments a module class or factory accepts."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return set()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return set()
+    return set(signature.parameters)
+

@@ -1,0 +1,332 @@
+"""SoftRegCNNClassifier: image classification with λ1 / λ2 / α soft regularization."""
+
+import math
+
+import numpy as np
+import torch
+from skorch import NeuralNet, NeuralNetClassifier
+from sklearn.utils._param_validation import InvalidParameterError, StrOptions
+from sklearn.utils.multiclass import check_classification_targets, unique_labels
+from sklearn.utils.validation import (
+    check_array,
+    check_consistent_length,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
+
+from ._base import SoftRegMixin
+from .modules import SoftRegCNN
+from .penalties import kl_from_uniform, kl_to_uniform
+
+__all__ = ["SoftRegCNNClassifier"]
+
+_FLOAT_DTYPES = (np.float32, np.float64)
+_KL_TERMS = {"label_smoothing": kl_from_uniform, "confidence_penalty": kl_to_uniform}
+
+
+class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
+    """A CNN classifier trained with L1, L2 and KL soft regularization.
+
+    The training objective for a batch B is
+
+    ``mean_B CE + alpha * mean_B KL + lambda1 * sum_W |w| + lambda2 * sum_W w**2``
+
+    where W are the penalized weights (see ``penalize``). It is a real
+    ``skorch.NeuralNetClassifier``: callbacks, history, ``module__*``
+    parameters and user modules keep working.
+
+    Parameters
+    ----------
+    module : torch.nn.Module class or instance, default=None
+        The network; it must return logits. ``None`` uses
+        :class:`~sk_softreg.modules.SoftRegCNN`. A module class whose
+        constructor takes ``input_shape`` or ``n_classes`` gets them inferred
+        from the data unless set through ``module__*``.
+    lambda1 : float, default=0.0
+        Weight of the L1 penalty ``sum_W |w|`` (a sum over weights, independent
+        of the data size and the batch size).
+    lambda2 : float, default=0.0
+        Weight of the L2 penalty ``sum_W w**2``. torch's ``weight_decay`` equals
+        ``2 * lambda2``.
+    alpha : float, default=0.0
+        Weight of the KL term, averaged over the batch.
+    kl : {"label_smoothing", "confidence_penalty"}, default="label_smoothing"
+        ``"label_smoothing"`` uses ``KL(u || p)`` (u uniform over classes), which
+        equals label smoothing up to scale and a constant; ``"confidence_penalty"``
+        uses ``KL(p || u) = log K - H(p)``.
+    penalize : {"weights", "all"} or callable, default="weights"
+        Which parameters the λ penalties act on: kernels with ``ndim > 1``,
+        every parameter, or those for which ``penalize(name, param)`` is true.
+    l1_method : {"proximal", "subgradient"}, default="proximal"
+        ``"proximal"`` soft-thresholds the penalized weights after each
+        optimizer step (exact zeros; Adam-preconditioned threshold);
+        ``"subgradient"`` adds ``lambda1 * sum |w|`` to the loss.
+    image_shape : tuple of int, default=None
+        ``(C, H, W)`` or ``(H, W)`` to reshape 2-D input of F features into.
+        ``None``: ``(1, sqrt(F), sqrt(F))`` if F is a perfect square, else
+        ``(1, 1, F)``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialization, shuffling and dropout. An int makes fit
+        deterministic on CPU. The global torch RNG is restored after fit.
+    criterion : torch criterion class, default=torch.nn.CrossEntropyLoss
+        The data loss on logits.
+    optimizer : torch optimizer class, default=torch.optim.Adam
+    lr : float, default=2e-3
+        Learning rate.
+    max_epochs : int, default=30
+        Number of epochs.
+    batch_size : int, default=64
+        Mini-batch size; training batches are shuffled.
+    train_split : callable or None, default=None
+        ``None`` trains on all data, as in scikit-learn. Pass
+        ``skorch.dataset.ValidSplit(0.2)`` to get ``valid_loss`` in history.
+    callbacks : list or None, default=None
+        skorch callbacks.
+    device : str, torch.device or None, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU.
+    verbose : int, default=0
+        0 prints nothing; 1 prints skorch's epoch table.
+    **kwargs
+        Any other ``skorch.NeuralNet`` parameter (``iterator_train__*``,
+        ``optimizer__*``, ``module__*``, ``warm_start``, ...).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels seen in fit.
+    n_features_in_ : int
+        Values per sample (``C * H * W``).
+    feature_names_in_ : ndarray of str
+        Column names, when fit on a DataFrame.
+    input_shape_ : tuple of int
+        ``(C, H, W)`` the network sees.
+    sparsity_ : float
+        Fraction of the penalized weights that are exactly zero.
+    module_ : torch.nn.Module
+        The trained network.
+    history_ : skorch.History
+        Per epoch: ``train_loss`` (data + l1 + l2 + kl), ``train_l1``,
+        ``train_l2``, ``train_kl`` and, with a ``train_split``, ``valid_loss``
+        (data loss only).
+
+    See Also
+    --------
+    SoftRegRegressor : the regression counterpart.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sk_softreg import SoftRegCNNClassifier
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = SoftRegCNNClassifier(lambda1=1e-5, alpha=0.1, max_epochs=2,
+    ...                            random_state=0, device="cpu")
+    >>> clf.fit(X[:200] / 16, y[:200]).predict(X[:3]).shape
+    (3,)
+    """
+
+    _default_module = SoftRegCNN
+    _parameter_constraints = {
+        **SoftRegMixin._parameter_constraints,
+        "kl": [StrOptions(set(_KL_TERMS))],
+        "image_shape": [None, tuple, list],
+    }
+
+    def __init__(
+        self,
+        module=None,
+        *,
+        lambda1=0.0,
+        lambda2=0.0,
+        alpha=0.0,
+        kl="label_smoothing",
+        penalize="weights",
+        l1_method="proximal",
+        image_shape=None,
+        random_state=None,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        lr=2e-3,
+        max_epochs=30,
+        batch_size=64,
+        train_split=None,
+        callbacks=None,
+        device="auto",
+        verbose=0,
+        **kwargs,
+    ):
+        super().__init__(
+            module,
+            criterion=criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=train_split,
+            callbacks=callbacks,
+            device=device,
+            verbose=verbose,
+            **kwargs,
+        )
+        self.lambda1 = lambda1
+        self.lambda2 = lambda2
+        self.alpha = alpha
+        self.kl = kl
+        self.penalize = penalize
+        self.l1_method = l1_method
+        self.image_shape = image_shape
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------
+    # data
+    def _validate_fit_data(self, X, y, reset, classes=None):
+        X = self._check_X(X, reset=reset)
+        y = column_or_1d(y, warn=True)
+        check_consistent_length(X, y)
+        check_classification_targets(y)
+        if reset:
+            self._set_classes(y, classes)
+        return X, self._encode(y)
+
+    def _set_classes(self, y, classes):
+        if self.classes is not None and len(self.classes):
+            labels = np.asarray(self.classes)
+        elif classes is not None:
+            labels = unique_labels(np.asarray(classes))
+        else:
+            labels = unique_labels(y)
+        if len(labels) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes in the data, "
+                f"but the data contains only one class: {labels[0]!r}."
+            )
+        self.classes_inferred_ = labels
+
+    def _encode(self, y):
+        classes = self.classes_
+        idx = np.searchsorted(classes, y)
+        idx = np.clip(idx, 0, len(classes) - 1)
+        unseen = classes[idx] != y
+        if np.any(unseen):
+            raise ValueError(f"y contains previously unseen labels: {np.unique(y[unseen]).tolist()}")
+        return idx.astype(np.int64)
+
+    def _check_X(self, X, reset):
+        """Validate X and return float32 images of shape (n, C, H, W)."""
+        if _ndim(X) > 2:
+            X = check_array(X, allow_nd=True, dtype=_FLOAT_DTYPES, estimator=self)
+            if X.ndim > 4:
+                raise ValueError(
+                    f"Found array with dim {X.ndim}. {type(self).__name__} expected <= 4."
+                )
+            if 0 in X.shape[1:]:
+                raise ValueError(
+                    f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 "
+                    "is required."
+                )
+            images = X if X.ndim == 4 else X[:, None]
+            if reset:
+                self._check_image_shape_matches(images.shape[1:])
+            elif images.shape[1:] != self.input_shape_:
+                raise ValueError(
+                    f"X has images of shape {images.shape[1:]}, but {type(self).__name__} "
+                    f"was fitted on images of shape {self.input_shape_}."
+                )
+            validate_data(self, images.reshape(len(images), -1), reset=reset, skip_check_array=True)
+        else:
+            X = validate_data(self, X, reset=reset, dtype=_FLOAT_DTYPES)
+            if reset:
+                self.input_shape_ = self._image_shape_for(X.shape[1])
+            images = X.reshape(len(X), *self.input_shape_)
+        if reset:
+            self.input_shape_ = tuple(int(s) for s in images.shape[1:])
+        return np.ascontiguousarray(images, dtype=np.float32)
+
+    def _parsed_image_shape(self):
+        shape = self.image_shape
+        if shape is None:
+            return None
+        if len(shape) not in (2, 3) or not all(
+            isinstance(s, (int, np.integer)) and s >= 1 for s in shape
+        ):
+            raise InvalidParameterError(
+                f"The 'image_shape' parameter of {type(self).__name__} must be None or a tuple "
+                f"(C, H, W) or (H, W) of positive ints. Got {shape!r} instead."
+            )
+        shape = tuple(int(s) for s in shape)
+        return shape if len(shape) == 3 else (1, *shape)
+
+    def _image_shape_for(self, n_features):
+        shape = self._parsed_image_shape()
+        if shape is not None:
+            if math.prod(shape) != n_features:
+                raise ValueError(
+                    f"image_shape={self.image_shape!r} holds {math.prod(shape)} values per "
+                    f"sample, but X has {n_features} features."
+                )
+            return shape
+        side = math.isqrt(n_features)
+        return (1, side, side) if side * side == n_features else (1, 1, n_features)
+
+    def _check_image_shape_matches(self, shape):
+        expected = self._parsed_image_shape()
+        if expected is not None and expected != tuple(shape):
+            raise ValueError(
+                f"image_shape={self.image_shape!r} does not match the shape of the images in "
+                f"X, {tuple(shape)}."
+            )
+
+    def check_data(self, X, y):
+        # classes_ is set from the original labels in fit; skip skorch's
+        # inference from the encoded targets.
+        NeuralNet.check_data(self, X, y)
+
+    def _inferred_module_kwargs(self):
+        return {"input_shape": self.input_shape_, "n_classes": len(self.classes_)}
+
+    def _kl_term(self, y_pred, y_true):
+        return _KL_TERMS[self.kl](y_pred)
+
+    # ------------------------------------------------------------------
+    # prediction
+    def predict_proba(self, X):
+        """Class probabilities: the softmax of the module's logits.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, C, H, W), (n, H, W) or (n, F)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            float64 rows that sum to 1, columns ordered as ``classes_``.
+        """
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False)
+        proba = super().predict_proba(X).astype(np.float64)
+        return proba / proba.sum(axis=1, keepdims=True)
+
+    def predict(self, X):
+        """Predicted class labels, drawn from ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, C, H, W), (n, H, W) or (n, F)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        return tags
+
+
+def _ndim(X):
+    """Number of dimensions of array-like X (2 for DataFrames and sparse matrices)."""
+    ndim = getattr(X, "ndim", None)
+    return ndim if ndim is not None else np.asarray(X).ndim

@@ -1,0 +1,285 @@
+"""SoftRegRegressor: tabular regression with λ1 / λ2 penalties and a Gaussian KL term."""
+
+import numbers
+
+import numpy as np
+import torch
+from skorch import NeuralNetRegressor
+from skorch.utils import to_tensor
+from sklearn.utils._param_validation import Interval
+from sklearn.utils._available_if import available_if
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._base import SoftRegMixin
+from .modules import GaussianMLP, HalfMSELoss, LogVariance
+from .penalties import clamp_log_var, gaussian_soft_kl
+
+__all__ = ["SoftRegRegressor"]
+
+_FLOAT_DTYPES = (np.float32, np.float64)
+
+
+class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
+    """A neural regressor with L1, L2 and a Gaussian KL soft regularization.
+
+    The network predicts a mean ``mu`` and a log-variance ``s = log sigma**2``
+    per output. The training objective for a batch B is
+
+    ``mean_B criterion(mu, y) + alpha * mean_B KL(N(y, tau**2) || N(mu, sigma**2))
+    + lambda1 * sum_W |w| + lambda2 * sum_W w**2``
+
+    with the default criterion ``0.5 * (y - mu)**2``. The KL term trains the
+    variance head, which gives ``predict(X, return_std=True)``.
+
+    Parameters
+    ----------
+    module : torch.nn.Module class or instance, default=None
+        ``None`` uses :class:`~sk_softreg.modules.GaussianMLP`. A module may
+        return ``2 * n_outputs`` columns (means, then log-variances) or
+        ``n_outputs`` columns (means; one learned log-variance per output is
+        then added). A module class whose constructor takes ``n_features`` or
+        ``n_outputs`` gets them inferred from the data.
+    lambda1 : float, default=0.0
+        Weight of the L1 penalty ``sum_W |w|``.
+    lambda2 : float, default=0.0
+        Weight of the L2 penalty ``sum_W w**2``.
+    alpha : float, default=0.0
+        Weight of the Gaussian KL term.
+    tau : float, default=0.1
+        Standard deviation of the soft target ``N(y, tau**2)``, in units of the
+        (standardized, if ``normalize_y``) target: a floor on the predicted
+        variance.
+    normalize_y : bool, default=True
+        Standardize y for training and map predictions back.
+    penalize : {"weights", "all"} or callable, default="weights"
+        Which parameters the λ penalties act on.
+    l1_method : {"proximal", "subgradient"}, default="proximal"
+        How the L1 penalty is applied (see :class:`SoftRegCNNClassifier`).
+    random_state : int, RandomState instance or None, default=None
+        Seeds initialization, shuffling and dropout.
+    criterion : torch criterion class, default=HalfMSELoss
+        Data loss on the predicted means.
+    optimizer : torch optimizer class, default=torch.optim.Adam
+    lr : float, default=1e-3
+    max_epochs : int, default=40
+    batch_size : int, default=64
+    train_split : callable or None, default=None
+        ``None`` trains on all data.
+    callbacks : list or None, default=None
+    device : str, torch.device or None, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU.
+    verbose : int, default=0
+    **kwargs
+        Any other ``skorch.NeuralNet`` parameter.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Column names, when fit on a DataFrame.
+    n_outputs_ : int
+        Number of targets.
+    y_mean_, y_scale_ : ndarray of shape (n_outputs_,)
+        Target standardization (0 and 1 without ``normalize_y``).
+    residual_std_ : ndarray of shape (n_outputs_,)
+        Standard deviation of the training residuals, in y's units; the std
+        that ``predict(return_std=True)`` returns when ``alpha == 0``.
+    sparsity_ : float
+        Fraction of the penalized weights that are exactly zero.
+    module_ : torch.nn.Module
+    history_ : skorch.History
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_regression
+    >>> from sk_softreg import SoftRegRegressor
+    >>> X, y = make_regression(n_samples=100, n_features=5, random_state=0)
+    >>> reg = SoftRegRegressor(alpha=0.1, max_epochs=5, random_state=0, device="cpu")
+    >>> mean, std = reg.fit(X, y).predict(X[:4], return_std=True)
+    >>> mean.shape, std.shape
+    ((4,), (4,))
+    """
+
+    _default_module = GaussianMLP
+    _parameter_constraints = {
+        **SoftRegMixin._parameter_constraints,
+        "tau": [Interval(numbers.Real, 0, None, closed="neither")],
+        "normalize_y": ["boolean"],
+    }
+    _finite_params = (*SoftRegMixin._finite_params, "tau")
+
+    def __init__(
+        self,
+        module=None,
+        *,
+        lambda1=0.0,
+        lambda2=0.0,
+        alpha=0.0,
+        tau=0.1,
+        normalize_y=True,
+        penalize="weights",
+        l1_method="proximal",
+        random_state=None,
+        criterion=HalfMSELoss,
+        optimizer=torch.optim.Adam,
+        lr=1e-3,
+        max_epochs=40,
+        batch_size=64,
+        train_split=None,
+        callbacks=None,
+        device="auto",
+        verbose=0,
+        **kwargs,
+    ):
+        super().__init__(
+            module,
+            criterion=criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=train_split,
+            callbacks=callbacks,
+            device=device,
+            verbose=verbose,
+            **kwargs,
+        )
+        self.lambda1 = lambda1
+        self.lambda2 = lambda2
+        self.alpha = alpha
+        self.tau = tau
+        self.normalize_y = normalize_y
+        self.penalize = penalize
+        self.l1_method = l1_method
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------
+    # data
+    def _validate_fit_data(self, X, y, reset, classes=None):
+        X, y = validate_data(
+            self, X, y, reset=reset, dtype=_FLOAT_DTYPES, multi_output=True, y_numeric=True
+        )
+        y = np.asarray(y, dtype=np.float64)
+        if reset:
+            self._y_1d = y.ndim == 1
+            y2 = y.reshape(len(y), -1)
+            self.n_outputs_ = y2.shape[1]
+            if self.normalize_y:
+                self.y_mean_ = y2.mean(axis=0)
+                scale = y2.std(axis=0)
+                self.y_scale_ = np.where(scale > 0, scale, 1.0)
+            else:
+                self.y_mean_ = np.zeros(self.n_outputs_)
+                self.y_scale_ = np.ones(self.n_outputs_)
+        y2 = y.reshape(len(y), -1)
+        if y2.shape[1] != self.n_outputs_:
+            raise ValueError(
+                f"y has {y2.shape[1]} outputs, but {type(self).__name__} was fitted with "
+                f"{self.n_outputs_}."
+            )
+        y_std = (y2 - self.y_mean_) / self.y_scale_
+        return X.astype(np.float32, copy=False), y_std.astype(np.float32)
+
+    def _inferred_module_kwargs(self):
+        return {"n_features": self.n_features_in_, "n_outputs": self.n_outputs_}
+
+    def initialize_module(self):
+        """Build ``module_``; add a learned log-variance if it returns means only."""
+        super().initialize_module()
+        if not hasattr(self, "n_outputs_"):
+            return self
+        width = self._output_width()
+        k = self.n_outputs_
+        if width == k:
+            self.log_var_ = LogVariance(k)
+        elif width == 2 * k:
+            if hasattr(self, "log_var_"):
+                del self.log_var_
+        else:
+            raise ValueError(
+                f"The module returns {width} columns per sample; {type(self).__name__} needs "
+                f"{k} (means) or {2 * k} (means, then log-variances) for {k} output(s)."
+            )
+        return self
+
+    def _output_width(self):
+        module = self.module_
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                out = module(torch.zeros(2, self.n_features_in_))
+        finally:
+            module.train(was_training)
+        return out.shape[-1]
+
+    # ------------------------------------------------------------------
+    # the objective
+    def _split_output(self, y_pred):
+        """Means and clamped log-variances, each of shape (n, n_outputs_)."""
+        k = self.n_outputs_
+        if y_pred.shape[-1] == 2 * k:
+            return y_pred[:, :k], clamp_log_var(y_pred[:, k:])
+        return y_pred, clamp_log_var(self.log_var_.log_var).expand_as(y_pred)
+
+    def _data_loss(self, y_pred, y_true, X=None, training=False):
+        mu, _ = self._split_output(y_pred)
+        y_true = to_tensor(y_true, device=self.device)
+        return self.criterion_(mu, y_true.view_as(mu))
+
+    def _kl_term(self, y_pred, y_true):
+        mu, log_var = self._split_output(y_pred)
+        return gaussian_soft_kl(y_true.view_as(mu), mu, log_var, self.tau)
+
+    def _after_fit(self, X, y):
+        super()._after_fit(X, y)
+        mu, _ = self._predict_standardized(X)
+        residual = y.reshape(len(y), -1) - mu
+        self.residual_std_ = np.sqrt(np.mean(residual.astype(np.float64) ** 2, axis=0)) * self.y_scale_
+
+    # ------------------------------------------------------------------
+    # prediction
+    @available_if(lambda self: False)
+    def predict_proba(self, X):
+        """Not available: a regressor has no class probabilities (use ``predict``)."""
+
+    def _predict_standardized(self, X):
+        y_pred = self.forward(X, training=False)
+        mu, log_var = self._split_output(y_pred)
+        return mu.numpy(), log_var.numpy()
+
+    def predict(self, X, return_std=False):
+        """Predicted means, and optionally predictive standard deviations.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        return_std : bool, default=False
+            Also return the predictive std: from the variance head when
+            ``alpha > 0``, else ``residual_std_``.
+
+        Returns
+        -------
+        mean : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            In y's units and shape.
+        std : ndarray of the same shape
+            Only when ``return_std`` is true.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=_FLOAT_DTYPES).astype(np.float32, copy=False)
+        mu, log_var = self._predict_standardized(X)
+        mean = mu.astype(np.float64) * self.y_scale_ + self.y_mean_
+        if self._y_1d:
+            mean = mean[:, 0]
+        if not return_std:
+            return mean
+        if self.alpha:
+            std = np.exp(0.5 * log_var.astype(np.float64)) * self.y_scale_
+        else:
+            std = np.broadcast_to(self.residual_std_, (len(X), self.n_outputs_)).copy()
+        return mean, (std[:, 0] if self._y_1d else std)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags

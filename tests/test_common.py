@@ -1,0 +1,28 @@
+"""scikit-learn's estimator checks on both estimators."""
+
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
+
+ESTIMATORS = [
+    SoftRegCNNClassifier(max_epochs=5, lr=5e-3, random_state=0, device="cpu"),
+    SoftRegRegressor(max_epochs=5, lr=5e-3, random_state=0, device="cpu"),
+]
+
+_SKORCH_INIT = (
+    "skorch's NeuralNet.__init__ sets history_, initialized_ and virtual_params_ "
+    "(scikeras lists the same expected failure)"
+)
+EXPECTED_FAILED = {
+    "SoftRegCNNClassifier": {"check_no_attributes_set_in_init": _SKORCH_INIT},
+    "SoftRegRegressor": {"check_no_attributes_set_in_init": _SKORCH_INIT},
+}
+
+
+def _expected_failed_checks(estimator):
+    return EXPECTED_FAILED.get(type(estimator).__name__, {})
+
+
+@parametrize_with_checks(ESTIMATORS, expected_failed_checks=_expected_failed_checks)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
