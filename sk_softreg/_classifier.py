@@ -226,21 +226,21 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
                     "is required."
                 )
             images = X if X.ndim == 4 else X[:, None]
+            shape = tuple(int(s) for s in images.shape[1:])
             if reset:
-                self._check_image_shape_matches(images.shape[1:])
-            elif images.shape[1:] != self.input_shape_:
+                self._check_image_shape_matches(shape)
+            elif shape != self.input_shape_:
                 raise ValueError(
-                    f"X has images of shape {images.shape[1:]}, but {type(self).__name__} "
-                    f"was fitted on images of shape {self.input_shape_}."
+                    f"X has images of shape {shape}, but {type(self).__name__} was fitted on "
+                    f"images of shape {self.input_shape_}."
                 )
             validate_data(self, images.reshape(len(images), -1), reset=reset, skip_check_array=True)
         else:
             X = validate_data(self, X, reset=reset, dtype=_FLOAT_DTYPES)
-            if reset:
-                self.input_shape_ = self._image_shape_for(X.shape[1])
-            images = X.reshape(len(X), *self.input_shape_)
+            shape = self._image_shape_for(X.shape[1]) if reset else self.input_shape_
+            images = X.reshape(len(X), *shape)
         if reset:
-            self.input_shape_ = tuple(int(s) for s in images.shape[1:])
+            self.input_shape_ = shape
         return np.ascontiguousarray(images, dtype=np.float32)
 
     def _parsed_image_shape(self):
