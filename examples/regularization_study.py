@@ -38,16 +38,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.calibration import CalibratedClassifierCV  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.frozen import FrozenEstimator  # noqa: E402
-from sklearn.metrics import log_loss  # noqa: E402
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.datasets import load_digits
+from sklearn.frozen import FrozenEstimator
+from sklearn.metrics import log_loss
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 
-from sk_softreg import SoftRegCNNClassifier  # noqa: E402
+from sk_softreg import SoftRegCNNClassifier
 
 SUBSETS = (0.1, 0.2, 1.0)
 
@@ -64,15 +64,42 @@ CONFIGS = [
         for a in (0.05, 0.1, 0.3)
     ],
 ]
-QUICK_CONFIGS = ("none", "l2=1e-3", "l1=1e-4", "ls a=0.1", "cp a=0.1")
-
 # The combined setting's search space (full training split, cv=3). "none" is a
 # candidate too, so CV may decide that no regularization is best.
 CV_GRID = {"lambda1": [0.0, 1e-5], "lambda2": [0.0, 1e-4], "alpha": [0.0, 0.1]}
-QUICK_CV_GRID = {"lambda2": [0.0, 1e-4], "alpha": [0.1]}
 
-CALIBRATION_CONFIGS = ("none", "ls a=0.1", "ls a=0.3", "cp a=0.1", "cp a=0.3")
-QUICK_CALIBRATION_CONFIGS = ("none", "ls a=0.1", "cp a=0.1")
+# Run modes. "full" is the study; "quick" (< 2 min on 2 idle cores) checks the
+# whole pipeline with fewer seeds, epochs and configurations; "smoke" is the
+# test suite's seconds-long run. Numbers from quick and smoke are not results.
+MODES = {
+    "full": {
+        "seeds": 5,
+        "epochs": 30,
+        "final_epochs": 60,
+        "configs": None,  # all of CONFIGS
+        "cv_grid": CV_GRID,
+        "calibration_configs": ("none", "ls a=0.1", "ls a=0.3", "cp a=0.1", "cp a=0.3"),
+        "calibration_seeds": 3,
+    },
+    "quick": {
+        "seeds": 2,
+        "epochs": 10,
+        "final_epochs": 10,
+        "configs": ("none", "l2=1e-3", "l1=1e-4", "ls a=0.1", "cp a=0.1"),
+        "cv_grid": {"lambda2": [0.0, 1e-4], "alpha": [0.1]},
+        "calibration_configs": ("none", "ls a=0.1", "cp a=0.1"),
+        "calibration_seeds": 2,
+    },
+    "smoke": {
+        "seeds": 1,
+        "epochs": 2,
+        "final_epochs": 2,
+        "configs": ("none", "l1=1e-4", "ls a=0.1", "cp a=0.1"),
+        "cv_grid": {"alpha": [0.1]},
+        "calibration_configs": ("none", "ls a=0.1"),
+        "calibration_seeds": 1,
+    },
+}
 
 
 def expected_calibration_error(y_true, proba, n_bins=15):
@@ -376,38 +403,38 @@ def main(argv=None):
         The output directory.
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 10 epochs, 5 configs")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="2 seeds, 10 epochs, 5 configs")
+    group.add_argument("--smoke", action="store_true", help="seconds-long pipeline check")
     parser.add_argument("--out", default="docs/study", help="output directory")
     parser.add_argument(
         "--final-epochs",
         type=int,
         default=None,
-        help="max_epochs of the CV-selected model's final fits (default: 60, quick: 10)",
+        help="max_epochs of the CV-selected model's final fits (default: 60; quick: 10)",
     )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     start = time.perf_counter()
 
-    quick = args.quick
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    spec = MODES[mode]
     settings = {
-        "epochs": 10 if quick else 30,
+        "epochs": spec["epochs"],
         "subsets": SUBSETS,
-        "configs": [c for c in CONFIGS if c[0] in QUICK_CONFIGS] if quick else CONFIGS,
-        "calibration_configs": QUICK_CALIBRATION_CONFIGS if quick else CALIBRATION_CONFIGS,
+        "configs": [c for c in CONFIGS if spec["configs"] is None or c[0] in spec["configs"]],
+        "calibration_configs": spec["calibration_configs"],
     }
-    seeds = list(range(2 if quick else 5))
-    final_epochs = args.final_epochs or (10 if quick else 60)
+    seeds = list(range(spec["seeds"]))
+    final_epochs = args.final_epochs or spec["final_epochs"]
     channels = (32, 64)
 
     X_train, X_test, y_train, y_test = _load_split()
     n_by_subset = {f: len(_subset(X_train, y_train, f, 0)[1]) for f in settings["subsets"]}
 
     # The combined setting, chosen on the training split only.
-    chosen, cv_score = _select_combined(
-        X_train, y_train, QUICK_CV_GRID if quick else CV_GRID, settings
-    )
+    chosen, cv_score = _select_combined(X_train, y_train, spec["cv_grid"], settings)
     configs = settings["configs"] + [("cv-selected", "cv-selected", chosen)]
 
     raw = []
@@ -452,7 +479,9 @@ def main(argv=None):
 
     svc_acc = SVC(C=10).fit(X_train, y_train).score(X_test, y_test)
 
-    calibration = _calibration(X_train, y_train, X_test, y_test, configs, seeds[:3], settings)
+    calibration = _calibration(
+        X_train, y_train, X_test, y_test, configs, seeds[: spec["calibration_seeds"]], settings
+    )
     goals = _goals(summary, tuned, calibration, svc_acc, settings)
     elapsed = time.perf_counter() - start
 
@@ -463,7 +492,6 @@ def main(argv=None):
     _write_csv(out / "calibration.csv", calibration)
     _plot_accuracy_vs_size(summary, out)
     _plot_accuracy_vs_sparsity(raw, out)
-    mode = "--quick" if quick else "full"
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU"
     setup = (
         f"Mode: {mode}; {len(seeds)} seeds; max_epochs={settings['epochs']} "

@@ -28,18 +28,24 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.datasets import load_diabetes  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.datasets import load_diabetes
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
 
-from sk_softreg import SoftRegRegressor  # noqa: E402
+from sk_softreg import SoftRegRegressor
 
 ALPHAS = (0.0, 0.1, 1.0)
 TAUS = (0.05, 0.2)
-Z90 = 1.6448536269514722  # standard normal 95% quantile: central 90% interval
+Z90 = 1.6448536269514722
+# mode: (seeds, max_epochs). Numbers from quick and smoke are not results.
+MODES = {
+    "full": (5, 150),
+    "quick": (2, 60),
+    "smoke": (1, 3),
+}  # standard normal 95% quantile: central 90% interval
 
 # Module settings per data set. The default GaussianMLP (64 units, dropout 0.5)
 # is tuned for diabetes; the 1-D synthetic curve needs more capacity and no
@@ -116,11 +122,14 @@ def _datasets(n_synthetic):
     Xd, yd = load_diabetes(return_X_y=True)
     Xtr, Xte, ytr, yte = train_test_split(Xd, yd, test_size=0.25, random_state=0)
     scaler = StandardScaler().fit(Xtr)
-    yield "diabetes", (
-        scaler.transform(Xtr).astype(np.float32),
-        scaler.transform(Xte).astype(np.float32),
-        ytr,
-        yte,
+    yield (
+        "diabetes",
+        (
+            scaler.transform(Xtr).astype(np.float32),
+            scaler.transform(Xte).astype(np.float32),
+            ytr,
+            yte,
+        ),
     )
 
 
@@ -131,8 +140,9 @@ def _plot_band(est, X_train, y_train, out):
     fig, ax = plt.subplots(figsize=(6, 3.8))
     ax.scatter(X_train[:, 0], y_train, s=4, color="grey", alpha=0.5, label="training data")
     ax.plot(grid[:, 0], mean, color="C0", label="predicted mean")
-    ax.fill_between(grid[:, 0], mean - 2 * std, mean + 2 * std, color="C0", alpha=0.25,
-                    label="± 2 predicted σ")
+    ax.fill_between(
+        grid[:, 0], mean - 2 * std, mean + 2 * std, color="C0", alpha=0.25, label="± 2 predicted σ"
+    )
     f = np.sin(2 * grid[:, 0]) + grid[:, 0] / 2
     ax.plot(grid[:, 0], f - 2 * true_std, "k--", lw=0.8, label="± 2 true σ")
     ax.plot(grid[:, 0], f + 2 * true_std, "k--", lw=0.8)
@@ -145,31 +155,9 @@ def _plot_band(est, X_train, y_train, out):
     plt.close(fig)
 
 
-def main(argv=None):
-    """Run the study and write its table, goal line and figure.
-
-    Parameters
-    ----------
-    argv : list of str or None, default=None
-        Command-line arguments; ``None`` reads ``sys.argv``.
-
-    Returns
-    -------
-    out : pathlib.Path
-        The output directory.
-    """
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 seeds, fewer epochs")
-    parser.add_argument("--out", default="docs/uncertainty", help="output directory")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    start = time.perf_counter()
-    seeds = range(2 if args.quick else 5)
-    epochs = 60 if args.quick else 150
-
-    rows, band_est = [], None
+def _run(seeds, epochs):
+    """Fit every (data set, alpha, tau, seed); return summary rows and the band model."""
+    rows, band_est, band_data = [], None, None
     for name, (X_train, X_test, y_train, y_test) in _datasets(1000):
         for alpha in ALPHAS:
             for tau in TAUS:
@@ -197,14 +185,51 @@ def main(argv=None):
                         "coverage90_max": max(m["coverage90"] for m in metrics),
                     }
                 )
+    return rows, band_est, band_data
+
+
+def main(argv=None):
+    """Run the study and write its table, goal line and figure.
+
+    Parameters
+    ----------
+    argv : list of str or None, default=None
+        Command-line arguments; ``None`` reads ``sys.argv``.
+
+    Returns
+    -------
+    out : pathlib.Path
+        The output directory.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="2 seeds, 60 epochs")
+    group.add_argument("--smoke", action="store_true", help="seconds-long pipeline check")
+    parser.add_argument("--out", default="docs/uncertainty", help="output directory")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    seeds, epochs = MODES[mode]
+    seeds = range(seeds)
+
+    # The MLP is tiny: a second intra-op thread only adds synchronization cost.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows, band_est, band_data = _run(seeds, epochs)
+    finally:
+        torch.set_num_threads(threads)
     _plot_band(band_est, *band_data, out)
     elapsed = time.perf_counter() - start
 
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()}
-                         for r in rows)
+        writer.writerows(
+            {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows
+        )
 
     syn = [r for r in rows if r["data"] == "synthetic"]
     base_nll = next(r["nll"] for r in syn if r["alpha"] == 0)
@@ -216,12 +241,13 @@ def main(argv=None):
         f"coverage {next(r['coverage90'] for r in syn if r['alpha'] == 0):.3f}; "
         + "; ".join(
             f"alpha={r['alpha']:g}, tau={r['tau']:g}: NLL {r['nll']:.3f}, coverage "
-            f"{r['coverage90']:.3f}" for r in goal_rows
+            f"{r['coverage90']:.3f}"
+            for r in goal_rows
         )
         + "."
     )
     setup = (
-        f"Mode: {'--quick' if args.quick else 'full'}; {len(seeds)} seeds; max_epochs={epochs}; "
+        f"Mode: {mode}; {len(seeds)} seeds; max_epochs={epochs}; "
         f"synthetic module settings {DATASET_PARAMS['synthetic']}, diabetes defaults; run time "
         f"{elapsed:.0f} s on {platform.machine()}, {torch.get_num_threads()} torch threads, CPU."
     )
@@ -236,8 +262,9 @@ def main(argv=None):
             f"{r['coverage90_min']:.3f}-{r['coverage90_max']:.3f} |"
         )
     with open(out / "results.md", "w", encoding="utf-8") as fh:
-        fh.write("# Uncertainty study\n\n" + setup + "\n\n" + goal + "\n\n" + "\n".join(lines)
-                 + "\n")
+        fh.write(
+            "# Uncertainty study\n\n" + setup + "\n\n" + goal + "\n\n" + "\n".join(lines) + "\n"
+        )
     return out
 
 

@@ -1,7 +1,7 @@
-"""Smoke tests: both example studies run in quick mode and write their outputs."""
+"""Smoke tests: both example studies run end to end (--smoke mode) and write their outputs."""
 
-import importlib.util
 import csv
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +47,17 @@ def test_gaussian_metrics_coverage(uncertainty):
     assert wide["coverage90"] > 0.99 and wide["nll"] > m["nll"]
 
 
-def test_regularization_study_quick(regularization, tmp_path):
-    out = regularization.main(["--quick", "--out", str(tmp_path)])
-    for name in ("results.md", "summary.csv", "calibration.csv", "raw.csv", "goals.rst",
-                 "accuracy_vs_size.png", "accuracy_vs_sparsity_l1.png"):
+def test_regularization_study_smoke(regularization, tmp_path):
+    out = regularization.main(["--smoke", "--out", str(tmp_path)])
+    for name in (
+        "results.md",
+        "summary.csv",
+        "calibration.csv",
+        "raw.csv",
+        "goals.rst",
+        "accuracy_vs_size.png",
+        "accuracy_vs_sparsity_l1.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     with open(out / "summary.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -64,8 +71,8 @@ def test_regularization_study_quick(regularization, tmp_path):
         assert label in goals
 
 
-def test_uncertainty_regression_quick(uncertainty, tmp_path):
-    out = uncertainty.main(["--quick", "--out", str(tmp_path)])
+def test_uncertainty_regression_smoke(uncertainty, tmp_path):
+    out = uncertainty.main(["--smoke", "--out", str(tmp_path)])
     for name in ("results.md", "results.csv", "goal.rst", "synthetic_band.png"):
         assert (out / name).stat().st_size > 0, name
     with open(out / "results.csv", encoding="utf-8") as fh:
