@@ -271,6 +271,8 @@ def _plot_accuracy_vs_size(summary, out):
                 linestyle="--" if name == "none" else "-",
             )
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks([r["n_train"] for r in base], [str(r["n_train"]) for r in base])
         ax.set_title(family, fontsize=9)
         ax.set_xlabel("training samples")
         ax.legend(fontsize=7)
