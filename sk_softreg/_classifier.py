@@ -98,7 +98,9 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
     device : str, torch.device or None, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU.
     verbose : int, default=0
-        0 prints nothing; 1 prints skorch's epoch table.
+        0 prints nothing; 1 draws a tqdm progress bar on stderr (epochs, and
+        batches of epochs of 50+ batches) with the loss and penalty terms; 2 also
+        prints skorch's epoch table.
     **kwargs
         Any other ``skorch.NeuralNet`` parameter (``iterator_train__*``,
         ``optimizer__*``, ``module__*``, ``warm_start``, ...).
