@@ -91,8 +91,22 @@ def _warn_unreadable(bad):
         warnings.warn(
             f"Skipped {len(bad)} unreadable image file(s): {shown}{more}.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
+
+
+def _read_images(files, size, grayscale):
+    """Read ``files``; return the images and a kept-mask, warning once about failures."""
+    images, kept, bad = [], [], []
+    for file in files:
+        try:
+            images.append(_read_image(file, size, grayscale))
+            kept.append(True)
+        except (OSError, UnidentifiedImageError, ValueError):
+            bad.append(file)
+            kept.append(False)
+    _warn_unreadable(bad)
+    return images, kept
 
 
 def load_image_folder(path, image_size=None, grayscale=False):
@@ -138,17 +152,9 @@ def load_image_folder(path, image_size=None, grayscale=False):
     """
     size = _parse_size(image_size)
     classes, samples = list_image_files(path)
-    images, labels, files, bad = [], [], [], []
-    for file, index in samples:
-        try:
-            image = _read_image(file, size, grayscale)
-        except (OSError, UnidentifiedImageError, ValueError):
-            bad.append(file)
-            continue
-        images.append(image)
-        labels.append(classes[index])
-        files.append(file)
-    _warn_unreadable(bad)
+    images, kept = _read_images([file for file, _ in samples], size, grayscale)
+    labels = [classes[index] for (file, index), ok in zip(samples, kept) if ok]
+    files = [file for (file, _), ok in zip(samples, kept) if ok]
     if not images:
         raise ValueError(f"Image folder {str(path)!r} holds no readable images.")
     shapes = {image.shape for image in images}
