@@ -9,7 +9,7 @@ from sklearn.model_selection import GridSearchCV, train_test_split
 
 from ._classifier import SoftRegCNNClassifier
 
-__all__ = ["run_demo", "DEFAULT_GRID"]
+__all__ = ["DEFAULT_GRID", "run_demo"]
 
 DEFAULT_GRID = {"lambda1": [0.0, 1e-4], "lambda2": [0.0, 1e-4], "alpha": [0.0, 0.1]}
 

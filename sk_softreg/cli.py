@@ -118,10 +118,10 @@ def _fit(args):
     X, y, _ = load_image_folder(args.image_dir, image_size=args.image_size,
                                 grayscale=args.grayscale)
     load_s = time.perf_counter() - start
-    params = dict(module=args.module, lambda1=args.lambda1, lambda2=args.lambda2,
-                  alpha=args.alpha, kl=args.kl, max_epochs=args.epochs,
-                  batch_size=args.batch_size, device=args.device,
-                  random_state=args.random_state, verbose=0 if args.quiet else 1)
+    params = {"module": args.module, "lambda1": args.lambda1, "lambda2": args.lambda2,
+              "alpha": args.alpha, "kl": args.kl, "max_epochs": args.epochs,
+              "batch_size": args.batch_size, "device": args.device,
+              "random_state": args.random_state, "verbose": 0 if args.quiet else 1}
     if args.lr is not None:
         params["lr"] = args.lr
     clf = SoftRegCNNClassifier(**params)
@@ -147,7 +147,7 @@ def _load_model(path):
         raise CLIError(f"model file {path!r} does not exist or is not a file")
     try:
         model = joblib.load(path)
-    except Exception as exc:  # any unpickling failure means "not a model file"
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure: "not a model file"
         raise CLIError(f"{path!r} is not a sk_softreg model file ({type(exc).__name__})") from None
     if not isinstance(model, SoftRegCNNClassifier) or not hasattr(model, "classes_"):
         raise CLIError(f"{path!r} is not a fitted SoftRegCNNClassifier saved by sk-softreg fit")
@@ -175,25 +175,27 @@ def _predict(args):
     elif source.is_file() and source.suffix == ".npy":
         try:
             X = np.load(source, allow_pickle=False)
-        except Exception as exc:
+        except (OSError, ValueError) as exc:
             raise CLIError(f"cannot read {args.input!r} as a .npy array ({exc})") from None
         names = [f"{source.name}[{i}]" for i in range(len(X))]
     else:
         raise CLIError(f"{args.input!r} is neither a folder of images nor a .npy file")
     proba = model.predict_proba(X)
     labels = model.classes_[np.argmax(proba, axis=1)]
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
-    try:
-        writer = csv.writer(out)
-        writer.writerow(["file", "label", *(f"proba_{c}" for c in model.classes_)])
-        for name, label, row in zip(names, labels, proba):
-            writer.writerow([name, label, *(f"{p:.6g}" for p in row)])
-    finally:
-        if args.output:
-            out.close()
-    if args.output:
+    if args.output is None:
+        _write_csv(sys.stdout, model.classes_, names, labels, proba)
+    else:
+        with open(args.output, "w", newline="") as out:
+            _write_csv(out, model.classes_, names, labels, proba)
         print(f"wrote {len(names)} predictions to {args.output}", file=sys.stderr)
     return 0
+
+
+def _write_csv(out, classes, names, labels, proba):
+    writer = csv.writer(out)
+    writer.writerow(["file", "label", *(f"proba_{c}" for c in classes)])
+    for name, label, row in zip(names, labels, proba):
+        writer.writerow([name, label, *(f"{p:.6g}" for p in row)])
 
 
 def _info(args):

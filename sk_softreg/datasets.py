@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageFolderDataset", "load_image_folder", "list_image_files"]
+__all__ = ["ImageFolderDataset", "list_image_files", "load_image_folder"]
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _SHOWN = 3  # unreadable files named in the warning

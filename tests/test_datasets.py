@@ -4,8 +4,8 @@ import warnings
 
 import numpy as np
 import pytest
-
 from _image_folder import make_image_folder
+
 from sk_softreg import SoftRegCNNClassifier
 from sk_softreg.datasets import ImageFolderDataset, load_image_folder
 
@@ -36,7 +36,7 @@ def test_unreadable_files_are_skipped_with_one_warning(folder):
         (folder / "cross" / f"broken{i}.png").write_bytes(b"not a png")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        X, y, paths = load_image_folder(folder)
+        X, _, paths = load_image_folder(folder)
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     assert len(messages) == 1
     assert "Skipped 5 unreadable" in messages[0] and "broken0.png" in messages[0]

@@ -23,7 +23,7 @@ def _images(n=48, channels=1, side=8, n_classes=3, seed=0):
 
 
 def _clf(**kwargs):
-    params = dict(max_epochs=1, batch_size=16, random_state=0, device="cpu")
+    params = {"max_epochs": 1, "batch_size": 16, "random_state": 0, "device": "cpu"}
     params.update(kwargs)
     return SoftRegCNNClassifier(**params)
 
