@@ -79,8 +79,8 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         own random draw per image), never in validation or prediction.
         It draws from torch's RNG, so ``random_state`` seeds it.
     random_state : int, RandomState instance or None, default=None
-        Seeds weight initialization, shuffling, dropout and ``train_transform``. An int makes fit
-        deterministic on CPU. The global torch RNG is restored after fit.
+        Seeds weight initialization, shuffling, dropout and ``train_transform``.
+        An int makes fit deterministic on CPU. The global torch RNG is restored after fit.
     criterion : torch criterion class, default=torch.nn.CrossEntropyLoss
         The data loss on logits.
     optimizer : torch optimizer class, default=torch.optim.Adam
