@@ -25,6 +25,7 @@ from sklearn.utils._param_validation import (
     validate_parameter_constraints,
 )
 
+from ._progress import EpochProgressBar
 from .penalties import (
     l1_penalty,
     l2_penalty,
@@ -234,6 +235,16 @@ class SoftRegMixin:
                     kwargs.setdefault(key, value)
         self.module_ = self.initialized_instance(module, kwargs)
         return self
+
+    def get_default_callbacks(self):
+        """skorch's defaults; with ``verbose >= 1`` a tqdm bar on stderr replaces the
+        epoch table (``verbose >= 2`` keeps the table too)."""
+        callbacks = list(super().get_default_callbacks())
+        if self.verbose >= 1:
+            if self.verbose < 2:
+                callbacks = [(name, cb) for name, cb in callbacks if name != "print_log"]
+            callbacks.append(("progress", EpochProgressBar()))
+        return callbacks
 
     def get_params_for(self, prefix):
         params = super().get_params_for(prefix)
