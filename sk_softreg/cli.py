@@ -42,7 +42,7 @@ def _parser():
     demo = sub.add_parser("demo", help="grid search of lambda1, lambda2, alpha on sklearn digits")
     demo.add_argument("--epochs", type=int, default=None, help="epochs per fit (default 30)")
     demo.add_argument("--cv", type=int, default=3)
-    demo.add_argument("--n-jobs", type=int, default=None)
+    demo.add_argument("--n-jobs", type=int, default=2, help="parallel fits (default 2)")
     demo.add_argument("--device", default="auto")
     demo.add_argument("-o", "--output", default="digits_model.joblib")
 
