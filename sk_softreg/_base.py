@@ -107,6 +107,8 @@ class SoftRegMixin:
         super().__setstate__(state)
         loaded = self.__dict__.pop("device")
         # keep "auto" as given; otherwise follow skorch (cuda -> cpu fallback)
+        if isinstance(loaded, torch.device) and not isinstance(requested, torch.device):
+            loaded = str(loaded)  # skorch's fallback returns torch.device("cpu")
         self._device_param = requested if requested == "auto" else loaded
 
     def __sklearn_is_fitted__(self):
