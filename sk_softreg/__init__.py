@@ -6,9 +6,9 @@ data loss. Both estimators are ``skorch.NeuralNet`` subclasses.
 """
 
 from ._classifier import SoftRegCNNClassifier
-from ._regressor import SoftRegRegressor
 from ._exceptions import ModelFileError, NonFiniteLossError
 from ._persistence import load
+from ._regressor import SoftRegRegressor
 
 __version__ = "0.1.0"
 

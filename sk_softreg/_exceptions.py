@@ -1,6 +1,6 @@
 """Exceptions raised by sk_softreg."""
 
-__all__ = ["NonFiniteLossError", "ModelFileError"]
+__all__ = ["ModelFileError", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -252,19 +252,20 @@ def load(path, *, device=None, trusted_modules=()):
     >>> X, y = make_regression(n_samples=50, n_features=3, random_state=0)
     >>> reg = SoftRegRegressor(max_epochs=2, random_state=0, device="cpu").fit(X, y)
     >>> path = os.path.join(tempfile.mkdtemp(), "reg.safetensors")
-    >>> bool((load(reg.save(path) and path).predict(X) == reg.predict(X)).all())
+    >>> _ = reg.save(path)
+    >>> bool((load(path).predict(X) == reg.predict(X)).all())
     True
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = os.fspath(path)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not iterable)
     except FileNotFoundError:
         raise
-    except Exception as exc:  # safetensors raises its own error types
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(
             f"{path!r} is not a readable sk_softreg model file (expected a safetensors file "
             f"written by est.save; it may be truncated, corrupted or in another format such "

@@ -16,8 +16,8 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
 
-FAST = dict(max_epochs=1, batch_size=32, device="cpu", random_state=0)
-TINY_CNN = dict(module__channels=(4, 8), module__hidden_units=16)
+FAST = {"max_epochs": 1, "batch_size": 32, "device": "cpu", "random_state": 0}
+TINY_CNN = {"module__channels": (4, 8), "module__hidden_units": 16}
 _rng = np.random.RandomState(0)
 X_IMG = _rng.rand(20, 16).astype(np.float32)  # 4x4 images, flattened
 Y_CLS = np.arange(20) % 2
@@ -130,7 +130,7 @@ for _name in ("penalize", "l1_method"):
     "call, exc, match", [c[1:] for c in FIT_CASES], ids=[c[0] for c in FIT_CASES]
 )
 def test_bad_fit_input(call, exc, match):
-    with pytest.raises(exc, match=re.compile(match, re.S)):
+    with pytest.raises(exc, match=re.compile(match, re.DOTALL)):
         call()
 
 
@@ -152,7 +152,7 @@ PREDICT_CASES = [
     "key, method, make_X, exc, match", [c[1:] for c in PREDICT_CASES], ids=[c[0] for c in PREDICT_CASES]
 )
 def test_bad_predict_input(fitted, key, method, make_X, exc, match):
-    with pytest.raises(exc, match=re.compile(match, re.S)):
+    with pytest.raises(exc, match=re.compile(match, re.DOTALL)):
         getattr(fitted[key], method)(make_X())
 
 

@@ -7,15 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from joblib import parallel_config
-import pytest
 import torch
+from joblib import parallel_config
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_CNN = dict(module__channels=(4, 8), module__hidden_units=16)
+TINY_CNN = {"module__channels": (4, 8), "module__hidden_units": 16}
 
 
 def _data():

@@ -5,7 +5,6 @@ import os
 import pickle
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import joblib
@@ -13,15 +12,15 @@ import numpy as np
 import pytest
 import skorch
 import torch
-from skorch.callbacks import Checkpoint, LRScheduler
 from sklearn.exceptions import NotFittedError
+from skorch.callbacks import Checkpoint, LRScheduler
 
 import sk_softreg
 from sk_softreg import ModelFileError, SoftRegCNNClassifier, SoftRegRegressor
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = dict(batch_size=16, device="cpu", random_state=0, max_epochs=2)
-TINY_CNN = dict(module__channels=(4, 8), module__hidden_units=16)
+FAST = {"batch_size": 16, "device": "cpu", "random_state": 0, "max_epochs": 2}
+TINY_CNN = {"module__channels": (4, 8), "module__hidden_units": 16}
 _rng = np.random.RandomState(0)
 X_IMG = _rng.rand(40, 1, 4, 4).astype(np.float32)
 Y_STR = np.array(["cat", "dog", "owl"])[np.arange(40) % 3]
@@ -286,15 +285,16 @@ def test_safe_format_refuses_pickle_payload(tmp_path):
 
 
 def test_safe_format_refuses_classes_outside_allow_list(models, tmp_path):
+    import json
+
     from safetensors import safe_open
     from safetensors.torch import save_file
-    import json
 
     est, _ = models["reg"]
     est.save(tmp_path / "m.safetensors")
     with safe_open(tmp_path / "m.safetensors", framework="pt") as f:
         config = json.loads(f.metadata()["sk_softreg"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     config["params"]["criterion"] = {"__class__": "os.system"}
     save_file(tensors, tmp_path / "evil.safetensors", metadata={"sk_softreg": json.dumps(config)})
     with pytest.raises(ModelFileError, match="'os.system', outside the allowed modules"):

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from skorch.callbacks import Callback
 from sklearn.exceptions import NotFittedError
+from skorch.callbacks import Callback
 
 from sk_softreg import NonFiniteLossError, SoftRegCNNClassifier, SoftRegRegressor
 
-FAST = dict(batch_size=16, device="cpu", random_state=0)
-TINY_CNN = dict(module__channels=(4, 8), module__hidden_units=16)
+FAST = {"batch_size": 16, "device": "cpu", "random_state": 0}
+TINY_CNN = {"module__channels": (4, 8), "module__hidden_units": 16}
 _rng = np.random.RandomState(0)
 X_IMG = _rng.rand(48, 16).astype(np.float32)
 Y_CLS = np.arange(48) % 3
