@@ -216,7 +216,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         if len(labels) < 2:
             raise ValueError(
                 f"{type(self).__name__} needs samples of at least 2 classes in the data, "
-                f"but the data contains only one class: {labels[0]!r}."
+                f"but the data contains only one class: {np.asarray(labels[0]).item()!r}."
             )
         self.classes_inferred_ = labels
 
