@@ -7,7 +7,8 @@ data loss. Both estimators are ``skorch.NeuralNet`` subclasses.
 
 from ._classifier import SoftRegCNNClassifier
 from ._regressor import SoftRegRegressor
+from ._show_versions import show_versions
 
 __version__ = "0.1.0"
 
-__all__ = ["SoftRegCNNClassifier", "SoftRegRegressor", "__version__"]
+__all__ = ["SoftRegCNNClassifier", "SoftRegRegressor", "__version__", "show_versions"]

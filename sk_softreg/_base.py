@@ -10,10 +10,10 @@ skorch's extension points:
 - ``fit`` / ``partial_fit`` validate parameters and data and seed torch.
 """
 
+import inspect
 import math
 import numbers
 from contextlib import contextmanager
-import inspect
 
 import numpy as np
 import torch

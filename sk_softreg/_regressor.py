@@ -4,11 +4,11 @@ import numbers
 
 import numpy as np
 import torch
+from sklearn.utils._available_if import available_if
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch import NeuralNetRegressor
 from skorch.utils import is_dataset, to_tensor
-from sklearn.utils._param_validation import Interval
-from sklearn.utils._available_if import available_if
-from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import SoftRegMixin
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
