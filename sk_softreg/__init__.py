@@ -9,6 +9,7 @@ from ._classifier import SoftRegCNNClassifier
 from ._exceptions import ModelFileError, NonFiniteLossError
 from ._persistence import load
 from ._regressor import SoftRegRegressor
+from ._show_versions import show_versions
 
 __version__ = "0.1.0"
 
@@ -19,4 +20,5 @@ __all__ = [
     "SoftRegRegressor",
     "__version__",
     "load",
+    "show_versions",
 ]

@@ -11,10 +11,10 @@ skorch's extension points:
 """
 
 import copy
+import inspect
 import math
 import numbers
 from contextlib import contextmanager
-import inspect
 
 import numpy as np
 import torch

@@ -4,8 +4,6 @@ import math
 
 import numpy as np
 import torch
-from skorch import NeuralNet, NeuralNetClassifier
-from skorch.utils import is_dataset
 from sklearn.utils._param_validation import InvalidParameterError, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import (
@@ -15,6 +13,8 @@ from sklearn.utils.validation import (
     column_or_1d,
     validate_data,
 )
+from skorch import NeuralNet, NeuralNetClassifier
+from skorch.utils import is_dataset
 
 from ._base import SoftRegMixin
 from ._torchvision import TorchvisionClassifierNet

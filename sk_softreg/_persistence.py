@@ -196,7 +196,7 @@ def save(estimator, path):
         try:
             fitted[key] = _encode(value)
         except _Unencodable:
-            warnings.warn(f"Fitted attribute {key!r} cannot be saved and is dropped.", UserWarning)
+            warnings.warn(f"Fitted attribute {key!r} cannot be saved and is dropped.", UserWarning, stacklevel=2)
     for key in ("_y_1d",):
         if hasattr(estimator, key):
             fitted[key] = _encode(getattr(estimator, key))

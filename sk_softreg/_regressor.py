@@ -4,11 +4,11 @@ import numbers
 
 import numpy as np
 import torch
+from sklearn.utils._available_if import available_if
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch import NeuralNetRegressor
 from skorch.utils import is_dataset, to_tensor
-from sklearn.utils._param_validation import Interval
-from sklearn.utils._available_if import available_if
-from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import SoftRegMixin
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
@@ -79,9 +79,9 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         Column names, when fit on a DataFrame.
     n_outputs_ : int
         Number of targets.
-    y_mean_, y_scale_ : ndarray of shape (n_outputs_,)
+    y_mean_, y_scale_ : ndarray of shape (n_outputs,)
         Target standardization (0 and 1 without ``normalize_y``).
-    residual_std_ : ndarray of shape (n_outputs_,)
+    residual_std_ : ndarray of shape (n_outputs,)
         Standard deviation of the training residuals, in y's units; the std
         that ``predict(return_std=True)`` returns when ``alpha == 0``.
     sparsity_ : float

@@ -4,14 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from skorch.dataset import Dataset
-from skorch.helper import predefined_split
 from sklearn.base import clone
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import Ridge
 from sklearn.metrics import log_loss
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+from skorch.dataset import Dataset
+from skorch.helper import predefined_split
 from torch import nn
 
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
