@@ -31,7 +31,7 @@ numpydoc_attributes_as_param_list = True
 numpydoc_xref_param_type = False
 
 templates_path = ["_templates"]
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "study/goals.rst", "uncertainty/goal.rst"]
 html_theme = "furo"
 html_title = f"sk_softreg {release}"
 # the examples are shown as source; docs/_build and generated/ are build outputs
