@@ -35,18 +35,25 @@ def main():
     local = GridSearchCV(est, grid, cv=StratifiedKFold(2), refit=False, n_jobs=1).fit(X, y)
     t_local = time.perf_counter() - t0
 
-    with LocalCluster(
-        n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         set_torch_threads(client, 1)
         t0 = time.perf_counter()
         with joblib.parallel_config(backend="dask"):
             remote = GridSearchCV(est, grid, cv=StratifiedKFold(2), refit=False, n_jobs=-1)
             remote.fit(X, y)
         t_dask = time.perf_counter() - t0
-    same = np.array_equal(local.cv_results_["mean_test_score"], remote.cv_results_["mean_test_score"])
-    print(f"16 fits (digits 1797 x 64, 5 epochs): local n_jobs=1 {t_local:.1f} s, "
-          f"dask {args.workers} workers {t_dask:.1f} s, identical scores: {same}")
+    same = np.array_equal(
+        local.cv_results_["mean_test_score"], remote.cv_results_["mean_test_score"]
+    )
+    print(
+        f"16 fits (digits 1797 x 64, 5 epochs): local n_jobs=1 {t_local:.1f} s, "
+        f"dask {args.workers} workers {t_dask:.1f} s, identical scores: {same}"
+    )
     print("best mean_test_score:", local.cv_results_["mean_test_score"].max())
 
 

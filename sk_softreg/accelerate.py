@@ -26,16 +26,16 @@ proximal step needs the full weights on every process.
 This module needs the ``accelerate`` extra (``pip install 'sk-softreg[accelerate]'``).
 """
 
+import warnings
+
 try:
-    from skorch.hf import AccelerateMixin
     import accelerate  # noqa: F401  (fail early with a clear message)
+    from skorch.hf import AccelerateMixin
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "sk_softreg.accelerate needs the accelerate package; install the extra with "
         "pip install 'sk-softreg[accelerate]'."
     ) from exc
-
-import warnings
 
 from skorch.exceptions import DeviceWarning
 
@@ -111,9 +111,8 @@ _DOC_EXTRA = """
 
 
 class AcceleratedSoftRegCNNClassifier(_SoftRegAccelerateMixin, SoftRegCNNClassifier):
-    __doc__ = (
-        "SoftRegCNNClassifier trained through Hugging Face Accelerate.\n"
-        + _DOC_EXTRA.format(base=":class:`~sk_softreg.SoftRegCNNClassifier`")
+    __doc__ = "SoftRegCNNClassifier trained through Hugging Face Accelerate.\n" + _DOC_EXTRA.format(
+        base=":class:`~sk_softreg.SoftRegCNNClassifier`"
     )
 
 
@@ -132,8 +131,6 @@ _REGRESSOR_EXAMPLE = """
 class AcceleratedSoftRegRegressor(_SoftRegAccelerateMixin, SoftRegRegressor):
     __doc__ = (
         "SoftRegRegressor trained through Hugging Face Accelerate.\n"
-        + _DOC_EXTRA.format(base=":class:`~sk_softreg.SoftRegRegressor`").split(
-            "    >>>", 1
-        )[0]
+        + _DOC_EXTRA.format(base=":class:`~sk_softreg.SoftRegRegressor`").split("    >>>", 1)[0]
         + _REGRESSOR_EXAMPLE.lstrip("\n")
     )

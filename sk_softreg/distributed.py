@@ -97,16 +97,14 @@ def set_torch_threads(client, n_threads):
     >>> set_torch_threads(client, 4)  # doctest: +SKIP
     {'tcp://127.0.0.1:40261': 4, 'tcp://127.0.0.1:35477': 4}
     """
-    if (
-        not isinstance(n_threads, numbers.Integral)
-        or isinstance(n_threads, bool)
-        or n_threads < 1
-    ):
+    if not isinstance(n_threads, numbers.Integral) or isinstance(n_threads, bool) or n_threads < 1:
         raise ValueError(f"n_threads must be an int >= 1. Got {n_threads!r} instead.")
     n_threads = int(n_threads)
     client.register_plugin(TorchThreads(n_threads))
     futures = {
-        addr: client.submit(_torch_num_threads, workers=[addr], pure=False, allow_other_workers=False)
+        addr: client.submit(
+            _torch_num_threads, workers=[addr], pure=False, allow_other_workers=False
+        )
         for addr in client.scheduler_info()["workers"]
     }
     return {addr: fut.result() for addr, fut in futures.items()}

@@ -13,22 +13,22 @@ accelerate = pytest.importorskip(
     "accelerate",
     reason="accelerate is not installed; install the extra: pip install 'sk-softreg[accelerate]'",
 )
-from accelerate import Accelerator  # noqa: E402
+from accelerate import Accelerator
 
-import sk_softreg._base as base  # noqa: E402
-from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor  # noqa: E402
-from sk_softreg.accelerate import (  # noqa: E402
+import sk_softreg._base as base
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
+from sk_softreg.accelerate import (
     AcceleratedSoftRegCNNClassifier,
     AcceleratedSoftRegRegressor,
 )
 
-SMALL = dict(
-    max_epochs=2,
-    batch_size=32,
-    module__channels=(4, 8),
-    module__hidden_units=16,
-    random_state=0,
-)
+SMALL = {
+    "max_epochs": 2,
+    "batch_size": 32,
+    "module__channels": (4, 8),
+    "module__hidden_units": 16,
+    "random_state": 0,
+}
 
 
 def _accelerator(steps=1):
@@ -59,9 +59,9 @@ def test_matches_plain_classifier_without_accumulation(digits):
 
 def test_proximal_step_gives_exact_zeros(digits):
     X, y = digits
-    acc = AcceleratedSoftRegCNNClassifier(
-        accelerator=_accelerator(), lambda1=0.05, **SMALL
-    ).fit(X, y)
+    acc = AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(), lambda1=0.05, **SMALL).fit(
+        X, y
+    )
     assert acc.sparsity_ > 0.5
     weights = [p for p in acc.module_.parameters() if p.ndim > 1]
     assert sum(int((p == 0).sum()) for p in weights) > 0
@@ -111,7 +111,7 @@ def test_verbose_zero_prints_nothing(digits, capsys):
 
 def test_regressor_matches_plain():
     X, y = load_diabetes(return_X_y=True)
-    kw = dict(max_epochs=2, random_state=0, lambda1=1e-3, alpha=0.1)
+    kw = {"max_epochs": 2, "random_state": 0, "lambda1": 1e-3, "alpha": 0.1}
     plain = SoftRegRegressor(device="cpu", **kw).fit(X, y)
     acc = AcceleratedSoftRegRegressor(accelerator=_accelerator(), **kw).fit(X, y)
     assert acc.history[:, "train_kl"] == plain.history[:, "train_kl"]

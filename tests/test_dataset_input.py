@@ -9,14 +9,14 @@ from skorch.helper import SliceDataset
 
 from sk_softreg import SoftRegCNNClassifier
 
-SMALL = dict(
-    max_epochs=2,
-    batch_size=32,
-    module__channels=(4, 8),
-    module__hidden_units=16,
-    random_state=0,
-    device="cpu",
-)
+SMALL = {
+    "max_epochs": 2,
+    "batch_size": 32,
+    "module__channels": (4, 8),
+    "module__hidden_units": 16,
+    "random_state": 0,
+    "device": "cpu",
+}
 
 
 class DigitsImages(torch.utils.data.Dataset):
@@ -81,7 +81,9 @@ def test_dataset_with_bad_samples_is_rejected(digits):
         def __getitem__(self, i):
             return flat[i]
 
-    with pytest.raises(ValueError, match=r"\(C, H, W\) tensors; the first sample has shape \(64,\)"):
+    with pytest.raises(
+        ValueError, match=r"\(C, H, W\) tensors; the first sample has shape \(64,\)"
+    ):
         SoftRegCNNClassifier(**SMALL).fit(Flat())
 
 

@@ -14,11 +14,11 @@ pytest.importorskip(
     reason="dask.distributed is not installed; install the extra: pip install 'sk-softreg[distributed]'",
 )
 
-import joblib  # noqa: E402
-from distributed import Client, LocalCluster, get_task_stream  # noqa: E402
+import joblib
+from distributed import Client, LocalCluster, get_task_stream
 
-from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor  # noqa: E402
-from sk_softreg.distributed import set_torch_threads  # noqa: E402
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
+from sk_softreg.distributed import set_torch_threads
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_grid_search_on_dask_matches_local(client, digits):
 def test_randomized_search_on_dask_matches_local(client, digits):
     X, y = digits
     dist = {"lambda1": [0.0, 1e-4, 1e-3], "lambda2": [0.0, 1e-4], "alpha": [0.0, 0.1]}
-    kwargs = dict(param_distributions=dist, n_iter=3, random_state=0)
+    kwargs = {"param_distributions": dist, "n_iter": 3, "random_state": 0}
     local = _run(_search(RandomizedSearchCV, **kwargs), X, y, "local")
     remote = _run(_search(RandomizedSearchCV, **kwargs), X, y, "dask")
     _assert_same_results(local, remote)
