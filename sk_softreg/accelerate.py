@@ -7,6 +7,12 @@ Accelerate places the model and the batches.
 
 What changes compared with the plain estimators:
 
+- gradients are zeroed after each real optimizer step instead of before each
+  micro-batch: skorch's zeroing at the start of a step, combined with
+  Accelerate's ``AcceleratedOptimizer.zero_grad`` (which acts on the syncing
+  micro-batch), would otherwise discard all but the last micro-batch of each
+  accumulation window;
+
 - the proximal L1 step runs only after a *real* optimizer step: under
   gradient accumulation (``Accelerator(gradient_accumulation_steps=k)``)
   Accelerate's optimizer skips ``step()`` until the gradients are synced, and
@@ -56,6 +62,18 @@ class _SoftRegAccelerateMixin(AccelerateMixin):
             getattr(getattr(self, name + "_"), "step_was_skipped", False)
             for name in self._optimizers
         )
+
+    def _zero_grad_optimizer(self, set_to_none=None):
+        # skorch zeroes the gradients at the start of every step. Under
+        # gradient accumulation AcceleratedOptimizer.zero_grad acts on the
+        # micro-batch that syncs, so it would wipe the gradients accumulated
+        # over the previous micro-batches; zero them after the real step.
+        pass
+
+    def _step_optimizer(self, step_fn):
+        super()._step_optimizer(step_fn)
+        # a no-op unless the gradients were synced (a real step was taken)
+        super()._zero_grad_optimizer()
 
     def _proximal_step(self):
         if self._optimizer_stepped():

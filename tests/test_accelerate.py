@@ -92,6 +92,20 @@ def test_prox_once_per_real_optimizer_step(digits, monkeypatch, steps):
     assert any(torch.is_tensor(t) for t in calls[-1])
 
 
+def test_accumulation_matches_larger_batches(digits):
+    # k micro-batches of size b accumulate the gradient of one batch of k*b;
+    # without dropout the two runs follow the same path up to float rounding
+    # (the shuffled order is the same: same seed, same number of samples).
+    X, y = digits
+    kw = {**SMALL, "lambda1": 1e-3, "lambda2": 1e-3, "module__dropout": 0.0, "max_epochs": 1}
+    big = AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(1), **{**kw, "batch_size": 40})
+    big.fit(X, y)
+    small = AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(2), **{**kw, "batch_size": 20})
+    small.fit(X, y)
+    np.testing.assert_allclose(small.predict_proba(X), big.predict_proba(X), atol=1e-5)
+    assert small.history[-1, "train_l2"] == pytest.approx(big.history[-1, "train_l2"], rel=1e-4)
+
+
 def test_clone_and_pickle(digits):
     X, y = digits
     acc = AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(), **SMALL)
