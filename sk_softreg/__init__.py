@@ -6,8 +6,17 @@ data loss. Both estimators are ``skorch.NeuralNet`` subclasses.
 """
 
 from ._classifier import SoftRegCNNClassifier
+from ._exceptions import ModelFileError, NonFiniteLossError
+from ._persistence import load
 from ._regressor import SoftRegRegressor
 
 __version__ = "0.1.0"
 
-__all__ = ["SoftRegCNNClassifier", "SoftRegRegressor", "__version__"]
+__all__ = [
+    "ModelFileError",
+    "NonFiniteLossError",
+    "SoftRegCNNClassifier",
+    "SoftRegRegressor",
+    "__version__",
+    "load",
+]

@@ -10,6 +10,7 @@ skorch's extension points:
 - ``fit`` / ``partial_fit`` validate parameters and data and seed torch.
 """
 
+import copy
 import math
 import numbers
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ from sklearn.utils._param_validation import (
     validate_parameter_constraints,
 )
 
+from ._exceptions import NonFiniteLossError
+from ._progress import EpochProgressBar
 from .penalties import (
     l1_penalty,
     l2_penalty,
@@ -96,6 +99,7 @@ class SoftRegMixin:
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_epoch_terms", None)
+        _drop_lr_schedulers(state)
         return state
 
     def __setstate__(self, state):
@@ -104,6 +108,8 @@ class SoftRegMixin:
         super().__setstate__(state)
         loaded = self.__dict__.pop("device")
         # keep "auto" as given; otherwise follow skorch (cuda -> cpu fallback)
+        if isinstance(loaded, torch.device) and not isinstance(requested, torch.device):
+            loaded = str(loaded)  # skorch's fallback returns torch.device("cpu")
         self._device_param = requested if requested == "auto" else loaded
 
     def __sklearn_is_fitted__(self):
@@ -213,10 +219,68 @@ class SoftRegMixin:
             yield
 
     def _after_fit(self, X, y):
+        self._check_finite_weights()
         params = self._penalized_params()
         total = sum(p.numel() for p in params)
         zeros = sum(int((p == 0).sum()) for p in params)
         self.sparsity_ = zeros / total if total else 0.0
+
+    # ------------------------------------------------------------------
+    # training faults: skorch already reads every batch loss to the host
+    # (``loss.item()`` in ``run_single_epoch``) and records it in history, so
+    # checking the recorded float adds no device sync.
+    def on_batch_end(self, net, batch=None, training=False, **kwargs):
+        super().on_batch_end(net, batch=batch, training=training, **kwargs)
+        if training:
+            batches = self.history[-1]["batches"]
+            loss = batches[-1].get("train_loss") if batches else None
+            if loss is not None and not math.isfinite(loss):
+                self._fail_non_finite(
+                    f"the training loss became {loss} at epoch {self.history[-1]['epoch']}, "
+                    f"batch {len(batches)}"
+                )
+
+    def _check_finite_weights(self):
+        for name in self._modules:
+            module = getattr(self, name + "_", None)
+            if module is None:
+                continue
+            params = [p for p in module.parameters() if p.is_floating_point()]
+            if params and not all(bool(torch.isfinite(p).all()) for p in params):
+                self._fail_non_finite(
+                    f"the weights of {name!r} became non-finite by the end of epoch "
+                    f"{len(self.history)}"
+                )
+
+    def _fail_non_finite(self, what):
+        # leave the net unfitted: predict raises NotFittedError instead of returning NaN
+        self.initialized_ = False
+        raise NonFiniteLossError(
+            f"Training of {type(self).__name__} diverged: {what}. Try a smaller learning "
+            f"rate (lr={self.lr!r} now), standardized inputs or smaller penalty weights."
+        )
+
+    def save(self, path):
+        """Save the fitted estimator to ``path`` in the safe sk_softreg format.
+
+        The file holds the weights (safetensors) and a JSON config with the
+        parameters and fitted attributes; :func:`sk_softreg.load` reads it back
+        without unpickling anything. Callbacks, the optimizer state and other
+        parameters that JSON cannot hold are not saved (a warning lists them).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write.
+
+        Returns
+        -------
+        self
+        """
+        from ._persistence import save
+
+        save(self, path)
+        return self
 
     def initialize_module(self):
         """Build ``module_``, passing the shape arguments inferred from the data.
@@ -234,6 +298,16 @@ class SoftRegMixin:
                     kwargs.setdefault(key, value)
         self.module_ = self.initialized_instance(module, kwargs)
         return self
+
+    def get_default_callbacks(self):
+        """skorch's defaults; with ``verbose >= 1`` a tqdm bar on stderr replaces the
+        epoch table (``verbose >= 2`` keeps the table too)."""
+        callbacks = list(super().get_default_callbacks())
+        if self.verbose >= 1:
+            if self.verbose < 2:
+                callbacks = [(name, cb) for name, cb in callbacks if name != "print_log"]
+            callbacks.append(("progress", EpochProgressBar()))
+        return callbacks
 
     def get_params_for(self, prefix):
         params = super().get_params_for(prefix)
@@ -319,3 +393,33 @@ def _accepted_kwargs(factory):
         return set()
     return set(signature.parameters)
 
+
+
+def _drop_lr_schedulers(state):
+    """Pickle callbacks without the torch LR scheduler they hold.
+
+    skorch 1.4's ``LRScheduler`` keeps ``lr_scheduler_``, and through it the
+    optimizer with its (possibly CUDA) tensors, outside the registered
+    attributes, so plain pickle serializes them and a CUDA-trained net no longer
+    loads without CUDA (skorch issue #1096). ``on_train_begin`` rebuilds the
+    scheduler from history, so the pickled copies drop it; the live callbacks
+    are left untouched.
+    """
+    copies = {}
+
+    def without_scheduler(cb):
+        if getattr(cb, "lr_scheduler_", None) is None:
+            return cb
+        if id(cb) not in copies:
+            copies[id(cb)] = copy.copy(cb)
+            copies[id(cb)].lr_scheduler_ = None
+        return copies[id(cb)]
+
+    def fix(item):
+        if isinstance(item, tuple) and len(item) == 2:
+            return (item[0], without_scheduler(item[1]))
+        return without_scheduler(item)
+
+    for key in ("callbacks", "callbacks_"):
+        if isinstance(state.get(key), list):
+            state[key] = [fix(item) for item in state[key]]

@@ -17,6 +17,7 @@ from sklearn.utils.validation import (
 )
 
 from ._base import SoftRegMixin
+from ._torchvision import TorchvisionClassifierNet
 from .modules import SoftRegCNN
 from .penalties import kl_from_uniform, kl_to_uniform
 
@@ -39,11 +40,16 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
 
     Parameters
     ----------
-    module : torch.nn.Module class or instance, default=None
+    module : torch.nn.Module class or instance, str, default=None
         The network; it must return logits. ``None`` uses
         :class:`~sk_softreg.modules.SoftRegCNN`. A module class whose
         constructor takes ``input_shape`` or ``n_classes`` gets them inferred
-        from the data unless set through ``module__*``.
+        from the data unless set through ``module__*``. A string names a
+        torchvision classification model (``"resnet18"``, ``"mobilenet_v3_small"``,
+        any of ``torchvision.models.list_models(module=torchvision.models)``),
+        built untrained (``weights=None``) for the data's channels and classes,
+        with small images upsampled; ``module__*`` reach its constructor. See
+        :class:`~sk_softreg._torchvision.TorchvisionClassifierNet`.
     lambda1 : float, default=0.0
         Weight of the L1 penalty ``sum_W |w|`` (a sum over weights, independent
         of the data size and the batch size).
@@ -67,9 +73,15 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         ``(C, H, W)`` or ``(H, W)`` to reshape 2-D input of F features into.
         ``None``: ``(1, sqrt(F), sqrt(F))`` if F is a perfect square, else
         ``(1, 1, F)``.
+    train_transform : callable or None, default=None
+        A transform of one image tensor ``(C, H, W)``, e.g. a torchvision
+        ``transforms.v2`` pipeline such as ``RandomAffine(degrees=10)``. It is
+        applied on the fly to each image of each *training* batch (with its
+        own random draw per image), never in validation or prediction.
+        It draws from torch's RNG, so ``random_state`` seeds it.
     random_state : int, RandomState instance or None, default=None
-        Seeds weight initialization, shuffling and dropout. An int makes fit
-        deterministic on CPU. The global torch RNG is restored after fit.
+        Seeds weight initialization, shuffling, dropout and ``train_transform``.
+        An int makes fit deterministic on CPU. The global torch RNG is restored after fit.
     criterion : torch criterion class, default=torch.nn.CrossEntropyLoss
         The data loss on logits.
     optimizer : torch optimizer class, default=torch.optim.Adam
@@ -87,7 +99,9 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
     device : str, torch.device or None, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU.
     verbose : int, default=0
-        0 prints nothing; 1 prints skorch's epoch table.
+        0 prints nothing; 1 draws a tqdm progress bar on stderr (epochs, and
+        batches of epochs of 50+ batches) with the loss and penalty terms; 2 also
+        prints skorch's epoch table.
     **kwargs
         Any other ``skorch.NeuralNet`` parameter (``iterator_train__*``,
         ``optimizer__*``, ``module__*``, ``warm_start``, ...).
@@ -131,6 +145,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         **SoftRegMixin._parameter_constraints,
         "kl": [StrOptions(set(_KL_TERMS))],
         "image_shape": [None, tuple, list],
+        "train_transform": [None, callable],
     }
 
     def __init__(
@@ -144,6 +159,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         penalize="weights",
         l1_method="proximal",
         image_shape=None,
+        train_transform=None,
         random_state=None,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.Adam,
@@ -176,6 +192,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         self.penalize = penalize
         self.l1_method = l1_method
         self.image_shape = image_shape
+        self.train_transform = train_transform
         self.random_state = random_state
 
     # ------------------------------------------------------------------
@@ -248,7 +265,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         if len(labels) < 2:
             raise ValueError(
                 f"{type(self).__name__} needs samples of at least 2 classes in the data, "
-                f"but the data contains only one class: {labels[0]!r}."
+                f"but the data contains only one class: {np.asarray(labels[0]).item()!r}."
             )
         self.classes_inferred_ = labels
 
@@ -275,21 +292,21 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
                     "is required."
                 )
             images = X if X.ndim == 4 else X[:, None]
+            shape = tuple(int(s) for s in images.shape[1:])
             if reset:
-                self._check_image_shape_matches(images.shape[1:])
-            elif images.shape[1:] != self.input_shape_:
+                self._check_image_shape_matches(shape)
+            elif shape != self.input_shape_:
                 raise ValueError(
-                    f"X has images of shape {images.shape[1:]}, but {type(self).__name__} "
-                    f"was fitted on images of shape {self.input_shape_}."
+                    f"X has images of shape {shape}, but {type(self).__name__} was fitted on "
+                    f"images of shape {self.input_shape_}."
                 )
             validate_data(self, images.reshape(len(images), -1), reset=reset, skip_check_array=True)
         else:
             X = validate_data(self, X, reset=reset, dtype=_FLOAT_DTYPES)
-            if reset:
-                self.input_shape_ = self._image_shape_for(X.shape[1])
-            images = X.reshape(len(X), *self.input_shape_)
+            shape = self._image_shape_for(X.shape[1]) if reset else self.input_shape_
+            images = X.reshape(len(X), *shape)
         if reset:
-            self.input_shape_ = tuple(int(s) for s in images.shape[1:])
+            self.input_shape_ = shape
         return np.ascontiguousarray(images, dtype=np.float32)
 
     def _parsed_image_shape(self):
@@ -334,6 +351,32 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
     def _inferred_module_kwargs(self):
         return {"input_shape": self.input_shape_, "n_classes": len(self.classes_)}
 
+    def __setattr__(self, name, value):
+        # torchvision v2 transforms are nn.Modules; skorch would register one
+        # as a network component. ``train_transform`` is a plain parameter.
+        if name == "train_transform":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def initialize_module(self):
+        """Build ``module_``; a string ``module`` names a torchvision model."""
+        if not isinstance(self.module, str):
+            return super().initialize_module()
+        kwargs = self.get_params_for("module")
+        for key, value in self._inferred_module_kwargs().items():
+            kwargs.setdefault(key, value)
+        self.module_ = TorchvisionClassifierNet(self.module, **kwargs)
+        return self
+
+    def train_step_single(self, batch, **fit_params):
+        """Apply ``train_transform`` to each training image, then skorch's step."""
+        if self.train_transform is not None:
+            Xi, yi = batch
+            Xi = torch.stack([self.train_transform(x) for x in torch.as_tensor(Xi)])
+            batch = (Xi, yi)
+        return super().train_step_single(batch, **fit_params)
+
     def _kl_term(self, y_pred, y_true):
         return _KL_TERMS[self.kl](y_pred)
 
@@ -344,7 +387,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
 
         Parameters
         ----------
-        X : array-like of shape (n, C, H, W), (n, H, W) or (n, F)
+        X : array-like of shape (n, C, H, W), (n, H, W) or (n, F), or a torch Dataset
 
         Returns
         -------
@@ -352,6 +395,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
             float64 rows that sum to 1, columns ordered as ``classes_``.
         """
         check_is_fitted(self)
+        # lazy data, and skorch's scoring callbacks pass validation Datasets
         if not _is_dataset(X):
             X = self._check_X(X, reset=False)
         proba = super().predict_proba(X).astype(np.float64)

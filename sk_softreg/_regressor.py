@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 import torch
 from skorch import NeuralNetRegressor
-from skorch.utils import to_tensor
+from skorch.utils import is_dataset, to_tensor
 from sklearn.utils._param_validation import Interval
 from sklearn.utils._available_if import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -245,7 +245,8 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
 
     def _predict_standardized(self, X):
         y_pred = self.forward(X, training=False)
-        mu, log_var = self._split_output(y_pred)
+        with torch.no_grad():
+            mu, log_var = self._split_output(y_pred)
         return mu.numpy(), log_var.numpy()
 
     def predict(self, X, return_std=False):
@@ -266,7 +267,8 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
             Only when ``return_std`` is true.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=_FLOAT_DTYPES).astype(np.float32, copy=False)
+        if not is_dataset(X):  # skorch's scoring callbacks pass validation Datasets
+            X = validate_data(self, X, reset=False, dtype=_FLOAT_DTYPES).astype(np.float32)
         mu, log_var = self._predict_standardized(X)
         mean = mu.astype(np.float64) * self.y_scale_ + self.y_mean_
         if self._y_1d:
@@ -276,7 +278,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         if self.alpha:
             std = np.exp(0.5 * log_var.astype(np.float64)) * self.y_scale_
         else:
-            std = np.broadcast_to(self.residual_std_, (len(X), self.n_outputs_)).copy()
+            std = np.broadcast_to(self.residual_std_, mean.reshape(len(mean), -1).shape).copy()
         return mean, (std[:, 0] if self._y_1d else std)
 
     def __sklearn_tags__(self):

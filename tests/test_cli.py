@@ -1,0 +1,124 @@
+"""The sk-softreg command line, end to end on a generated PNG folder."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _image_folder import make_image_folder
+
+from sk_softreg.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    folder = make_image_folder(tmp / "imgs", n_per_class=6, size=12)
+    model = tmp / "model.joblib"
+    code = main([
+        "fit", str(folder), "-o", str(model), "--epochs", "3", "--lambda1", "1e-4",
+        "--alpha", "0.1", "--grayscale", "--image-size", "10", "--device", "cpu", "-q",
+    ])
+    assert code == 0
+    return tmp, folder, model
+
+
+def test_fit_writes_a_model(trained, capsys):
+    import joblib
+
+    _, _, model = trained
+    clf = joblib.load(model)
+    assert list(clf.classes_) == ["circle", "cross", "square"]
+    assert clf.input_shape_ == (1, 10, 10)
+    assert clf.lambda1 == 1e-4 and clf.alpha == 0.1 and len(clf.history_) == 3
+
+
+def test_predict_csv_from_folder_and_npy(trained, capsys):
+    tmp, folder, model = trained
+    out = tmp / "pred.csv"
+    assert main(["predict", str(model), str(folder), "-o", str(out)]) == 0
+    with open(out) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["file", "label", "proba_circle", "proba_cross", "proba_square"]
+    assert len(rows) == 1 + 18
+    for row in rows[1:]:
+        proba = np.array(row[2:], dtype=float)
+        assert row[1] in ("circle", "cross", "square")
+        assert row[1] == ["circle", "cross", "square"][int(np.argmax(proba))]
+        assert abs(proba.sum() - 1) < 1e-4
+    # a .npy of already prepared images, to stdout
+    np.save(tmp / "x.npy", np.zeros((2, 1, 10, 10), dtype=np.float32))
+    capsys.readouterr()
+    assert main(["predict", str(model), str(tmp / "x.npy")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[1].startswith("x.npy[0],")
+
+
+def test_info(trained, capsys):
+    _, _, model = trained
+    assert main(["info", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "lambda1 = 0.0001" in out and "circle, cross, square" in out
+    assert "sparsity:" in out and "history: 3 epochs" in out
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "not_a_model", "wrong_object", "bad_input"])
+def test_input_errors_exit_2_with_one_line(trained, tmp_path, capsys, case):
+    _, folder, model = trained
+    if case == "missing":
+        argv = ["fit", str(tmp_path / "nope"), "-o", str(tmp_path / "m.joblib")]
+    elif case == "empty":
+        (tmp_path / "empty").mkdir()
+        argv = ["fit", str(tmp_path / "empty"), "-o", str(tmp_path / "m.joblib")]
+    elif case == "not_a_model":
+        (tmp_path / "junk.joblib").write_bytes(b"definitely not a pickle")
+        argv = ["info", str(tmp_path / "junk.joblib")]
+    elif case == "wrong_object":
+        import joblib
+
+        joblib.dump({"a": 1}, tmp_path / "dict.joblib")
+        argv = ["predict", str(tmp_path / "dict.joblib"), str(folder)]
+    else:
+        (tmp_path / "empty2").mkdir()
+        argv = ["predict", str(model), str(tmp_path / "empty2")]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("sk-softreg: error: ")
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert not (tmp_path / "m.joblib").exists()
+
+
+def test_demo_function_small(tmp_path):
+    import io
+
+    from sk_softreg._demo import run_demo
+
+    out = io.StringIO()
+    result = run_demo({"lambda1": [0.0, 1e-4]}, max_epochs=1, cv=2, n_samples=200,
+                      device="cpu", output=tmp_path / "d.joblib", file=out)
+    text = out.getvalue()
+    assert "mean acc" in text and "test accuracy" in text and "sparsity" in text
+    assert len(result["search"].cv_results_["params"]) == 2
+    assert 0.0 <= result["test_accuracy"] <= 1.0 and (tmp_path / "d.joblib").exists()
+
+
+def test_console_entry_point_subprocess(trained):
+    """One real process: the module runs as a script, progress bar on stderr."""
+    tmp, folder, _ = trained
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    model = tmp / "sub.joblib"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sk_softreg.cli", "fit", str(folder), "-o", str(model),
+         "--epochs", "1", "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "saved model to" in proc.stdout and "1/1" in proc.stderr
+    bad = subprocess.run([sys.executable, "-m", "sk_softreg.cli", "info", str(folder)],
+                         capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1

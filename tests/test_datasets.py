@@ -1,0 +1,71 @@
+"""sk_softreg.datasets: image folders into arrays, and lazily."""
+
+import warnings
+
+import numpy as np
+import pytest
+from _image_folder import make_image_folder
+
+from sk_softreg import SoftRegCNNClassifier
+from sk_softreg.datasets import ImageFolderDataset, load_image_folder
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_image_folder(tmp_path / "imgs", n_per_class=4, size=10)
+
+
+def test_load_image_folder_arrays(folder):
+    X, y, paths = load_image_folder(folder)
+    assert X.shape == (12, 3, 10, 10) and X.dtype == np.float32
+    assert 0.0 <= X.min() and X.max() <= 1.0
+    assert list(np.unique(y)) == ["circle", "cross", "square"]
+    assert all(p.endswith(".png") and f"/{label}/" in p for p, label in zip(paths, y))
+    X1, _, _ = load_image_folder(folder, image_size=(6, 8), grayscale=True)
+    assert X1.shape == (12, 1, 6, 8)
+
+
+def test_loaded_folder_trains_a_classifier(folder):
+    X, y, _ = load_image_folder(folder, grayscale=True)
+    clf = SoftRegCNNClassifier(max_epochs=2, random_state=0, device="cpu").fit(X, y)
+    assert set(clf.predict(X)) <= set(y)
+
+
+def test_unreadable_files_are_skipped_with_one_warning(folder):
+    for i in range(5):
+        (folder / "cross" / f"broken{i}.png").write_bytes(b"not a png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        X, _, paths = load_image_folder(folder)
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1
+    assert "Skipped 5 unreadable" in messages[0] and "broken0.png" in messages[0]
+    assert "and 2 more" in messages[0]
+    assert len(X) == 12 and not any("broken" in p for p in paths)
+    with pytest.warns(UserWarning, match="Skipped 5"):
+        ds = ImageFolderDataset(folder)
+    assert len(ds) == 12
+
+
+def test_bad_folders(tmp_path, folder):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_image_folder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        load_image_folder(tmp_path / "empty")
+    from PIL import Image
+
+    Image.new("RGB", (5, 5)).save(folder / "circle" / "odd.png")
+    with pytest.raises(ValueError, match="different sizes.*image_size"):
+        load_image_folder(folder)
+
+
+def test_lazy_dataset_matches_arrays(folder):
+    X, y, _ = load_image_folder(folder, image_size=8)
+    ds = ImageFolderDataset(folder, image_size=8)
+    assert ds.classes == ["circle", "cross", "square"]
+    assert len(ds) == len(X)
+    for i in (0, 5, 11):
+        image, target = ds[i]
+        np.testing.assert_array_equal(image.numpy(), X[i])
+        assert ds.classes[target] == y[i]

@@ -1,0 +1,388 @@
+"""Behaviour of the two estimators: shapes, labels, penalties in training, defaults."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from skorch.dataset import Dataset
+from skorch.helper import predefined_split
+from sklearn.base import clone
+from sklearn.datasets import load_diabetes
+from sklearn.linear_model import Ridge
+from sklearn.metrics import log_loss
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
+from sk_softreg.modules import SoftRegCNN
+
+FAST = dict(max_epochs=2, random_state=0, device="cpu")
+
+
+def clf(**kwargs):
+    return SoftRegCNNClassifier(**{**FAST, **kwargs})
+
+
+def reg(**kwargs):
+    return SoftRegRegressor(**{**FAST, **kwargs})
+
+
+# ----------------------------------------------------------------------------
+# classifier input shapes and dtypes
+@pytest.mark.parametrize(
+    "transform, expected_shape",
+    [
+        (lambda X: X, (1, 8, 8)),  # flat, perfect square
+        (lambda X: X.reshape(-1, 8, 8), (1, 8, 8)),  # (n, H, W)
+        (lambda X: X.reshape(-1, 1, 8, 8), (1, 8, 8)),  # (n, C, H, W)
+        (lambda X: np.repeat(X.reshape(-1, 1, 8, 8), 3, axis=1), (3, 8, 8)),
+        (lambda X: X[:, :10], (1, 1, 10)),  # flat, not a square: a 1 x F strip
+        (lambda X: (X * 16).astype(np.uint8), (1, 8, 8)),
+        (lambda X: X.astype(np.float32), (1, 8, 8)),
+        (lambda X: X.astype(np.int64), (1, 8, 8)),
+        (lambda X: X.tolist(), (1, 8, 8)),
+        (lambda X: pd.DataFrame(X, columns=[f"px{i}" for i in range(64)]), (1, 8, 8)),
+    ],
+    ids=["flat", "nhw", "nchw", "rgb", "strip", "uint8", "float32", "int64", "list", "frame"],
+)
+def test_classifier_accepts_shapes_and_dtypes(small_digits, transform, expected_shape):
+    X, y = small_digits
+    Xt = transform(X)
+    est = clf().fit(Xt, y)
+    assert est.input_shape_ == expected_shape
+    assert est.n_features_in_ == int(np.prod(expected_shape))
+    proba = est.predict_proba(Xt)
+    assert proba.shape == (len(y), 10)
+    assert proba.dtype == np.float64
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    assert est.predict(Xt).shape == (len(y),)
+
+
+def test_dataframe_sets_feature_names(small_digits):
+    X, y = small_digits
+    frame = pd.DataFrame(X, columns=[f"px{i}" for i in range(64)])
+    est = clf().fit(frame, y)
+    assert list(est.feature_names_in_) == list(frame.columns)
+
+
+def test_flat_and_image_input_are_interchangeable_at_predict(small_digits):
+    X, y = small_digits
+    est = clf().fit(X.reshape(-1, 1, 8, 8), y)
+    np.testing.assert_array_equal(est.predict_proba(X), est.predict_proba(X.reshape(-1, 8, 8)))
+
+
+def test_image_shape_parameter(small_digits):
+    X, y = small_digits
+    est = clf(image_shape=(4, 16)).fit(X, y)
+    assert est.input_shape_ == (1, 4, 16)
+    est = clf(image_shape=(1, 2, 32)).fit(X, y)
+    assert est.input_shape_ == (1, 2, 32)
+    with pytest.raises(ValueError, match="image_shape"):
+        clf(image_shape=(5, 5)).fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [np.array([3, 7, 11]), np.array(["cat", "dog", "emu"]), np.array([-1.0, 0.0, 2.0])],
+    ids=["ints", "strings", "floats"],
+)
+def test_classifier_returns_original_labels(small_digits, labels):
+    X, y = small_digits
+    mask = y < 3
+    y_lab = labels[y[mask]]
+    est = clf(max_epochs=5).fit(X[mask], y_lab)
+    np.testing.assert_array_equal(est.classes_, np.sort(labels))
+    pred = est.predict(X[mask])
+    assert set(pred) <= set(labels)
+    assert np.mean(pred == y_lab) > 0.8
+
+
+def test_tiny_images_and_strips_work():
+    rng = np.random.default_rng(0)
+    for shape in [(2, 1, 1), (1, 1, 3), (1, 3, 1), (3, 2, 5)]:
+        X = rng.normal(size=(40, *shape)).astype(np.float32)
+        y = (X.reshape(40, -1).sum(axis=1) > 0).astype(int)
+        est = clf(max_epochs=1).fit(X, y)
+        assert est.predict(X).shape == (40,)
+
+
+# ----------------------------------------------------------------------------
+# penalties during training
+def test_history_records_penalty_terms(small_digits):
+    X, y = small_digits
+    est = clf(lambda1=1e-3, lambda2=1e-3, alpha=0.5, max_epochs=3).fit(X, y)
+    for row in est.history:
+        for key in ("train_loss", "train_l1", "train_l2", "train_kl"):
+            assert np.isfinite(row[key])
+        assert row["train_l1"] > 0 and row["train_l2"] > 0 and row["train_kl"] > 0
+        assert row["train_loss"] > row["train_l1"] + row["train_l2"] + row["train_kl"]
+
+
+def test_train_loss_is_data_plus_weighted_terms(small_digits):
+    # With a vanishing learning rate the weights stay put during the epoch, so each
+    # recorded term must equal its hand computation on the final weights.
+    X, y = small_digits
+    lam1, lam2, alpha = 1e-3, 2e-3, 0.5
+    est = clf(lambda1=lam1, lambda2=lam2, alpha=alpha, lr=1e-9, max_epochs=1,
+              module__dropout=0.0).fit(X, y)
+    weights = est._penalized_params()
+    with torch.no_grad():
+        l1 = lam1 * sum(w.abs().sum().item() for w in weights)
+        l2 = lam2 * sum(w.square().sum().item() for w in weights)
+        logits = est.forward(X.reshape(-1, 1, 8, 8).astype(np.float32))
+        log_p = torch.log_softmax(logits, dim=1)
+        kl = alpha * (-log_p.mean(dim=1) - np.log(10)).mean().item()
+        ce = nn.functional.cross_entropy(logits, torch.as_tensor(y)).item()
+    row = est.history[-1]
+    assert row["train_l1"] == pytest.approx(l1, rel=1e-4)
+    assert row["train_l2"] == pytest.approx(l2, rel=1e-4)
+    assert row["train_kl"] == pytest.approx(kl, rel=1e-4)
+    assert row["train_loss"] == pytest.approx(ce + l1 + l2 + kl, rel=1e-4)
+
+
+def test_history_terms_are_zero_without_regularization(small_digits):
+    X, y = small_digits
+    est = clf().fit(X, y)
+    assert est.history[:, "train_l1"] == [0.0, 0.0]
+    assert est.history[:, "train_kl"] == [0.0, 0.0]
+
+
+def test_valid_loss_is_the_plain_data_loss(small_digits, digits):
+    X, y = small_digits
+    Xv, yv = digits[0][300:500], digits[1][300:500]
+    split = predefined_split(Dataset(Xv.reshape(-1, 1, 8, 8).astype(np.float32), yv))
+    est = clf(lambda1=1e-2, lambda2=1e-2, alpha=1.0, train_split=split, max_epochs=2).fit(X, y)
+    expected = log_loss(yv, est.predict_proba(Xv), labels=est.classes_)
+    assert est.history[-1, "valid_loss"] == pytest.approx(expected, rel=1e-4)
+    # the training objective carries the penalties, which are large here
+    row = est.history[-1]
+    assert row["train_l1"] + row["train_l2"] + row["train_kl"] > 0.1
+    assert row["train_loss"] > row["valid_loss"]
+
+
+def test_get_loss_adds_penalties_only_in_training(small_digits):
+    X, y = small_digits
+    est = clf(lambda1=1e-2, lambda2=1e-2, alpha=1.0, l1_method="subgradient").fit(X, y)
+    logits = est.forward(X[:50].reshape(-1, 1, 8, 8).astype(np.float32))
+    target = torch.as_tensor(y[:50])
+    plain = est.get_loss(logits, target, training=False)
+    torch.testing.assert_close(plain, nn.functional.cross_entropy(logits, target))
+    trained = est.get_loss(logits, target, training=True)
+    weights = est._penalized_params()
+    with torch.no_grad():
+        l1 = 1e-2 * sum(w.abs().sum() for w in weights)
+        l2 = 1e-2 * sum(w.square().sum() for w in weights)
+        lp = torch.log_softmax(logits, dim=1)
+        kl = (-lp.mean(dim=1) - np.log(10)).mean()
+    torch.testing.assert_close(trained, plain + l1 + l2 + kl, rtol=1e-5, atol=1e-5)
+
+
+def test_proximal_l1_gives_exact_zeros_and_spares_biases(small_digits):
+    X, y = small_digits
+    est = clf(lambda1=1e-2, max_epochs=3).fit(X, y)
+    assert est.sparsity_ > 0.5
+    weights = est._penalized_params()
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert est.sparsity_ == pytest.approx(zeros / sum(w.numel() for w in weights))
+    biases = [p for name, p in est.module_.named_parameters() if name.endswith("bias")]
+    assert all(int((b == 0).sum()) == 0 for b in biases)
+
+
+def test_subgradient_l1_gives_no_exact_zeros(small_digits):
+    X, y = small_digits
+    est = clf(lambda1=1e-2, l1_method="subgradient", max_epochs=3).fit(X, y)
+    assert est.sparsity_ < 0.01
+
+
+def test_penalize_all_reaches_biases(small_digits):
+    X, y = small_digits
+    est = clf(lambda1=1.0, penalize="all", max_epochs=2).fit(X, y)
+    biases = [p for name, p in est.module_.named_parameters() if name.endswith("bias")]
+    assert sum(int((b == 0).sum()) for b in biases) > 0
+
+
+class TinyNet(nn.Module):
+    """A user module: logits out, no shape arguments."""
+
+    def __init__(self, n_hidden=16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, n_hidden), nn.ReLU(), nn.Linear(n_hidden, 10))
+
+    def forward(self, X):
+        return self.net(X)
+
+
+@pytest.mark.parametrize(
+    "penalty",
+    [
+        dict(lambda1=1e-3),
+        dict(lambda1=1e-3, l1_method="subgradient"),
+        dict(lambda2=1e-3),
+        dict(alpha=0.2),
+        dict(alpha=0.2, kl="confidence_penalty"),
+    ],
+)
+def test_user_module_works_with_every_penalty(small_digits, penalty):
+    X, y = small_digits
+    est = clf(module=TinyNet, module__n_hidden=8, max_epochs=10, lr=1e-2, **penalty).fit(X, y)
+    assert est.module_.net[1].out_features == 8
+    assert np.mean(est.predict(X) == y) > 0.5
+    assert est.history[-1, "train_loss"] > 0
+
+
+def test_module_params_reach_default_cnn(small_digits):
+    X, y = small_digits
+    est = clf(module__channels=(8,), module__hidden_units=0, module__dropout=0.0).fit(X, y)
+    convs = [m for m in est.module_.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 8]
+    assert isinstance(est.module_, SoftRegCNN)
+
+
+def test_module_instance_is_used_as_given(small_digits):
+    X, y = small_digits
+    net = TinyNet(4)
+    est = clf(module=net).fit(X, y)
+    assert est.module_ is net
+
+
+# ----------------------------------------------------------------------------
+# determinism, params
+def test_random_state_makes_fit_deterministic(small_digits):
+    X, y = small_digits
+    est = clf(alpha=0.1, lambda1=1e-4, max_epochs=2, module__dropout=0.5)
+    p1 = est.fit(X, y).predict_proba(X)
+    p2 = est.fit(X, y).predict_proba(X)
+    p3 = clone(est).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(p1, p2)
+    np.testing.assert_array_equal(p1, p3)
+    p4 = clf(random_state=1, alpha=0.1, lambda1=1e-4).fit(X, y).predict_proba(X)
+    assert not np.array_equal(p1, p4)
+
+
+def test_fit_leaves_global_torch_rng_alone(small_digits):
+    X, y = small_digits
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    clf().fit(X, y)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_get_params_set_params_clone_round_trip():
+    est = SoftRegCNNClassifier(
+        lambda1=1e-4, lambda2=2e-4, alpha=0.3, kl="confidence_penalty", penalize="all",
+        l1_method="subgradient", image_shape=(8, 8), random_state=3, device="cpu",
+        module__channels=(8,), optimizer__weight_decay=0.0, lr=0.01,
+    )
+    params = est.get_params(deep=False)
+    assert params["device"] == "cpu" and params["module__channels"] == (8,)
+    assert not any(k.startswith("_") for k in params)
+    twin = clone(est)
+    assert twin.get_params(deep=False).keys() == params.keys()
+    for key, value in params.items():
+        assert twin.get_params(deep=False)[key] == value
+    twin.set_params(lambda1=0.5, alpha=0.0, device="auto")
+    assert twin.lambda1 == 0.5 and twin.alpha == 0.0 and twin.get_params()["device"] == "auto"
+    assert SoftRegRegressor(tau=0.3).get_params()["tau"] == 0.3
+
+
+def test_device_auto_resolves_without_changing_the_parameter():
+    est = SoftRegCNNClassifier()
+    assert est.get_params()["device"] == "auto"
+    assert est.device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------
+# regressor
+def test_regressor_1d_and_2d_targets(regression_data):
+    X, y = regression_data
+    est = reg(max_epochs=3).fit(X, y)
+    assert est.predict(X).shape == (200,)
+    Y = np.column_stack([y, -y, 2 * y])
+    est = reg(max_epochs=3).fit(X, Y)
+    assert est.n_outputs_ == 3
+    mean, std = est.predict(X, return_std=True)
+    assert mean.shape == std.shape == (200, 3)
+    est = reg(max_epochs=3).fit(X, y.reshape(-1, 1))
+    assert est.predict(X).shape == (200, 1)
+
+
+def test_regressor_accepts_int_and_float64_targets(regression_data):
+    X, y = regression_data
+    for target in (np.round(y).astype(int), y.astype(np.float64)):
+        assert reg().fit(X, target).predict(X).dtype == np.float64
+
+
+def test_regressor_predicts_in_target_units(regression_data):
+    X, y = regression_data
+    est = reg(max_epochs=60, module__dropout=0.0, lr=5e-3).fit(X, y * 1000)
+    assert est.score(X, y * 1000) > 0.9
+    assert abs(est.predict(X).mean() - (y * 1000).mean()) < 0.1 * (y * 1000).std()
+
+
+def test_return_std_uses_variance_head_when_alpha_positive(regression_data):
+    X, y = regression_data
+    est = reg(alpha=1.0, max_epochs=5).fit(X, y)
+    mean, std = est.predict(X, return_std=True)
+    assert (std > 0).all() and np.isfinite(std).all()
+    assert np.unique(std).size > 1  # heteroscedastic head, not a constant
+    est0 = reg(alpha=0.0, max_epochs=5).fit(X, y)
+    _, std0 = est0.predict(X, return_std=True)
+    np.testing.assert_allclose(std0, est0.residual_std_[0])
+    resid = y - est0.predict(X)
+    assert est0.residual_std_[0] == pytest.approx(np.sqrt(np.mean(resid**2)), rel=1e-4)
+
+
+def test_regressor_variance_tracks_noise():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, size=(1000, 1))
+    y = x[:, 0] + rng.normal(size=1000) * (0.05 + 0.5 * np.abs(x[:, 0]))
+    est = SoftRegRegressor(
+        alpha=1.0, tau=0.05, max_epochs=40, module__dropout=0.0, random_state=0, device="cpu"
+    ).fit(x, y)
+    _, std = est.predict(np.array([[0.0], [1.8]]), return_std=True)
+    assert std[1] > 2 * std[0]
+
+
+class MeanOnly(nn.Module):
+    def __init__(self, n_features=5, n_outputs=1):
+        super().__init__()
+        self.lin = nn.Linear(n_features, n_outputs)
+
+    def forward(self, X):
+        return self.lin(X)
+
+
+def test_regressor_user_module_with_means_only_gets_learned_log_variance(regression_data):
+    X, y = regression_data
+    est = reg(module=MeanOnly, alpha=0.5, max_epochs=20, lr=1e-2).fit(X, y)
+    assert est.log_var_.log_var.shape == (1,)
+    assert est.log_var_.log_var.item() != 0.0  # trained by the KL term
+    mean, std = est.predict(X, return_std=True)
+    assert np.unique(std).size == 1 and mean.shape == (200,)
+
+
+def test_regressor_rejects_module_with_wrong_width(regression_data):
+    X, y = regression_data
+    with pytest.raises(ValueError, match="returns 3 columns"):
+        reg(module=MeanOnly, module__n_outputs=3).fit(X, y)
+
+
+# ----------------------------------------------------------------------------
+# defaults meet the documented quality bars
+def test_default_classifier_reaches_97_percent_on_digits(digits):
+    X, y = digits
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
+    est = SoftRegCNNClassifier(random_state=0, device="cpu").fit(X_tr, y_tr)
+    assert est.score(X_te, y_te) >= 0.97
+
+
+def test_default_regressor_beats_ridge_on_diabetes():
+    X, y = load_diabetes(return_X_y=True)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, random_state=0)
+    scaler = StandardScaler().fit(X_tr)
+    X_tr, X_te = scaler.transform(X_tr), scaler.transform(X_te)
+    ridge = Ridge().fit(X_tr, y_tr).score(X_te, y_te)
+    ours = SoftRegRegressor(random_state=0, device="cpu").fit(X_tr, y_tr).score(X_te, y_te)
+    assert ours > ridge

@@ -1,0 +1,159 @@
+"""Training faults: divergence, interruption, warm start and partial_fit."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import NotFittedError
+from skorch.callbacks import Callback
+
+from sk_softreg import NonFiniteLossError, SoftRegCNNClassifier, SoftRegRegressor
+
+FAST = {"batch_size": 16, "device": "cpu", "random_state": 0}
+TINY_CNN = {"module__channels": (4, 8), "module__hidden_units": 16}
+_rng = np.random.RandomState(0)
+X_IMG = _rng.rand(48, 16).astype(np.float32)
+Y_CLS = np.arange(48) % 3
+X_TAB = _rng.randn(48, 4)
+Y_REG = X_TAB @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.1 * _rng.randn(48)
+
+
+@pytest.mark.parametrize(
+    "est, X, y",
+    [
+        (SoftRegCNNClassifier(**TINY_CNN, optimizer=torch.optim.SGD, lr=1e6, max_epochs=5, **FAST), X_IMG, Y_CLS),
+        (SoftRegRegressor(optimizer=torch.optim.SGD, lr=1e6, max_epochs=5, **FAST), X_TAB, Y_REG),
+    ],
+    ids=["classifier", "regressor"],
+)
+def test_non_finite_loss_stops_training_clearly(est, X, y):
+    with pytest.raises(NonFiniteLossError, match=r"epoch \d+, batch \d+.*smaller learning rate") as info:
+        est.fit(X, y)
+    assert isinstance(info.value, FloatingPointError)
+    # training stopped at the reported batch: no further batches were run
+    epoch, batch = (int(v) for v in __import__("re").findall(r"epoch (\d+), batch (\d+)", str(info.value))[0])
+    assert len(est.history) == epoch
+    assert len(est.history[-1, "batches"]) == batch
+    assert not np.isfinite(est.history[-1, "batches", -1, "train_loss"])
+    # never a fitted model that predicts NaN
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+
+
+class _PoisonWeights(Callback):
+    """Set a weight to NaN after the last optimizer step, keeping that batch's loss finite."""
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        last_batch = len(net.history[-1, "batches"]) == 3  # 48 samples / batch_size 16
+        if training and len(net.history) == net.max_epochs and last_batch:
+            with torch.no_grad():
+                next(net.module_.parameters()).view(-1)[0] = float("nan")
+
+
+def test_non_finite_weights_after_last_batch_are_caught():
+    est = SoftRegRegressor(max_epochs=2, callbacks=[_PoisonWeights()], **FAST)
+    with pytest.raises(NonFiniteLossError, match="weights of 'module' became non-finite"):
+        est.fit(X_TAB, Y_REG)
+    with pytest.raises(NotFittedError):
+        est.predict(X_TAB)
+
+
+def test_diverged_estimator_can_be_refit():
+    est = SoftRegRegressor(optimizer=torch.optim.SGD, lr=1e6, max_epochs=3, **FAST)
+    with pytest.raises(NonFiniteLossError):
+        est.fit(X_TAB, Y_REG)
+    est.set_params(lr=1e-2).fit(X_TAB, Y_REG)
+    assert np.isfinite(est.predict(X_TAB)).all()
+
+
+class _InterruptAt(Callback):
+    def __init__(self, epoch=2):
+        self.epoch = epoch
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "make, X, y",
+    [
+        (lambda **kw: SoftRegCNNClassifier(**TINY_CNN, **kw), X_IMG, Y_CLS),
+        (lambda **kw: SoftRegRegressor(alpha=0.1, **kw), X_TAB, Y_REG),
+    ],
+    ids=["classifier", "regressor"],
+)
+def test_keyboard_interrupt_leaves_usable_model(make, X, y):
+    est = make(max_epochs=4, callbacks=[("interrupt", _InterruptAt(2))], **FAST)
+    est.fit(X, y)  # skorch swallows the KeyboardInterrupt
+    assert len(est.history) == 2
+    assert hasattr(est, "sparsity_")  # _after_fit ran
+    pred = est.predict(X)
+    assert pred.shape == (len(X),)
+    if isinstance(est, SoftRegRegressor):
+        assert np.isfinite(pred).all() and hasattr(est, "residual_std_")
+        assert np.isfinite(est.predict(X, return_std=True)[1]).all()
+    else:
+        assert set(pred) <= set(est.classes_)
+    # and training can go on from there
+    est.partial_fit(X, y)  # the callback fires at epoch 2 only
+    assert len(est.history) == 6
+
+
+def _weights(est):
+    return [p.detach().clone() for p in est.module_.parameters()]
+
+
+def _params_equal(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize(
+    "est, X, y",
+    [
+        (SoftRegCNNClassifier(**TINY_CNN, max_epochs=2, **FAST), X_IMG, Y_CLS),
+        (SoftRegRegressor(max_epochs=2, lambda1=1e-3, **FAST), X_TAB, Y_REG),
+    ],
+    ids=["classifier", "regressor"],
+)
+def test_warm_start_continues_from_fitted_state(est, X, y):
+    est.fit(X, y)
+    module, optimizer, before = est.module_, est.optimizer_, _weights(est)
+    adam_steps = int(optimizer.state[next(module.parameters())]["step"])
+    est.set_params(warm_start=True).fit(X, y)
+    # same objects, trained further, history extended, Adam state kept
+    assert est.module_ is module and est.optimizer_ is optimizer
+    assert len(est.history) == 4
+    assert int(optimizer.state[next(module.parameters())]["step"]) == 2 * adam_steps
+    assert not _params_equal(before, _weights(est))
+    # without warm_start a refit starts over (same seed -> same weights as the first fit)
+    first = _weights(est.set_params(warm_start=False).fit(X, y))
+    assert len(est.history) == 2
+    assert _params_equal(first, before)
+
+
+@pytest.mark.parametrize(
+    "est, X, y",
+    [
+        (SoftRegCNNClassifier(**TINY_CNN, max_epochs=1, **FAST), X_IMG, Y_CLS),
+        (SoftRegRegressor(max_epochs=1, **FAST), X_TAB, Y_REG),
+    ],
+    ids=["classifier", "regressor"],
+)
+def test_partial_fit_continues_from_fitted_state(est, X, y):
+    est.fit(X, y)
+    module, before = est.module_, _weights(est)
+    loss_after_fit = est.history[-1, "train_loss"]
+    for _ in range(3):
+        est.partial_fit(X, y)
+    assert est.module_ is module
+    assert len(est.history) == 4
+    assert not _params_equal(before, _weights(est))
+    assert est.history[-1, "train_loss"] < loss_after_fit
+
+
+def test_partial_fit_keeps_classes_from_first_call():
+    est = SoftRegCNNClassifier(**TINY_CNN, max_epochs=1, **FAST)
+    est.partial_fit(X_IMG[Y_CLS < 2], Y_CLS[Y_CLS < 2], classes=[0, 1, 2])
+    est.partial_fit(X_IMG[Y_CLS == 2], Y_CLS[Y_CLS == 2])
+    assert list(est.classes_) == [0, 1, 2]
+    assert est.predict_proba(X_IMG).shape == (48, 3)
