@@ -352,10 +352,14 @@ class SoftRegMixin:
     def train_step(self, batch, **fit_params):
         """One optimizer step, then the proximal L1 step on the penalized weights."""
         step = super().train_step(batch, **fit_params)
+        self._proximal_step()
+        return step
+
+    def _proximal_step(self):
+        """Soft-threshold the penalized weights; called right after the optimizer step."""
         if self.lambda1 and self.l1_method == "proximal":
             params = self._penalized_params()
             prox_l1_(params, prox_thresholds(self.optimizer_, params, self.lambda1))
-        return step
 
     # ------------------------------------------------------------------
     # history: penalty terms summed on the device, read once per epoch

@@ -14,7 +14,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 from skorch import NeuralNet, NeuralNetClassifier
-from skorch.utils import is_dataset
+from skorch.helper import SliceDataset
 
 from ._base import SoftRegMixin
 from ._torchvision import TorchvisionClassifierNet
@@ -198,6 +198,8 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
     # ------------------------------------------------------------------
     # data
     def _validate_fit_data(self, X, y, reset, classes=None):
+        if _is_dataset(X):
+            return self._validate_fit_dataset(X, y, reset, classes)
         X = self._check_X(X, reset=reset)
         y = column_or_1d(y, warn=True)
         check_consistent_length(X, y)
@@ -205,6 +207,53 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         if reset:
             self._set_classes(y, classes)
         return X, self._encode(y)
+
+    def _validate_fit_dataset(self, X, y, reset, classes):
+        """Lazy data: a torch ``Dataset`` of ``(x, y)`` pairs, or a skorch ``SliceDataset``.
+
+        Samples are not validated or copied; each ``x`` must be a float32
+        ``(C, H, W)`` tensor. ``input_shape_`` comes from the first sample.
+        Without the ``classes`` parameter (or ``partial_fit``'s ``classes``)
+        the labels are read once from the whole data set, which loads every
+        sample of a ``Dataset`` of pairs.
+        """
+        pairs = y is None
+        if pairs and not isinstance(X, torch.utils.data.Dataset):
+            raise ValueError(
+                f"{type(self).__name__} got a SliceDataset X without y; pass the targets as y."
+            )
+        first = X[0][0] if pairs else X[0]
+        shape = tuple(int(s) for s in getattr(first, "shape", ()))
+        if len(shape) != 3:
+            raise ValueError(
+                f"{type(self).__name__} expects the samples of a Dataset to be (C, H, W) "
+                f"tensors; the first sample has shape {shape}."
+            )
+        if reset:
+            self._check_image_shape_matches(shape)
+            self.input_shape_ = shape
+            self.n_features_in_ = math.prod(shape)
+        elif shape != self.input_shape_:
+            raise ValueError(
+                f"X has images of shape {shape}, but {type(self).__name__} was fitted on "
+                f"images of shape {self.input_shape_}."
+            )
+        known = self.classes is not None and len(self.classes) or classes is not None
+        labels = None
+        if not pairs:
+            labels = column_or_1d(np.asarray(list(y) if _is_dataset(y) else y), warn=True)
+            check_consistent_length(X, labels)
+        elif reset and not known:
+            labels = np.asarray([X[i][1] for i in range(len(X))])  # one pass over the data
+        if labels is not None:
+            check_classification_targets(labels)
+        if reset:
+            self._set_classes(labels, classes)
+        if not pairs:
+            return X, self._encode(labels)
+        if np.array_equal(self.classes_, np.arange(len(self.classes_))):
+            return X, None  # labels are already 0..K-1
+        return _EncodedTargets(X, self.classes_), None
 
     def _set_classes(self, y, classes):
         if self.classes is not None and len(self.classes):
@@ -346,7 +395,8 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
             float64 rows that sum to 1, columns ordered as ``classes_``.
         """
         check_is_fitted(self)
-        if not is_dataset(X):  # skorch's scoring callbacks pass validation Datasets
+        # lazy data, and skorch's scoring callbacks pass validation Datasets
+        if not _is_dataset(X):
             X = self._check_X(X, reset=False)
         proba = super().predict_proba(X).astype(np.float64)
         return proba / proba.sum(axis=1, keepdims=True)
@@ -369,6 +419,29 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
         return tags
+
+
+def _is_dataset(X):
+    """True for lazy inputs: a torch ``Dataset`` or a skorch ``SliceDataset``."""
+    return isinstance(X, (torch.utils.data.Dataset, SliceDataset))
+
+
+class _EncodedTargets(torch.utils.data.Dataset):
+    """A ``Dataset`` of ``(x, label)`` pairs served as ``(x, class index)``."""
+
+    def __init__(self, dataset, classes):
+        self.dataset = dataset
+        self.classes = classes
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, label = self.dataset[i]
+        idx = np.searchsorted(self.classes, label)
+        if idx >= len(self.classes) or self.classes[idx] != label:
+            raise ValueError(f"y contains previously unseen labels: [{label!r}]")
+        return x, int(idx)
 
 
 def _ndim(X):

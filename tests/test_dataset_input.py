@@ -1,0 +1,104 @@
+"""Lazy data: a torch Dataset of (x, y) pairs, and GridSearchCV through SliceDataset."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from skorch.helper import SliceDataset
+
+from sk_softreg import SoftRegCNNClassifier
+
+SMALL = {
+    "max_epochs": 2,
+    "batch_size": 32,
+    "module__channels": (4, 8),
+    "module__hidden_units": 16,
+    "random_state": 0,
+    "device": "cpu",
+}
+
+
+class DigitsImages(torch.utils.data.Dataset):
+    """Digits served one (1, 8, 8) float32 image at a time, as a lazy loader would."""
+
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+        self.reads = 0
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return torch.from_numpy(self.X[i].reshape(1, 8, 8)), self.y[i]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return (X[:200] / 16.0).astype(np.float32), y[:200]
+
+
+def test_dataset_fit_matches_arrays(digits):
+    X, y = digits
+    arrays = SoftRegCNNClassifier(lambda1=1e-3, **SMALL).fit(X, y)
+    lazy = SoftRegCNNClassifier(lambda1=1e-3, **SMALL).fit(DigitsImages(X, y))
+    assert lazy.input_shape_ == (1, 8, 8)
+    assert lazy.n_features_in_ == 64
+    np.testing.assert_array_equal(lazy.classes_, np.arange(10))
+    np.testing.assert_array_equal(lazy.predict_proba(X), arrays.predict_proba(X))
+    # predicting on a Dataset works too
+    np.testing.assert_array_equal(lazy.predict(DigitsImages(X, y)), arrays.predict(X))
+
+
+def test_dataset_with_workers_and_string_labels(digits):
+    X, y = digits
+    labels = np.array([f"digit{d}" for d in y])
+    clf = SoftRegCNNClassifier(
+        **SMALL, iterator_train__num_workers=2, iterator_valid__num_workers=0
+    ).fit(DigitsImages(X, labels))
+    assert set(clf.classes_) == set(labels)
+    assert set(clf.predict(X[:20])) <= set(labels)
+
+
+def test_classes_param_avoids_scanning_the_dataset(digits):
+    X, y = digits
+    data = DigitsImages(X, y)
+    SoftRegCNNClassifier(classes=list(range(10)), **dict(SMALL, max_epochs=1)).fit(data)
+    # one epoch reads every sample once, plus the first sample for its shape
+    assert data.reads == len(X) + 1
+
+
+def test_dataset_with_bad_samples_is_rejected(digits):
+    X, y = digits
+    flat = [(torch.from_numpy(x), t) for x, t in zip(X, y)]
+
+    class Flat(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(flat)
+
+        def __getitem__(self, i):
+            return flat[i]
+
+    with pytest.raises(
+        ValueError, match=r"\(C, H, W\) tensors; the first sample has shape \(64,\)"
+    ):
+        SoftRegCNNClassifier(**SMALL).fit(Flat())
+
+
+@pytest.mark.parametrize("y_kind", ["array", "slice"])
+def test_grid_search_on_slice_dataset(digits, y_kind):
+    X, y = digits
+    data = DigitsImages(X, y)
+    X_sl = SliceDataset(data, idx=0)
+    y_sl = y if y_kind == "array" else SliceDataset(data, idx=1)
+    grid = {"lambda1": [0.0, 1e-3]}
+    search = GridSearchCV(SoftRegCNNClassifier(**SMALL), grid, cv=StratifiedKFold(2))
+    search.fit(X_sl, y_sl)
+    reference = GridSearchCV(SoftRegCNNClassifier(**SMALL), grid, cv=StratifiedKFold(2))
+    reference.fit(X.reshape(-1, 1, 8, 8), y)
+    np.testing.assert_array_equal(
+        search.cv_results_["mean_test_score"], reference.cv_results_["mean_test_score"]
+    )
+    assert search.best_estimator_.predict(X_sl[:5]).shape == (5,)
