@@ -5,6 +5,7 @@ import math
 import numpy as np
 import torch
 from skorch import NeuralNet, NeuralNetClassifier
+from skorch.utils import is_dataset
 from sklearn.utils._param_validation import InvalidParameterError, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import (
@@ -302,7 +303,8 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
             float64 rows that sum to 1, columns ordered as ``classes_``.
         """
         check_is_fitted(self)
-        X = self._check_X(X, reset=False)
+        if not is_dataset(X):  # a Dataset comes from skorch itself (e.g. valid_acc on a split)
+            X = self._check_X(X, reset=False)
         proba = super().predict_proba(X).astype(np.float64)
         return proba / proba.sum(axis=1, keepdims=True)
 

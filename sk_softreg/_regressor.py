@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 import torch
 from skorch import NeuralNetRegressor
-from skorch.utils import to_tensor
+from skorch.utils import is_dataset, to_tensor
 from sklearn.utils._param_validation import Interval
 from sklearn.utils._available_if import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -266,7 +266,8 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
             Only when ``return_std`` is true.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=_FLOAT_DTYPES).astype(np.float32, copy=False)
+        if not is_dataset(X):  # a Dataset comes from skorch itself (scoring on a split)
+            X = validate_data(self, X, reset=False, dtype=_FLOAT_DTYPES).astype(np.float32, copy=False)
         mu, log_var = self._predict_standardized(X)
         mean = mu.astype(np.float64) * self.y_scale_ + self.y_mean_
         if self._y_1d:
