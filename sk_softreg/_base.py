@@ -100,6 +100,7 @@ class SoftRegMixin:
         state = super().__getstate__()
         state.pop("_epoch_terms", None)
         state.pop("_batches_cache", None)
+        state.pop("_penalized_cache", None)
         return state
 
     def __setstate__(self, state):
@@ -311,15 +312,25 @@ class SoftRegMixin:
         # tensors prepared by get_iterator, reused while this fit runs
         # (e.g. by a scoring callback that predicts on the validation set)
         self._batches_cache = {}
+        self._penalized_cache = ()
 
     def on_train_end(self, net, X=None, y=None, **kwargs):
         self._batches_cache = None
+        self._penalized_cache = None
         super().on_train_end(net, X=X, y=y, **kwargs)
 
     # ------------------------------------------------------------------
     # the objective
     def _penalized_params(self):
-        return select_penalized(self.module_, self.penalize)
+        # Cached while a fit runs (get_loss and train_step ask once per batch):
+        # filled lazily, so after callbacks such as Freezer ran on_train_begin.
+        cache = getattr(self, "_penalized_cache", None)
+        if cache and cache[0] is self.module_:
+            return cache[1]
+        params = select_penalized(self.module_, self.penalize)
+        if cache is not None:  # None outside a fit
+            self._penalized_cache = (self.module_, params)
+        return params
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """Data loss, plus the weighted penalty terms when ``training``.
