@@ -7,7 +7,9 @@ skorch's extension points:
 - ``train_step`` applies the proximal L1 step after ``optimizer.step()``;
 - ``initialize_module`` passes the shape arguments inferred from the data;
 - ``on_epoch_begin`` / ``on_epoch_end`` record the penalty terms in history;
-- ``fit`` / ``partial_fit`` validate parameters and data and seed torch.
+- ``fit`` / ``partial_fit`` validate parameters and data and seed torch;
+- ``get_iterator`` slices in-memory tensors instead of using a DataLoader
+  when it can (see :mod:`sk_softreg._batching`).
 """
 
 import copy
@@ -26,6 +28,7 @@ from sklearn.utils._param_validation import (
     validate_parameter_constraints,
 )
 
+from ._batching import FAST_ITERATOR_OPTIONS, TensorBatches, fast_batches_source, prepare_tensors
 from ._exceptions import NonFiniteLossError
 from ._progress import EpochProgressBar
 from .penalties import (
@@ -100,6 +103,8 @@ class SoftRegMixin:
         state = super().__getstate__()
         state.pop("_epoch_terms", None)
         _drop_lr_schedulers(state)
+        state.pop("_batches_cache", None)
+        state.pop("_penalized_cache", None)
         return state
 
     def __setstate__(self, state):
@@ -316,9 +321,90 @@ class SoftRegMixin:
         return params
 
     # ------------------------------------------------------------------
+    # fast path for in-memory arrays
+    def get_iterator(self, dataset, training=False):
+        """Mini-batches of ``dataset``: tensor slices when possible, else skorch's DataLoader.
+
+        When ``dataset`` is a ``skorch.dataset.Dataset`` (or a ``Subset`` of
+        one, as ``ValidSplit`` makes) holding numeric numpy arrays or tensors,
+        and ``iterator_train`` / ``iterator_valid`` is the default
+        ``torch.utils.data.DataLoader`` with no ``iterator_*__`` options other
+        than ``batch_size``, ``shuffle`` and ``drop_last``, the data are
+        converted once to tensors on ``device`` and each batch is a slice of
+        them (:class:`~sk_softreg._batching.TensorBatches`). It draws from the
+        global torch RNG exactly as the DataLoader does, so a seeded fit gives
+        the same result on both paths. During a fit the prepared tensors are
+        reused for the same dataset object. Any other iterator, dataset class
+        or option (e.g. ``iterator_train__num_workers=0``) uses the DataLoader.
+
+        Parameters
+        ----------
+        dataset : torch.utils.data.Dataset
+        training : bool, default=False
+            Use the ``iterator_train`` settings (shuffled by default).
+
+        Returns
+        -------
+        iterable of (Xi, yi)
+        """
+        if training:
+            kwargs = self.get_params_for("iterator_train")
+            iterator = self.iterator_train
+        else:
+            kwargs = self.get_params_for("iterator_valid")
+            iterator = self.iterator_valid
+        batch_size = kwargs.get("batch_size", self.batch_size)
+        if batch_size == -1:
+            batch_size = len(dataset)
+        source = None
+        if (
+            iterator is torch.utils.data.DataLoader
+            and set(kwargs) <= FAST_ITERATOR_OPTIONS
+            and isinstance(batch_size, numbers.Integral)
+            and batch_size > 0
+        ):
+            source = fast_batches_source(dataset)
+        if source is None:
+            return super().get_iterator(dataset, training=training)
+        cache = getattr(self, "_batches_cache", None)
+        cached = cache.get(id(dataset)) if cache is not None else None
+        if cached is not None and cached[0] is dataset:
+            tensors = cached[1]
+        else:
+            tensors = prepare_tensors(*source, device=self.device)
+            if cache is not None:
+                cache[id(dataset)] = (dataset, tensors)
+        return TensorBatches(
+            *tensors,
+            batch_size=batch_size,
+            shuffle=kwargs.get("shuffle", False),
+            drop_last=kwargs.get("drop_last", False),
+        )
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        super().on_train_begin(net, X=X, y=y, **kwargs)
+        # tensors prepared by get_iterator, reused while this fit runs
+        # (e.g. by a scoring callback that predicts on the validation set)
+        self._batches_cache = {}
+        self._penalized_cache = ()
+
+    def on_train_end(self, net, X=None, y=None, **kwargs):
+        self._batches_cache = None
+        self._penalized_cache = None
+        super().on_train_end(net, X=X, y=y, **kwargs)
+
+    # ------------------------------------------------------------------
     # the objective
     def _penalized_params(self):
-        return select_penalized(self.module_, self.penalize)
+        # Cached while a fit runs (get_loss and train_step ask once per batch):
+        # filled lazily, so after callbacks such as Freezer ran on_train_begin.
+        cache = getattr(self, "_penalized_cache", None)
+        if cache and cache[0] is self.module_:
+            return cache[1]
+        params = select_penalized(self.module_, self.penalize)
+        if cache is not None:  # None outside a fit
+            self._penalized_cache = (self.module_, params)
+        return params
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """Data loss, plus the weighted penalty terms when ``training``.

@@ -200,6 +200,8 @@ def prox_thresholds(optimizer, params, lambda1):
     """
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     thresholds = []
+    # per-coordinate (Adam-like) thresholds, computed with one foreach kernel per op
+    slots, vs, bias_corrections, eps, scales = [], [], [], [], []
     for p in params:
         group = group_of.get(id(p))
         if group is None:  # not optimized: leave it alone
@@ -215,9 +217,20 @@ def prox_thresholds(optimizer, params, lambda1):
             continue
         beta2 = group["betas"][1]
         step = float(state["step"])
-        bias_correction2 = 1.0 - beta2**step
-        denom = (v / bias_correction2).sqrt_().add_(group["eps"])
-        thresholds.append(denom.reciprocal_().mul_(lr * lambda1))
+        slots.append(len(thresholds))
+        thresholds.append(None)
+        vs.append(v)
+        bias_corrections.append(1.0 - beta2**step)
+        eps.append(float(group["eps"]))
+        scales.append(lr * lambda1)
+    if vs:
+        denoms = torch._foreach_div(vs, bias_corrections)
+        torch._foreach_sqrt_(denoms)
+        torch._foreach_add_(denoms, eps)
+        torch._foreach_reciprocal_(denoms)
+        torch._foreach_mul_(denoms, scales)
+        for slot, denom in zip(slots, denoms):
+            thresholds[slot] = denom
     return thresholds
 
 
