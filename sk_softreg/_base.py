@@ -66,6 +66,9 @@ class SoftRegMixin:
         "random_state": ["random_state"],
     }
     _finite_params = ("lambda1", "lambda2", "alpha")
+    # subclasses whose engine needs real DataLoaders (Accelerate) switch off
+    # the tensor-slicing fast path of ``get_iterator``
+    _use_fast_path = True
 
     # ------------------------------------------------------------------
     # device="auto": the parameter is stored as given; skorch reads the
@@ -358,7 +361,8 @@ class SoftRegMixin:
             batch_size = len(dataset)
         source = None
         if (
-            iterator is torch.utils.data.DataLoader
+            self._use_fast_path
+            and iterator is torch.utils.data.DataLoader
             and set(kwargs) <= FAST_ITERATOR_OPTIONS
             and isinstance(batch_size, numbers.Integral)
             and batch_size > 0

@@ -55,6 +55,10 @@ __all__ = ["AcceleratedSoftRegCNNClassifier", "AcceleratedSoftRegRegressor"]
 class _SoftRegAccelerateMixin(AccelerateMixin):
     """AccelerateMixin with the proximal step gated on real optimizer steps."""
 
+    # Accelerate must see real DataLoaders: it shards them across processes and
+    # flushes a partial gradient accumulation at the end of each one.
+    _use_fast_path = False
+
     def _optimizer_stepped(self):
         if not self.accelerator.sync_gradients:
             return False  # accumulating: AcceleratedOptimizer.step() was a no-op
