@@ -419,7 +419,7 @@ class SoftRegMixin:
         no gradient: the proximal step in ``train_step`` applies it.
         """
         data = self._data_loss(y_pred, y_true, X=X, training=training)
-        if not training:
+        if not training or not (self.lambda1 or self.lambda2 or self.alpha):
             return data
         zero = data.new_zeros(())
         l1 = l2 = zero
@@ -465,11 +465,12 @@ class SoftRegMixin:
         self._epoch_terms = None
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        if getattr(self, "_epoch_terms", None) is not None:
-            sums, n = self._epoch_terms
-            for name, value in zip(_HISTORY_TERMS, (sums / n).tolist()):
-                self.history.record(name, value)
-            self._epoch_terms = None
+        terms = getattr(self, "_epoch_terms", None)
+        # no terms were accumulated when no penalty is active: they are all 0
+        values = (terms[0] / terms[1]).tolist() if terms is not None else [0.0] * 3
+        for name, value in zip(_HISTORY_TERMS, values):
+            self.history.record(name, value)
+        self._epoch_terms = None
         super().on_epoch_end(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
 
 

@@ -143,6 +143,10 @@ def soft_threshold(w, t):
 def prox_l1_(params, thresholds):
     """Apply :func:`soft_threshold` in place to each tensor of ``params``.
 
+    Uses the identity :math:`S_t(w) = w - \\operatorname{clip}(w, -t, t)`, which
+    gives exact zeros wherever :math:`|w| \\le t`, in three or four
+    ``torch._foreach_*`` kernels for the whole list.
+
     Parameters
     ----------
     params : list of torch.Tensor
@@ -154,18 +158,16 @@ def prox_l1_(params, thresholds):
     if not params:
         return
     if any(torch.is_tensor(t) for t in thresholds):
-        thresholds = [
+        upper = [
             t if torch.is_tensor(t) else torch.full_like(p, float(t))
             for p, t in zip(params, thresholds)
         ]
+        clipped = torch._foreach_minimum(params, upper)
+        torch._foreach_maximum_(clipped, torch._foreach_neg(upper))
     else:
-        thresholds = [float(t) for t in thresholds]
-    signs = torch._foreach_sign(params)
-    mags = torch._foreach_abs(params)
-    torch._foreach_sub_(mags, thresholds)
-    torch._foreach_clamp_min_(mags, 0.0)
-    torch._foreach_mul_(mags, signs)
-    torch._foreach_copy_(params, mags)
+        clipped = torch._foreach_clamp_max(params, [float(t) for t in thresholds])
+        torch._foreach_clamp_min_(clipped, [-float(t) for t in thresholds])
+    torch._foreach_sub_(params, clipped)
 
 
 @torch.no_grad()
