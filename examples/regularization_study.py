@@ -504,7 +504,9 @@ def main(argv=None):
     # training split (same parallel batch).
     final_params = {**chosen, "max_epochs": final_epochs, "module__channels": channels}
     tasks += [
-        delayed(_fit_evaluate)({**final_params, "random_state": seed}, X_train, y_train, X_test, y_test)
+        delayed(_fit_evaluate)(
+            {**final_params, "random_state": seed}, X_train, y_train, X_test, y_test
+        )
         for seed in seeds
     ]
     results = Parallel(n_jobs=n_jobs)(tasks)
