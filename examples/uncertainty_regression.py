@@ -21,6 +21,7 @@ Outputs (``--out``, default ``docs/uncertainty``): ``results.md``,
 
 import argparse
 import csv
+import os
 import platform
 import time
 from pathlib import Path
@@ -249,7 +250,8 @@ def main(argv=None):
     setup = (
         f"Mode: {mode}; {len(seeds)} seeds; max_epochs={epochs}; "
         f"synthetic module settings {DATASET_PARAMS['synthetic']}, diabetes defaults; run time "
-        f"{elapsed:.0f} s on {platform.machine()}, {torch.get_num_threads()} torch threads, CPU."
+        f"{elapsed:.0f} s on {platform.machine()} ({os.cpu_count()} CPU cores), 1 torch thread "
+        "(set by the script for these tiny MLPs), CPU."
     )
     with open(out / "goal.rst", "w", encoding="utf-8") as fh:
         fh.write(setup + "\n\n" + goal + "\n")

@@ -62,9 +62,9 @@ def test_regularization_study_smoke(regularization, tmp_path):
     with open(out / "summary.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     configs = {r["config"] for r in rows}
-    assert {"none", "l1=1e-4", "ls a=0.1", "cp a=0.1", "cv-selected"} <= configs
+    assert {"none", "l1=0.0001", "ls a=0.1", "cp a=0.1", "cv-selected"} <= configs
     assert len(rows) == len(configs) * 3  # three training sizes per configuration
-    l1 = [r for r in rows if r["config"] == "l1=1e-4"]
+    l1 = [r for r in rows if r["config"] == "l1=0.0001"]
     assert all(float(r["zero weights"].rstrip("%")) > 0 for r in l1)
     goals = (out / "goals.rst").read_text(encoding="utf-8")
     for label in ("**a.", "**b.", "**c.", "**d."):
