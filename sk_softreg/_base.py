@@ -53,8 +53,8 @@ def resolve_device(device):
 class SoftRegMixin:
     """λ1 / λ2 / α soft regularization on top of a ``skorch.NeuralNet``.
 
-    Subclasses provide ``_validate_fit_data``, ``_validate_predict_data``,
-    ``_inferred_module_kwargs`` and ``_kl_term``.
+    Subclasses provide ``_default_module``, ``_validate_fit_data``,
+    ``_inferred_module_kwargs`` and ``_kl_term`` (and may override ``_data_loss``).
     """
 
     _parameter_constraints = {
