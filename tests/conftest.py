@@ -23,3 +23,10 @@ def regression_data():
     X = rng.normal(size=(200, 5))
     y = X @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.1 * rng.normal(size=200) + 10.0
     return X, y
+
+
+@pytest.fixture(scope="session")
+def digits200():
+    """The first 200 digits as float32 in [0, 1] (Accelerate and Dataset-input tests)."""
+    X, y = load_digits(return_X_y=True)
+    return (X[:200] / 16.0).astype(np.float32), y[:200]

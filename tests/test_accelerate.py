@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
-from sklearn.datasets import load_diabetes, load_digits
+from sklearn.datasets import load_diabetes
 
 accelerate = pytest.importorskip(
     "accelerate",
@@ -37,14 +37,8 @@ def _accelerator(steps=1):
     return Accelerator(cpu=True, gradient_accumulation_steps=steps)
 
 
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    return (X[:200] / 16.0).astype(np.float32), y[:200]
-
-
-def test_matches_plain_classifier_without_accumulation(digits):
-    X, y = digits
+def test_matches_plain_classifier_without_accumulation(digits200):
+    X, y = digits200
     kw = dict(SMALL, lambda1=1e-3, lambda2=1e-4, alpha=0.1)
     plain = SoftRegCNNClassifier(device="cpu", **kw).fit(X, y)
     acc = AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(), **kw).fit(X, y)
@@ -57,8 +51,8 @@ def test_matches_plain_classifier_without_accumulation(digits):
     np.testing.assert_array_equal(acc.predict(X[:5]), plain.predict(X[:5]))
 
 
-def test_proximal_step_gives_exact_zeros(digits):
-    X, y = digits
+def test_proximal_step_gives_exact_zeros(digits200):
+    X, y = digits200
     acc = AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(), lambda1=0.05, **SMALL).fit(
         X, y
     )
@@ -68,8 +62,8 @@ def test_proximal_step_gives_exact_zeros(digits):
 
 
 @pytest.mark.parametrize("steps", [1, 3])
-def test_prox_once_per_real_optimizer_step(digits, monkeypatch, steps):
-    X, y = digits
+def test_prox_once_per_real_optimizer_step(digits200, monkeypatch, steps):
+    X, y = digits200
     calls = []
     real_prox = base.prox_l1_
 
@@ -92,11 +86,11 @@ def test_prox_once_per_real_optimizer_step(digits, monkeypatch, steps):
     assert any(torch.is_tensor(t) for t in calls[-1])
 
 
-def test_accumulation_matches_larger_batches(digits):
+def test_accumulation_matches_larger_batches(digits200):
     # k micro-batches of size b accumulate the gradient of one batch of k*b;
     # without dropout the two runs follow the same path up to float rounding
     # (the shuffled order is the same: same seed, same number of samples).
-    X, y = digits
+    X, y = digits200
     kw = {**SMALL, "lambda1": 1e-3, "lambda2": 1e-3, "module__dropout": 0.0, "max_epochs": 1}
     big = AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(1), **{**kw, "batch_size": 40})
     big.fit(X, y)
@@ -106,8 +100,8 @@ def test_accumulation_matches_larger_batches(digits):
     assert small.history[-1, "train_l2"] == pytest.approx(big.history[-1, "train_l2"], rel=1e-4)
 
 
-def test_clone_and_pickle(digits):
-    X, y = digits
+def test_clone_and_pickle(digits200):
+    X, y = digits200
     acc = AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(), **SMALL)
     params = clone(acc).get_params()
     assert params["accelerator"] is acc.get_params()["accelerator"]
@@ -117,8 +111,8 @@ def test_clone_and_pickle(digits):
     np.testing.assert_array_equal(restored.predict_proba(X), acc.predict_proba(X))
 
 
-def test_verbose_zero_prints_nothing(digits, capsys):
-    X, y = digits
+def test_verbose_zero_prints_nothing(digits200, capsys):
+    X, y = digits200
     AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(), **SMALL).fit(X, y)
     assert capsys.readouterr().out == ""
 
@@ -134,8 +128,8 @@ def test_regressor_matches_plain():
     assert np.all(std > 0)
 
 
-def test_device_must_be_left_to_accelerate(digits):
-    X, y = digits
+def test_device_must_be_left_to_accelerate(digits200):
+    X, y = digits200
     acc = AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(), device="cpu", **SMALL)
     with pytest.raises(ValueError, match="set device=None"):
         acc.fit(X, y)

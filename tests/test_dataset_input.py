@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from skorch.helper import SliceDataset
 
@@ -34,14 +33,8 @@ class DigitsImages(torch.utils.data.Dataset):
         return torch.from_numpy(self.X[i].reshape(1, 8, 8)), self.y[i]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    return (X[:200] / 16.0).astype(np.float32), y[:200]
-
-
-def test_dataset_fit_matches_arrays(digits):
-    X, y = digits
+def test_dataset_fit_matches_arrays(digits200):
+    X, y = digits200
     arrays = SoftRegCNNClassifier(lambda1=1e-3, **SMALL).fit(X, y)
     lazy = SoftRegCNNClassifier(lambda1=1e-3, **SMALL).fit(DigitsImages(X, y))
     assert lazy.input_shape_ == (1, 8, 8)
@@ -52,8 +45,8 @@ def test_dataset_fit_matches_arrays(digits):
     np.testing.assert_array_equal(lazy.predict(DigitsImages(X, y)), arrays.predict(X))
 
 
-def test_dataset_with_workers_and_string_labels(digits):
-    X, y = digits
+def test_dataset_with_workers_and_string_labels(digits200):
+    X, y = digits200
     labels = np.array([f"digit{d}" for d in y])
     clf = SoftRegCNNClassifier(
         **SMALL, iterator_train__num_workers=2, iterator_valid__num_workers=0
@@ -62,16 +55,16 @@ def test_dataset_with_workers_and_string_labels(digits):
     assert set(clf.predict(X[:20])) <= set(labels)
 
 
-def test_classes_param_avoids_scanning_the_dataset(digits):
-    X, y = digits
+def test_classes_param_avoids_scanning_the_dataset(digits200):
+    X, y = digits200
     data = DigitsImages(X, y)
     SoftRegCNNClassifier(classes=list(range(10)), **dict(SMALL, max_epochs=1)).fit(data)
     # one epoch reads every sample once, plus the first sample for its shape
     assert data.reads == len(X) + 1
 
 
-def test_dataset_with_bad_samples_is_rejected(digits):
-    X, y = digits
+def test_dataset_with_bad_samples_is_rejected(digits200):
+    X, y = digits200
     flat = [(torch.from_numpy(x), t) for x, t in zip(X, y)]
 
     class Flat(torch.utils.data.Dataset):
@@ -88,8 +81,8 @@ def test_dataset_with_bad_samples_is_rejected(digits):
 
 
 @pytest.mark.parametrize("y_kind", ["array", "slice"])
-def test_grid_search_on_slice_dataset(digits, y_kind):
-    X, y = digits
+def test_grid_search_on_slice_dataset(digits200, y_kind):
+    X, y = digits200
     data = DigitsImages(X, y)
     X_sl = SliceDataset(data, idx=0)
     y_sl = y if y_kind == "array" else SliceDataset(data, idx=1)
