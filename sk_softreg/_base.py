@@ -58,8 +58,8 @@ class SoftRegMixin:
     """λ1 / λ2 / α soft regularization on top of a ``skorch.NeuralNet``.
 
     Subclasses provide ``_default_module``, ``_validate_fit_data``,
-    ``_inferred_module_kwargs``, ``_kl_term`` and ``_example_input`` (and may
-    override ``_data_loss``).
+    ``_inferred_module_kwargs``, ``_kl_term``, ``_example_input`` and
+    ``_onnx_graph`` (and may override ``_data_loss``).
     """
 
     _parameter_constraints = {
@@ -355,6 +355,31 @@ class SoftRegMixin:
         from ._persistence import save
 
         save(self, path)
+        return self
+
+    def export_onnx(self, path):
+        """Write the fitted network to ``path`` as an ONNX model, for inference without torch.
+
+        The graph has one input ``"X"`` with a dynamic batch axis (the
+        classifier's images ``(batch, C, H, W)``, the regressor's rows
+        ``(batch, n_features)``, float32) and computes what ``predict_proba``
+        (classifier: ``"probabilities"``, softmax inside the graph, columns
+        ordered as ``classes_``) or ``predict(X, return_std=True)`` (regressor:
+        ``"mean"`` and ``"std"`` in y's units) return. Needs the optional extra
+        ``pip install "sk-softreg[onnx]"``; see the ONNX page of the docs.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``.onnx`` file to write (weights included).
+
+        Returns
+        -------
+        self
+        """
+        from ._onnx import export_onnx
+
+        export_onnx(self, path)
         return self
 
     def initialize_module(self):

@@ -371,6 +371,13 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
     def _example_input(self, n):
         return torch.zeros(n, *self.input_shape_)
 
+    def _onnx_graph(self):
+        from ._onnx import ProbabilityGraph, cpu_copy
+
+        graph = ProbabilityGraph(cpu_copy(self.module_), self._get_predict_nonlinearity())
+        metadata = {"classes": self.classes_, "input_shape": self.input_shape_}
+        return graph, ["probabilities"], metadata
+
     def __setattr__(self, name, value):
         # torchvision v2 transforms are nn.Modules; skorch would register one
         # as a network component. ``train_transform`` is a plain parameter.

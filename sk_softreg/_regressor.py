@@ -236,12 +236,17 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
 
     # ------------------------------------------------------------------
     # the objective
-    def _split_output(self, y_pred):
-        """Means and clamped log-variances, each of shape (n, n_outputs_)."""
+    def _split_output(self, y_pred, log_var=None):
+        """Means and clamped log-variances, each of shape (n, n_outputs_).
+
+        ``log_var`` is the :class:`~sk_softreg.modules.LogVariance` used when
+        the module returns means only (default ``log_var_``).
+        """
         k = self.n_outputs_
         if y_pred.shape[-1] == 2 * k:
             return y_pred[:, :k], clamp_log_var(y_pred[:, k:])
-        return y_pred, clamp_log_var(self.log_var_.log_var).expand_as(y_pred)
+        log_var = self.log_var_ if log_var is None else log_var
+        return y_pred, clamp_log_var(log_var.log_var).expand_as(y_pred)
 
     def _data_loss(self, y_pred, y_true, X=None, training=False):
         mu, _ = self._split_output(y_pred)
@@ -296,11 +301,34 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
             mean = mean[:, 0]
         if not return_std:
             return mean
-        if self.alpha:
-            std = np.exp(0.5 * log_var.astype(np.float64)) * self.y_scale_
-        else:
-            std = np.broadcast_to(self.residual_std_, mean.reshape(len(mean), -1).shape).copy()
+        std = self._predictive_std(torch.from_numpy(log_var.astype(np.float64)))
+        std = std.numpy() * self.y_scale_
         return mean, (std[:, 0] if self._y_1d else std)
+
+    def _predictive_std(self, log_var):
+        """Predictive std of y in standardized units, from the clamped log-variance.
+
+        The one place that defines the std of ``predict(X, return_std=True)``
+        and of the ONNX graph (:meth:`export_onnx`): a tensor in, a tensor of
+        its shape, dtype and device out (standardized units: multiply by
+        ``y_scale_`` for y's units). With ``alpha > 0`` it is the variance
+        head's ``exp(log_var / 2)``; with ``alpha == 0`` the head is untrained
+        and it is ``residual_std_ / y_scale_``, one value per output.
+        """
+        if self.alpha:
+            return torch.exp(0.5 * log_var)
+        residual = torch.as_tensor(
+            self.residual_std_ / self.y_scale_, dtype=log_var.dtype, device=log_var.device
+        )
+        return residual.expand_as(log_var)
+
+    def _onnx_graph(self):
+        from ._onnx import GaussianGraph
+
+        metadata = {"n_outputs": self.n_outputs_, "normalize_y": self.normalize_y}
+        if hasattr(self, "feature_names_in_"):
+            metadata["feature_names_in"] = self.feature_names_in_
+        return GaussianGraph(self), ["mean", "std"], metadata
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
