@@ -251,6 +251,12 @@ class SoftRegMixin:
         :func:`~sk_softreg.penalties.input_layer`) is something else.
         """
         module = self.module_
+        if not any(
+            isinstance(m, torch.nn.Linear) and m.in_features == self.n_features_in_
+            for m in module.modules()
+        ):  # no candidate: skip the forward pass
+            n = self.n_features_in_
+            return None, f"{type(module).__name__} has no nn.Linear taking {n} inputs"
         param = next(module.parameters(), None)
         example = self._example_input(2)
         if param is not None:

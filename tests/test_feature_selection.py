@@ -144,6 +144,9 @@ def test_lambda_features_needs_a_linear_input_layer(small_digits):
         clf.fit(X, y)
     with pytest.raises(NotFittedError):
         clf.predict(X)
+    # the default CNN (no Linear taking 64 inputs at all) fails before training too
+    with pytest.raises(ValueError, match="SoftRegCNN has no nn.Linear taking 64 inputs"):
+        SoftRegCNNClassifier(lambda_features=1e-3, device="cpu").fit(X, y)
     # with lambda_features=0 a CNN fits, and has no feature importances
     clf.set_params(lambda_features=0.0).fit(X, y)
     assert not hasattr(clf, "feature_importances_") and not hasattr(clf, "n_features_selected_")
