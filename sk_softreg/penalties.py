@@ -323,7 +323,7 @@ def group_l2_penalty(weight):
 
 
 @torch.no_grad()
-def prox_group_l2_(weight, steps, lam, newton_steps=4):
+def prox_group_l2_(weight, steps, lam, newton_steps=2):
     """Group soft-threshold of the columns of ``weight``, in place, in a diagonal metric.
 
     For each column :math:`w = W[:, j]` (after the optimizer step) it computes
@@ -363,7 +363,7 @@ def prox_group_l2_(weight, steps, lam, newton_steps=4):
         A scalar ``<= 0`` leaves ``weight`` unchanged.
     lam : float
         The penalty weight :math:`\\lambda \\ge 0`.
-    newton_steps : int, default=4
+    newton_steps : int, default=2
         Newton iterations for unequal step sizes.
 
     Examples
