@@ -222,7 +222,8 @@ def test_friedman1_keeps_the_informative_inputs_and_drops_noise(friedman):
     r2, r2_base = r2_score(y_test, reg.predict(X_test)), r2_score(y_test, base.predict(X_test))
     assert r2 >= r2_base - 0.01
     # the objective reports the weighted group term
-    w1 = reg.module_.body[0].weight.detach()
+    _, layer = input_layer(reg.module_, torch.zeros(2, 20))
+    w1 = layer.weight.detach()
     last = reg.history_[-1, "train_features"]
     assert last == pytest.approx(0.02 * float(group_l2_penalty(w1)), rel=0.1)
 
