@@ -4,7 +4,7 @@ It sits in front of a ``skorch.NeuralNet`` subclass in the MRO and changes only
 skorch's extension points:
 
 - ``get_loss`` adds the penalty terms to the *training* loss only;
-- ``train_step`` applies the proximal L1 step after ``optimizer.step()``;
+- ``train_step`` applies the proximal L1 and group-L1 steps after ``optimizer.step()``;
 - ``initialize_module`` passes the shape arguments inferred from the data;
 - ``on_epoch_begin`` / ``on_epoch_end`` record the penalty terms in history;
 - ``fit`` / ``partial_fit`` validate parameters and data and seed torch;
@@ -16,6 +16,7 @@ import copy
 import inspect
 import math
 import numbers
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -32,15 +33,18 @@ from ._batching import FAST_ITERATOR_OPTIONS, TensorBatches, fast_batches_source
 from ._exceptions import NonFiniteLossError
 from ._progress import EpochProgressBar
 from .penalties import (
+    group_l2_penalty,
+    input_layer,
     l1_penalty,
     l2_penalty,
+    prox_group_l2_,
     prox_l1_,
     prox_thresholds,
     select_penalized,
 )
 
 _NON_NEGATIVE = Interval(numbers.Real, 0, None, closed="left")
-_HISTORY_TERMS = ("train_l1", "train_l2", "train_kl")
+_HISTORY_TERMS = ("train_l1", "train_l2", "train_kl", "train_features")
 
 
 def resolve_device(device):
@@ -54,18 +58,20 @@ class SoftRegMixin:
     """λ1 / λ2 / α soft regularization on top of a ``skorch.NeuralNet``.
 
     Subclasses provide ``_default_module``, ``_validate_fit_data``,
-    ``_inferred_module_kwargs`` and ``_kl_term`` (and may override ``_data_loss``).
+    ``_inferred_module_kwargs``, ``_kl_term``, ``_example_input`` and
+    ``_onnx_graph`` (and may override ``_data_loss``).
     """
 
     _parameter_constraints = {
         "lambda1": [_NON_NEGATIVE],
         "lambda2": [_NON_NEGATIVE],
+        "lambda_features": [_NON_NEGATIVE],
         "alpha": [_NON_NEGATIVE],
         "penalize": [StrOptions({"weights", "all"}), callable],
         "l1_method": [StrOptions({"proximal", "subgradient"})],
         "random_state": ["random_state"],
     }
-    _finite_params = ("lambda1", "lambda2", "alpha")
+    _finite_params = ("lambda1", "lambda2", "lambda_features", "alpha")
     # subclasses whose engine needs real DataLoaders (Accelerate) switch off
     # the tensor-slicing fast path of ``get_iterator``
     _use_fast_path = True
@@ -108,6 +114,7 @@ class SoftRegMixin:
         _drop_lr_schedulers(state)
         state.pop("_batches_cache", None)
         state.pop("_penalized_cache", None)
+        state.pop("_feature_cache", None)
         return state
 
     def __setstate__(self, state):
@@ -232,6 +239,72 @@ class SoftRegMixin:
         total = sum(p.numel() for p in params)
         zeros = sum(int((p == 0).sum()) for p in params)
         self.sparsity_ = zeros / total if total else 0.0
+        self._set_feature_importances()
+
+    # ------------------------------------------------------------------
+    # the inputs' weights: group L1 (lambda_features) and feature_importances_
+    def _input_linear(self):
+        """The network's input layer if it is an ``nn.Linear`` taking every input feature.
+
+        Returns ``(layer, None)``, or ``(None, reason)`` when the first layer
+        with parameters (in forward order, see
+        :func:`~sk_softreg.penalties.input_layer`) is something else.
+        """
+        module = self.module_
+        if not any(
+            isinstance(m, torch.nn.Linear) and m.in_features == self.n_features_in_
+            for m in module.modules()
+        ):  # no candidate: skip the forward pass
+            n = self.n_features_in_
+            return None, f"{type(module).__name__} has no nn.Linear taking {n} inputs"
+        param = next(module.parameters(), None)
+        example = self._example_input(2)
+        if param is not None:
+            example = example.to(param.device)
+        name, layer = input_layer(module, example)
+        if isinstance(layer, torch.nn.Linear) and layer.in_features == self.n_features_in_:
+            return layer, None
+        if layer is None:
+            found = "calls no layer with parameters"
+        else:
+            found = f"starts with {type(layer).__name__} ({name or 'the module itself'!r})"
+            if isinstance(layer, torch.nn.Linear):
+                found += f" taking {layer.in_features} inputs"
+        return None, f"{type(module).__name__} {found}"
+
+    def _feature_weight(self):
+        """The input layer's weight, shape (hidden, n_features_in_); cached while a fit runs."""
+        cache = getattr(self, "_feature_cache", None)
+        if cache is not None and cache[0] is self.module_:
+            return cache[1]
+        layer, reason = self._input_linear()
+        if layer is None:
+            raise ValueError(
+                f"lambda_features={self.lambda_features!r} needs a module whose first layer with "
+                f"parameters is an nn.Linear taking the {self.n_features_in_} input features "
+                f"(possibly after nn.Flatten), but {reason}. Use lambda_features=0 with "
+                "convolutional or other input layers."
+            )
+        self._feature_cache = (self.module_, layer.weight)
+        return layer.weight
+
+    def _set_feature_importances(self):
+        for name in ("feature_importances_", "n_features_selected_"):
+            self.__dict__.pop(name, None)
+        layer, _ = self._input_linear()
+        if layer is None:
+            return
+        norms = torch.linalg.vector_norm(layer.weight.detach(), dim=0).cpu().double().numpy()
+        total = norms.sum()
+        self.feature_importances_ = norms / total if total > 0 else norms
+        self.n_features_selected_ = int(np.count_nonzero(norms))
+        if self.n_features_selected_ == 0:
+            warnings.warn(
+                f"lambda_features={self.lambda_features!r} set the weights of every input to "
+                "zero: the network ignores its inputs. Use a smaller lambda_features.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------
     # training faults: skorch already reads every batch loss to the host
@@ -288,6 +361,31 @@ class SoftRegMixin:
         from ._persistence import save
 
         save(self, path)
+        return self
+
+    def export_onnx(self, path):
+        """Write the fitted network to ``path`` as an ONNX model, for inference without torch.
+
+        The graph has one input ``"X"`` with a dynamic batch axis (the
+        classifier's images ``(batch, C, H, W)``, the regressor's rows
+        ``(batch, n_features)``, float32) and computes what ``predict_proba``
+        (classifier: ``"probabilities"``, softmax inside the graph, columns
+        ordered as ``classes_``) or ``predict(X, return_std=True)`` (regressor:
+        ``"mean"`` and ``"std"`` in y's units) return. Needs the optional extra
+        ``pip install "sk-softreg[onnx]"``; see the ONNX page of the docs.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``.onnx`` file to write (weights included).
+
+        Returns
+        -------
+        self
+        """
+        from ._onnx import export_onnx
+
+        export_onnx(self, path)
         return self
 
     def initialize_module(self):
@@ -391,10 +489,17 @@ class SoftRegMixin:
         # (e.g. by a scoring callback that predicts on the validation set)
         self._batches_cache = {}
         self._penalized_cache = ()
+        if self.lambda_features:
+            try:
+                self._feature_weight()
+            except ValueError:
+                self.initialized_ = False  # the net was never trained
+                raise
 
     def on_train_end(self, net, X=None, y=None, **kwargs):
         self._batches_cache = None
         self._penalized_cache = None
+        self._feature_cache = None
         super().on_train_end(net, X=X, y=y, **kwargs)
 
     # ------------------------------------------------------------------
@@ -413,16 +518,17 @@ class SoftRegMixin:
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """Data loss, plus the weighted penalty terms when ``training``.
 
-        Returns ``data + λ1·Σ|w| + λ2·Σw² + α·mean KL`` for training batches and
-        the plain data loss otherwise, so ``valid_loss`` stays comparable across
-        λ and α. Under ``l1_method="proximal"`` the L1 term is reported but carries
-        no gradient: the proximal step in ``train_step`` applies it.
+        Returns ``data + λ1·Σ|w| + λ2·Σw² + α·mean KL + λf·Σ_j‖W1[:, j]‖`` for
+        training batches and the plain data loss otherwise, so ``valid_loss``
+        stays comparable across λ and α. Under ``l1_method="proximal"`` the L1
+        term is reported but carries no gradient: the proximal step in
+        ``train_step`` applies it. The same holds, always, for the group term.
         """
         data = self._data_loss(y_pred, y_true, X=X, training=training)
-        if not training or not (self.lambda1 or self.lambda2 or self.alpha):
+        if not training or not (self.lambda1 or self.lambda2 or self.alpha or self.lambda_features):
             return data
         zero = data.new_zeros(())
-        l1 = l2 = zero
+        l1 = l2 = features = zero
         params = self._penalized_params() if (self.lambda1 or self.lambda2) else []
         if self.lambda1:
             if self.l1_method == "proximal":
@@ -433,14 +539,17 @@ class SoftRegMixin:
         if self.lambda2:
             l2 = self.lambda2 * l2_penalty(params)
         kl = self.alpha * self._kl_term(y_pred, y_true).mean() if self.alpha else zero
-        self._accumulate_terms(torch.stack([l1, l2, kl]).detach(), len(y_pred))
-        return data + l1 + l2 + kl
+        if self.lambda_features:
+            with torch.no_grad():
+                features = self.lambda_features * group_l2_penalty(self._feature_weight())
+        self._accumulate_terms(torch.stack([l1, l2, kl, features]).detach(), len(y_pred))
+        return data + l1 + l2 + kl + features
 
     def _data_loss(self, y_pred, y_true, X=None, training=False):
         return super().get_loss(y_pred, y_true, X=X, training=training)
 
     def train_step(self, batch, **fit_params):
-        """One optimizer step, then the proximal L1 step on the penalized weights."""
+        """One optimizer step, then the proximal L1 and group-L1 steps."""
         step = super().train_step(batch, **fit_params)
         self._proximal_step()
         return step
@@ -450,6 +559,16 @@ class SoftRegMixin:
         if self.lambda1 and self.l1_method == "proximal":
             params = self._penalized_params()
             prox_l1_(params, prox_thresholds(self.optimizer_, params, self.lambda1))
+        if self.lambda_features:
+            self._prox_features()
+
+    def _prox_features(self):
+        """Group soft-threshold of the input layer's columns (after the L1 prox: the
+        composition is the prox of the sparse group lasso)."""
+        weight = self._feature_weight()
+        # per-coordinate step sizes: the L1 thresholds for lambda1 = 1
+        steps = prox_thresholds(self.optimizer_, [weight], 1.0)[0]
+        prox_group_l2_(weight, steps, self.lambda_features)
 
     # ------------------------------------------------------------------
     # history: penalty terms summed on the device, read once per epoch
@@ -467,7 +586,7 @@ class SoftRegMixin:
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         terms = getattr(self, "_epoch_terms", None)
         # no terms were accumulated when no penalty is active: they are all 0
-        values = (terms[0] / terms[1]).tolist() if terms is not None else [0.0] * 3
+        values = (terms[0] / terms[1]).tolist() if terms is not None else [0.0] * len(_HISTORY_TERMS)
         for name, value in zip(_HISTORY_TERMS, values):
             self.history.record(name, value)
         self._epoch_terms = None

@@ -32,7 +32,8 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
 
     The training objective for a batch B is
 
-    ``mean_B CE + alpha * mean_B KL + lambda1 * sum_W |w| + lambda2 * sum_W w**2``
+    ``mean_B CE + alpha * mean_B KL + lambda1 * sum_W |w| + lambda2 * sum_W w**2
+    + lambda_features * sum_j ||W1[:, j]||_2``
 
     where W are the penalized weights (see ``penalize``). It is a real
     ``skorch.NeuralNetClassifier``: callbacks, history, ``module__*``
@@ -56,6 +57,14 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
     lambda2 : float, default=0.0
         Weight of the L2 penalty ``sum_W w**2``. torch's ``weight_decay`` equals
         ``2 * lambda2``.
+    lambda_features : float, default=0.0
+        Weight of the group-L1 penalty ``sum_j ||W1[:, j]||_2`` on the columns of
+        the first layer's weight, one group per input value, applied by a
+        proximal group soft-threshold after each optimizer step (whole inputs
+        drop out exactly). Only for a module whose first layer with parameters
+        is an ``nn.Linear`` taking the ``C * H * W`` flattened inputs (after
+        ``nn.Flatten``); with a convolutional first layer, as in the default
+        CNN, ``lambda_features > 0`` raises a ValueError at fit.
     alpha : float, default=0.0
         Weight of the KL term, averaged over the batch.
     kl : {"label_smoothing", "confidence_penalty"}, default="label_smoothing"
@@ -118,12 +127,18 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         ``(C, H, W)`` the network sees.
     sparsity_ : float
         Fraction of the penalized weights that are exactly zero.
+    feature_importances_ : ndarray of shape (n_features,)
+        Only when the module's first layer is an ``nn.Linear`` taking the
+        flattened inputs: the norms of its weight columns, normalized to sum
+        to 1, exactly 0 for the inputs that ``lambda_features`` dropped.
+    n_features_selected_ : int
+        Number of inputs whose weight column is not zero (same condition).
     module_ : torch.nn.Module
         The trained network.
     history_ : skorch.History
-        Per epoch: ``train_loss`` (data + l1 + l2 + kl), ``train_l1``,
-        ``train_l2``, ``train_kl`` and, with a ``train_split``, ``valid_loss``
-        (data loss only).
+        Per epoch: ``train_loss`` (data + l1 + l2 + kl + features),
+        ``train_l1``, ``train_l2``, ``train_kl``, ``train_features`` and, with
+        a ``train_split``, ``valid_loss`` (data loss only).
 
     See Also
     --------
@@ -154,6 +169,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         *,
         lambda1=0.0,
         lambda2=0.0,
+        lambda_features=0.0,
         alpha=0.0,
         kl="label_smoothing",
         penalize="weights",
@@ -187,6 +203,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         )
         self.lambda1 = lambda1
         self.lambda2 = lambda2
+        self.lambda_features = lambda_features
         self.alpha = alpha
         self.kl = kl
         self.penalize = penalize
@@ -350,6 +367,16 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
 
     def _inferred_module_kwargs(self):
         return {"input_shape": self.input_shape_, "n_classes": len(self.classes_)}
+
+    def _example_input(self, n):
+        return torch.zeros(n, *self.input_shape_)
+
+    def _onnx_graph(self):
+        from ._onnx import ProbabilityGraph, cpu_copy
+
+        graph = ProbabilityGraph(cpu_copy(self.module_), self._get_predict_nonlinearity())
+        metadata = {"classes": self.classes_, "input_shape": self.input_shape_}
+        return graph, ["probabilities"], metadata
 
     def __setattr__(self, name, value):
         # torchvision v2 transforms are nn.Modules; skorch would register one

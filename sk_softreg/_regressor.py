@@ -26,7 +26,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
     per output. The training objective for a batch B is
 
     ``mean_B criterion(mu, y) + alpha * mean_B KL(N(y, tau**2) || N(mu, sigma**2))
-    + lambda1 * sum_W |w| + lambda2 * sum_W w**2``
+    + lambda1 * sum_W |w| + lambda2 * sum_W w**2 + lambda_features * sum_j ||W1[:, j]||_2``
 
     with the default criterion ``0.5 * (y - mu)**2``. The KL term trains the
     variance head, which gives ``predict(X, return_std=True)``.
@@ -43,6 +43,13 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         Weight of the L1 penalty ``sum_W |w|``.
     lambda2 : float, default=0.0
         Weight of the L2 penalty ``sum_W w**2``.
+    lambda_features : float, default=0.0
+        Weight of the group-L1 penalty ``sum_j ||W1[:, j]||_2`` on the columns
+        of the first layer's weight (one group per input feature), applied by a
+        proximal group soft-threshold after each optimizer step so that whole
+        inputs drop out exactly; see ``feature_importances_``. Needs a module
+        whose first layer is an ``nn.Linear`` taking the input features (as
+        :class:`~sk_softreg.modules.GaussianMLP` does). Standardize X first.
     alpha : float, default=0.0
         Weight of the Gaussian KL term.
     tau : float, default=0.1
@@ -86,8 +93,17 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         that ``predict(return_std=True)`` returns when ``alpha == 0``.
     sparsity_ : float
         Fraction of the penalized weights that are exactly zero.
+    feature_importances_ : ndarray of shape (n_features,)
+        Euclidean norms of the first layer's weight columns, normalized to sum
+        to 1; exactly 0 for the inputs that ``lambda_features`` dropped. Only
+        when the module's first layer is an ``nn.Linear`` taking the inputs.
+        ``SelectFromModel(reg, threshold=1e-12)`` keeps the inputs in use.
+    n_features_selected_ : int
+        Number of inputs whose weight column is not zero (same condition).
     module_ : torch.nn.Module
     history_ : skorch.History
+        Per epoch: ``train_loss`` (the whole objective), ``train_l1``,
+        ``train_l2``, ``train_kl``, ``train_features`` (the weighted terms).
 
     Examples
     --------
@@ -114,6 +130,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         *,
         lambda1=0.0,
         lambda2=0.0,
+        lambda_features=0.0,
         alpha=0.0,
         tau=0.1,
         normalize_y=True,
@@ -146,6 +163,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         )
         self.lambda1 = lambda1
         self.lambda2 = lambda2
+        self.lambda_features = lambda_features
         self.alpha = alpha
         self.tau = tau
         self.normalize_y = normalize_y
@@ -183,6 +201,9 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
     def _inferred_module_kwargs(self):
         return {"n_features": self.n_features_in_, "n_outputs": self.n_outputs_}
 
+    def _example_input(self, n):
+        return torch.zeros(n, self.n_features_in_)
+
     def initialize_module(self):
         """Build ``module_``; add a learned log-variance if it returns means only."""
         super().initialize_module()
@@ -208,19 +229,24 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         module.eval()
         try:
             with torch.no_grad():
-                out = module(torch.zeros(2, self.n_features_in_))
+                out = module(self._example_input(2))
         finally:
             module.train(was_training)
         return out.shape[-1]
 
     # ------------------------------------------------------------------
     # the objective
-    def _split_output(self, y_pred):
-        """Means and clamped log-variances, each of shape (n, n_outputs_)."""
+    def _split_output(self, y_pred, log_var=None):
+        """Means and clamped log-variances, each of shape (n, n_outputs_).
+
+        ``log_var`` is the :class:`~sk_softreg.modules.LogVariance` used when
+        the module returns means only (default ``log_var_``).
+        """
         k = self.n_outputs_
         if y_pred.shape[-1] == 2 * k:
             return y_pred[:, :k], clamp_log_var(y_pred[:, k:])
-        return y_pred, clamp_log_var(self.log_var_.log_var).expand_as(y_pred)
+        log_var = self.log_var_ if log_var is None else log_var
+        return y_pred, clamp_log_var(log_var.log_var).expand_as(y_pred)
 
     def _data_loss(self, y_pred, y_true, X=None, training=False):
         mu, _ = self._split_output(y_pred)
@@ -275,11 +301,34 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
             mean = mean[:, 0]
         if not return_std:
             return mean
-        if self.alpha:
-            std = np.exp(0.5 * log_var.astype(np.float64)) * self.y_scale_
-        else:
-            std = np.broadcast_to(self.residual_std_, mean.reshape(len(mean), -1).shape).copy()
+        std = self._predictive_std(torch.from_numpy(log_var.astype(np.float64)))
+        std = std.numpy() * self.y_scale_
         return mean, (std[:, 0] if self._y_1d else std)
+
+    def _predictive_std(self, log_var):
+        """Predictive std of y in standardized units, from the clamped log-variance.
+
+        The one place that defines the std of ``predict(X, return_std=True)``
+        and of the ONNX graph (:meth:`export_onnx`): a tensor in, a tensor of
+        its shape, dtype and device out (standardized units: multiply by
+        ``y_scale_`` for y's units). With ``alpha > 0`` it is the variance
+        head's ``exp(log_var / 2)``; with ``alpha == 0`` the head is untrained
+        and it is ``residual_std_ / y_scale_``, one value per output.
+        """
+        if self.alpha:
+            return torch.exp(0.5 * log_var)
+        residual = torch.as_tensor(
+            self.residual_std_ / self.y_scale_, dtype=log_var.dtype, device=log_var.device
+        )
+        return residual.expand_as(log_var)
+
+    def _onnx_graph(self):
+        from ._onnx import GaussianGraph
+
+        metadata = {"n_outputs": self.n_outputs_, "normalize_y": self.normalize_y}
+        if hasattr(self, "feature_names_in_"):
+            metadata["feature_names_in"] = self.feature_names_in_
+        return GaussianGraph(self), ["mean", "std"], metadata
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

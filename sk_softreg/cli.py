@@ -1,4 +1,4 @@
-"""The ``sk-softreg`` command line: demo, fit, predict and info.
+"""The ``sk-softreg`` command line: demo, fit, predict, info and export.
 
 Run ``sk-softreg --help`` (or ``python -m sk_softreg.cli --help``).
 Errors in the user's input (a missing or empty folder, a file that is not a
@@ -73,6 +73,11 @@ def _parser():
 
     info = sub.add_parser("info", help="show a model's parameters, classes and history")
     info.add_argument("model")
+
+    export = sub.add_parser(
+        "export", help="write a fitted model (joblib) as ONNX, to predict without torch")
+    export.add_argument("model", help="a fitted classifier or regressor saved with joblib")
+    export.add_argument("output", help="the .onnx file to write")
     return parser
 
 
@@ -138,10 +143,12 @@ def _fit(args):
     return 0
 
 
-def _load_model(path):
+def _load_model(path, any_estimator=False):
+    """The fitted classifier in ``path``; with ``any_estimator``, either estimator."""
     import joblib
 
     from ._classifier import SoftRegCNNClassifier
+    from ._regressor import SoftRegRegressor
 
     if not Path(path).is_file():
         raise CLIError(f"model file {path!r} does not exist or is not a file")
@@ -149,6 +156,12 @@ def _load_model(path):
         model = joblib.load(path)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure: "not a model file"
         raise CLIError(f"{path!r} is not a sk_softreg model file ({type(exc).__name__})") from None
+    if any_estimator:
+        if not isinstance(model, (SoftRegCNNClassifier, SoftRegRegressor)) or not (
+            model.__sklearn_is_fitted__()
+        ):
+            raise CLIError(f"{path!r} is not a fitted SoftRegCNNClassifier or SoftRegRegressor")
+        return model
     if not isinstance(model, SoftRegCNNClassifier) or not hasattr(model, "classes_"):
         raise CLIError(f"{path!r} is not a fitted SoftRegCNNClassifier saved by sk-softreg fit")
     return model
@@ -225,7 +238,22 @@ def _info(args):
     return 0
 
 
-_COMMANDS = {"demo": _demo, "fit": _fit, "predict": _predict, "info": _info}
+def _export(args):
+    model = _load_model(args.model, any_estimator=True)
+    try:
+        model.export_onnx(args.output)
+    except ImportError as exc:  # the optional extra is missing: the message names the fix
+        raise CLIError(str(exc)) from None
+    if hasattr(model, "classes_"):
+        shape = ", ".join(str(s) for s in model.input_shape_)
+        ends = f"input X (batch, {shape}) -> probabilities over {len(model.classes_)} classes"
+    else:
+        ends = f"input X (batch, {model.n_features_in_}) -> mean, std"
+    print(f"wrote {args.output}: {type(model).__name__}, {ends}")
+    return 0
+
+
+_COMMANDS = {"demo": _demo, "fit": _fit, "predict": _predict, "info": _info, "export": _export}
 
 
 if __name__ == "__main__":

@@ -9,7 +9,11 @@ training objective
 
     L(\\theta) = \\frac{1}{|B|}\\sum_{i \\in B} \\ell_i
         + \\alpha \\frac{1}{|B|}\\sum_{i \\in B} \\mathrm{KL}_i
-        + \\lambda_1 \\sum_{w \\in W} |w| + \\lambda_2 \\sum_{w \\in W} w^2 .
+        + \\lambda_1 \\sum_{w \\in W} |w| + \\lambda_2 \\sum_{w \\in W} w^2
+        + \\lambda_f \\sum_j \\lVert W_1[:, j] \\rVert_2 ,
+
+with :math:`W_1` the weight of the network's first ``nn.Linear`` layer
+(see :func:`input_layer`).
 
 The weight penalties use ``torch._foreach_*`` kernels so that the cost does
 not grow with the number of parameter tensors.
@@ -27,6 +31,9 @@ __all__ = [
     "soft_threshold",
     "prox_l1_",
     "prox_thresholds",
+    "input_layer",
+    "group_l2_penalty",
+    "prox_group_l2_",
     "kl_from_uniform",
     "kl_to_uniform",
     "gaussian_soft_kl",
@@ -234,6 +241,158 @@ def prox_thresholds(optimizer, params, lambda1):
         for slot, denom in zip(slots, denoms):
             thresholds[slot] = denom
     return thresholds
+
+
+@torch.no_grad()
+def input_layer(module, example):
+    """The first submodule holding parameters that ``module(example)`` calls.
+
+    "First" is in forward order: forward pre-hooks record the calls of one
+    forward pass (in eval mode, without gradients) on ``example``. Modules
+    without parameters of their own (``nn.Flatten``, ``nn.Dropout``,
+    activations, containers) are skipped. The weight penalty on the inputs
+    (:func:`group_l2_penalty`) applies when this layer is an ``nn.Linear``
+    whose ``in_features`` equals the number of input features: its column
+    ``j`` then holds every weight that input ``j`` enters the network through.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network; its train/eval mode is restored afterwards.
+    example : torch.Tensor
+        A batch the network accepts (zeros are fine), on the module's device.
+
+    Returns
+    -------
+    name : str or None
+        The layer's name in ``module.named_modules()`` (``""`` for ``module``
+        itself); ``None`` if no module with parameters was called.
+    layer : torch.nn.Module or None
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
+    >>> input_layer(net, torch.zeros(2, 1, 2, 2))
+    ('1', Linear(in_features=4, out_features=3, bias=True))
+    """
+    names = {}
+    for name, sub in module.named_modules():
+        if next(sub.parameters(recurse=False), None) is not None:
+            names[sub] = name
+    called = []
+
+    def record(sub, args):
+        if not called:
+            called.append(sub)
+
+    handles = [sub.register_forward_pre_hook(record) for sub in names]
+    was_training = module.training
+    module.eval()
+    try:
+        module(example)
+    finally:
+        module.train(was_training)
+        for handle in handles:
+            handle.remove()
+    if not called:
+        return None, None
+    return names[called[0]], called[0]
+
+
+def group_l2_penalty(weight):
+    """Sum of the Euclidean norms of the columns of a 2-D weight (group lasso).
+
+    .. math:: \\Omega_G(W) = \\sum_j \\lVert W[:, j] \\rVert_2
+
+    For the weight of an ``nn.Linear`` layer (shape ``(out_features,
+    in_features)``) column ``j`` holds the weights of input ``j``, so the
+    penalty has one group per input feature.
+
+    Parameters
+    ----------
+    weight : torch.Tensor of shape (m, n)
+
+    Returns
+    -------
+    torch.Tensor
+        A 0-d tensor.
+    """
+    return torch.linalg.vector_norm(weight, dim=0).sum()
+
+
+@torch.no_grad()
+def prox_group_l2_(weight, steps, lam, newton_steps=2):
+    """Group soft-threshold of the columns of ``weight``, in place, in a diagonal metric.
+
+    For each column :math:`w = W[:, j]` (after the optimizer step) it computes
+    the proximal point of :math:`\\lambda \\lVert u \\rVert_2` in the metric of
+    the per-coordinate step sizes :math:`\\eta` (the optimizer's own metric,
+    as for :func:`prox_thresholds`):
+
+    .. math::
+
+        u = \\arg\\min_u \\; \\tfrac12 \\sum_i \\frac{(u_i - w_i)^2}{\\eta_i}
+            + \\lambda \\lVert u \\rVert_2 .
+
+    Its optimality condition :math:`(u_i - w_i)/\\eta_i + \\lambda u_i /
+    \\lVert u \\rVert_2 = 0` gives
+
+    - :math:`u = 0` exactly iff :math:`\\lVert w / \\eta \\rVert_2 \\le \\lambda`;
+    - otherwise :math:`u_i = w_i / (1 + \\eta_i \\mu)` with :math:`\\mu =
+      \\lambda / \\lVert u \\rVert_2`, the unique root of the concave function
+      :math:`\\varphi(\\mu) = 1/\\lVert u(\\mu) \\rVert_2 - \\mu / \\lambda`.
+
+    With one step size per column (SGD, or Adam with equal :math:`\\eta_i`)
+    the root is :math:`\\mu = \\lambda / (\\lVert w \\rVert_2 - \\eta\\lambda)`:
+    the familiar :math:`u = w \\, (1 - \\eta\\lambda / \\lVert w \\rVert_2)_+`.
+    For unequal step sizes, Newton's method on :math:`\\varphi` starts from
+    :math:`\\mu_0 = \\lambda / (\\eta_{\\min} (\\lVert w/\\eta \\rVert_2 -
+    \\lambda))`, where :math:`\\varphi \\le 0`; on a concave function it then
+    decreases monotonically to the root, so every iterate shrinks at least as
+    much as the exact prox and the zero test above stays exact.
+
+    Parameters
+    ----------
+    weight : torch.Tensor of shape (m, n)
+        Modified in place; one group per column.
+    steps : float or torch.Tensor of shape (m, n)
+        Per-coordinate step sizes :math:`\\eta > 0` (for Adam,
+        ``prox_thresholds(optimizer, [weight], 1.0)[0]``), or one scalar.
+        A scalar ``<= 0`` leaves ``weight`` unchanged.
+    lam : float
+        The penalty weight :math:`\\lambda \\ge 0`.
+    newton_steps : int, default=2
+        Newton iterations for unequal step sizes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> w = torch.tensor([[3.0, 0.1], [4.0, 0.1]])
+    >>> prox_group_l2_(w, 1.0, 1.0)
+    >>> w
+    tensor([[2.4000, 0.0000],
+            [3.2000, 0.0000]])
+    """
+    if lam <= 0:
+        return
+    if not torch.is_tensor(steps):
+        if steps <= 0:
+            return
+        norms = torch.linalg.vector_norm(weight, dim=0)
+        weight.mul_(torch.clamp_min(1.0 - steps * lam / norms, 0.0))  # norm 0 -> -inf -> 0
+        return
+    scaled_norm = torch.linalg.vector_norm(weight / steps, dim=0)
+    keep = scaled_norm > lam
+    mu = lam / (steps.amin(dim=0) * torch.clamp_min(scaled_norm - lam, torch.finfo(weight.dtype).tiny))
+    for _ in range(newton_steps):
+        shrink = torch.reciprocal(1.0 + steps * mu)
+        u2 = (weight * shrink).square()
+        inv_norm = torch.rsqrt(torch.clamp_min(u2.sum(dim=0), torch.finfo(weight.dtype).tiny))
+        slope = inv_norm.pow(3) * (u2 * steps * shrink).sum(dim=0) - 1.0 / lam
+        mu = mu - (inv_norm - mu / lam) / slope
+    weight.mul_(torch.where(keep, torch.reciprocal(1.0 + steps * mu), 0.0))
 
 
 def kl_from_uniform(logits):

@@ -14,6 +14,8 @@ module (and :func:`sparsity_scorer`) works without it.
   ``RandomizedSearchCV``, and the sparsity on a second axis for ``lambda1``.
 - :func:`plot_weight_histogram`: the penalized weights, with the exact zeros
   that the proximal L1 step produces drawn as their own bar.
+- :func:`plot_selection_path`: the inputs kept, and each input's importance,
+  against ``lambda_features``.
 """
 
 import warnings
@@ -26,6 +28,7 @@ from .penalties import select_penalized
 __all__ = [
     "plot_history",
     "plot_regularization_path",
+    "plot_selection_path",
     "plot_weight_histogram",
     "sparsity_scorer",
 ]
@@ -34,6 +37,7 @@ _PENALTY_TERMS = (
     ("train_l1", "lambda1", "L1 term (lambda1 * sum |w|)"),
     ("train_l2", "lambda2", "L2 term (lambda2 * sum w**2)"),
     ("train_kl", "alpha", "KL term (alpha * mean KL)"),
+    ("train_features", "lambda_features", "input group term (lambda_features * sum_j ||W1[:, j]||)"),
 )
 
 
@@ -283,15 +287,7 @@ def plot_regularization_path(search, param="lambda1", ax=None, score=None):
     (line,) = ax.plot(x, mean, marker="o", label=f"mean test {name}")
     ax.fill_between(x, mean - std, mean + std, alpha=0.25, color=line.get_color(),
                     label="± 1 std over folds")
-    positive = x[x > 0]
-    if np.any(x == 0) and positive.size:
-        ax.set_xscale("symlog", linthresh=float(positive.min()))
-        ax.axvline(0.0, color="grey", linewidth=0.8, linestyle=":")
-    elif np.any(x == 0):
-        ax.set_xscale("linear")
-    else:
-        ax.set_xscale("log")
-    ax.set_xlabel(param if np.all(x > 0) else f"{param} (symlog axis; 0 = no penalty)")
+    _penalty_axis(ax, x, param)
     ax.set_ylabel(f"CV {name}")
 
     handles, labels = ax.get_legend_handles_labels()
@@ -315,6 +311,113 @@ def plot_regularization_path(search, param="lambda1", ax=None, score=None):
                 stacklevel=2,
             )
     ax.legend(handles, labels, loc="best")
+    return ax
+
+
+def _penalty_axis(ax, x, param):
+    """Log x axis for penalty weights; symlog with 0 at the left edge when 0 is among them."""
+    positive = x[x > 0]
+    if np.any(x == 0) and positive.size:
+        ax.set_xscale("symlog", linthresh=float(positive.min()))
+        ax.axvline(0.0, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xlim(left=0.0)  # no empty negative half
+    elif np.any(x == 0):
+        ax.set_xscale("linear")
+    else:
+        ax.set_xscale("log")
+    ax.set_xlabel(param if np.all(x > 0) else f"{param} (symlog axis; 0 = no penalty)")
+
+
+def plot_selection_path(estimators, ax=None, highlight=None, feature_names=None):
+    """Plot the feature-selection path: inputs kept against ``lambda_features``.
+
+    Each estimator is one fit (the same data and settings, a different
+    ``lambda_features``). The number of inputs kept, ``n_features_selected_``,
+    is drawn on ``ax``; each input's ``feature_importances_`` (the share of
+    the first layer's column norms, exactly 0 once the input is dropped) on a
+    second y axis, ``ax.importance_ax``. The x axis is logarithmic (``symlog``
+    when ``lambda_features=0`` is among the fits, drawn at the left edge).
+
+    Parameters
+    ----------
+    estimators : sequence of estimators
+        Fitted :class:`~sk_softreg.SoftRegRegressor` or
+        :class:`~sk_softreg.SoftRegCNNClassifier` (or Pipelines ending in one)
+        with ``feature_importances_``, e.g. the fits of a grid over
+        ``lambda_features``. Their order does not matter.
+    ax : matplotlib Axes, default=None
+        Axes to draw on; ``None`` creates a new figure.
+    highlight : sequence of int, default=None
+        Inputs whose importance path gets its own colour and legend entry
+        (e.g. the truly informative ones); the others are drawn thin and grey.
+    feature_names : sequence of str, default=None
+        Names for the legend; default ``feature_names_in_`` when fitted on a
+        DataFrame, else ``x0``, ``x1``, ...
+
+    Returns
+    -------
+    ax : matplotlib Axes
+        The Axes with the count of inputs kept; the importance axis is its
+        twin, ``ax.importance_ax``.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from sklearn.datasets import make_regression
+    >>> from sk_softreg import SoftRegRegressor
+    >>> from sk_softreg.plot import plot_selection_path
+    >>> X, y = make_regression(n_samples=60, n_features=4, random_state=0)
+    >>> fits = [SoftRegRegressor(lambda_features=lf, max_epochs=3, random_state=0,
+    ...                          device="cpu").fit(X, y) for lf in (0.0, 0.1)]
+    >>> ax = plot_selection_path(fits, highlight=[0])
+    >>> ax.get_ylabel()
+    'inputs kept'
+    """
+    finals = [_final_estimator(est) for est in estimators]
+    if not finals:
+        raise ValueError("plot_selection_path needs at least one fitted estimator.")
+    for est in finals:
+        check_is_fitted(est)
+        if not hasattr(est, "feature_importances_"):
+            raise ValueError(
+                f"{type(est).__name__} has no feature_importances_: its module's first layer "
+                "is not an nn.Linear taking the input features."
+            )
+    x = np.array([float(est.lambda_features) for est in finals])
+    order = np.argsort(x, kind="stable")
+    x = x[order]
+    kept = np.array([finals[i].n_features_selected_ for i in order])
+    importances = np.array([finals[i].feature_importances_ for i in order])
+    n_features = importances.shape[1]
+    if feature_names is None:
+        feature_names = getattr(finals[0], "feature_names_in_", None)
+    if feature_names is None:
+        feature_names = [f"x{j}" for j in range(n_features)]
+    highlight = [] if highlight is None else [int(j) for j in highlight]
+
+    ax = _get_ax(ax)
+    twin = ax.twinx()
+    for j in range(n_features):
+        if j not in highlight:
+            twin.plot(x, importances[:, j], color="0.7", linewidth=0.8, zorder=1)
+    lines = []
+    for k, j in enumerate(highlight):
+        (line,) = twin.plot(x, importances[:, j], color=f"C{(k + 1) % 10}", linewidth=1.5,
+                            label=f"importance of {feature_names[j]}")
+        lines.append(line)
+    twin.set_ylabel("feature_importances_ (grey: other inputs)")
+    twin.set_ylim(bottom=0)
+    (count,) = ax.plot(x, kept, color="C0", marker="o", linewidth=2.5, zorder=3,
+                       label="inputs kept (n_features_selected_)")
+    ax.set_ylim(0, n_features + 0.5)
+    ax.set_ylabel("inputs kept")
+    _penalty_axis(ax, x, "lambda_features")
+    ax.set_zorder(twin.get_zorder() + 1)  # the count on top of the importance lines
+    ax.patch.set_visible(False)
+    ax.legend([count, *lines], [h.get_label() for h in (count, *lines)], loc="best",
+              fontsize="small")
+    ax.importance_ax = twin
     return ax
 
 
