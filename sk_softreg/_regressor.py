@@ -12,7 +12,7 @@ from skorch.utils import is_dataset, to_tensor
 
 from ._base import SoftRegMixin
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
-from .penalties import clamp_log_var, gaussian_soft_kl
+from .penalties import clamp_log_var, gaussian_soft_kl, soft_target_std
 
 __all__ = ["SoftRegRegressor"]
 
@@ -256,8 +256,9 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         ----------
         X : array-like of shape (n_samples, n_features)
         return_std : bool, default=False
-            Also return the predictive std: from the variance head when
-            ``alpha > 0``, else ``residual_std_``.
+            Also return the predictive std of y: from the variance head,
+            corrected for the soft target's width ``tau``, when ``alpha > 0``
+            (see the user guide), else ``residual_std_``.
 
         Returns
         -------
@@ -275,11 +276,35 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
             mean = mean[:, 0]
         if not return_std:
             return mean
-        if self.alpha:
-            std = np.exp(0.5 * log_var.astype(np.float64)) * self.y_scale_
-        else:
-            std = np.broadcast_to(self.residual_std_, mean.reshape(len(mean), -1).shape).copy()
+        with torch.no_grad():
+            std_standardized = self._predictive_std(torch.from_numpy(log_var)).numpy()
+        std = std_standardized.astype(np.float64) * self.y_scale_
         return mean, (std[:, 0] if self._y_1d else std)
+
+    def _predictive_std(self, log_var):
+        """Predictive std of y, in standardized units, from the head's log-variances.
+
+        With ``alpha > 0``, ``sqrt(max(exp(log_var) - tau**2, (tau / 2)**2))``
+        (:func:`~sk_softreg.penalties.soft_target_std`): the KL optimum is
+        ``sigma**2 = tau**2 + E[(y - mu)**2 | x]``, so the head's sigma includes
+        the soft target's own width. With ``alpha == 0`` the head is untrained
+        and the std is ``residual_std_`` (standardized), for every sample.
+
+        Parameters
+        ----------
+        log_var : torch.Tensor of shape (n_samples, n_outputs)
+            Clamped log-variances in standardized units.
+
+        Returns
+        -------
+        torch.Tensor of shape (n_samples, n_outputs)
+        """
+        if self.alpha:
+            return soft_target_std(log_var, self.tau)
+        residual = torch.as_tensor(
+            self.residual_std_ / self.y_scale_, dtype=log_var.dtype, device=log_var.device
+        )
+        return residual.expand_as(log_var)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

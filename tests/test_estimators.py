@@ -345,6 +345,24 @@ def test_regressor_variance_tracks_noise():
     assert std[1] > 2 * std[0]
 
 
+def test_return_std_is_the_std_of_y_not_of_the_soft_target():
+    # homoscedastic noise of known std; tau (in standardized units) is of the
+    # noise's size, so the head's sigma = sqrt(noise**2 + tau**2) is ~1.6x too wide
+    rng = np.random.default_rng(0)
+    w, noise = np.array([1.0, -0.5, 0.5]), 0.5
+    X, X_te = rng.normal(size=(800, 3)), rng.normal(size=(1000, 3))
+    y, y_te = X @ w + noise * rng.normal(size=800), X_te @ w + noise * rng.normal(size=1000)
+    est = SoftRegRegressor(
+        alpha=1.0, tau=0.5, max_epochs=30, module__dropout=0.0, random_state=0, device="cpu"
+    ).fit(X, y)
+    mean, std = est.predict(X_te, return_std=True)
+    assert np.median(std) == pytest.approx(noise, rel=0.1)
+    _, log_var = est._predict_standardized(X_te.astype(np.float32))
+    head_sigma = np.exp(0.5 * log_var[:, 0]) * est.y_scale_[0]
+    assert np.median(head_sigma) > 1.4 * noise  # what return_std reported before
+    assert np.mean(np.abs(y_te - mean) <= 1.645 * std) == pytest.approx(0.9, abs=0.03)
+
+
 class MeanOnly(nn.Module):
     def __init__(self, n_features=5, n_outputs=1):
         super().__init__()
