@@ -284,7 +284,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
     def _predictive_std(self, log_var):
         """Predictive std of y, in standardized units, from the head's log-variances.
 
-        With ``alpha > 0``, ``sqrt(max(exp(log_var) - tau**2, (tau / 2)**2))``
+        With ``alpha > 0``, ``sqrt(max(exp(log_var) - tau**2, tau**2))``
         (:func:`~sk_softreg.penalties.soft_target_std`): the KL optimum is
         ``sigma**2 = tau**2 + E[(y - mu)**2 | x]``, so the head's sigma includes
         the soft target's own width. With ``alpha == 0`` the head is untrained

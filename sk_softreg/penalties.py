@@ -311,7 +311,7 @@ def gaussian_soft_kl(y, mu, log_var, tau):
     return 0.5 * (log_var - math.log(tau2) + (tau2 + (y - mu).square()) * torch.exp(-log_var) - 1.0)
 
 
-def soft_target_std(log_var, tau, floor=0.5):
+def soft_target_std(log_var, tau, floor=1.0):
     """Std of y from a log-variance trained against the soft target N(y, tau^2).
 
     For a fixed ``x`` the expected KL of :func:`gaussian_soft_kl` is minimal at
@@ -323,11 +323,12 @@ def soft_target_std(log_var, tau, floor=0.5):
         \\sigma_y = \\sqrt{\\max\\big(\\sigma^2 - \\tau^2,\\; (c\\,\\tau)^2\\big)},
         \\qquad \\sigma^2 = e^{s},
 
-    with ``c = floor``. The floor is tied to ``tau``: where
-    ``E[(y - mu)^2] << tau^2`` the KL's gradient in ``s``,
-    ``(1 - (tau^2 + r^2) / sigma^2) / 2``, carries the residual only as a small
-    fraction of ``tau^2``, so the head resolves the residual variance only to a
-    fraction of ``tau^2``; smaller reported stds would be noise.
+    with ``c = floor``. The floor is tied to ``tau``, the target's resolution:
+    where ``E[(y - mu)^2] << tau^2`` the KL's gradient in ``s``,
+    ``(1 - (tau^2 + r^2) / sigma^2) / 2``, sees the residual only as a small
+    fraction of ``tau^2``, so the head cannot resolve residual stds below
+    about ``tau``; reporting them anyway makes the Gaussian NLL explode on
+    test points where the head's sigma sits at ``tau``.
 
     Parameters
     ----------
@@ -335,7 +336,7 @@ def soft_target_std(log_var, tau, floor=0.5):
         Predicted log-variances ``s``.
     tau : float
         Standard deviation of the soft target, ``tau > 0``.
-    floor : float, default=0.5
+    floor : float, default=1.0
         The smallest std returned, as a fraction ``c`` of ``tau``.
 
     Returns
