@@ -12,7 +12,7 @@ from skorch.utils import is_dataset, to_tensor
 
 from ._base import SoftRegMixin
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
-from .penalties import clamp_log_var, gaussian_soft_kl
+from .penalties import clamp_log_var, gaussian_soft_kl, soft_target_std
 
 __all__ = ["SoftRegRegressor"]
 
@@ -282,8 +282,9 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         ----------
         X : array-like of shape (n_samples, n_features)
         return_std : bool, default=False
-            Also return the predictive std: from the variance head when
-            ``alpha > 0``, else ``residual_std_``.
+            Also return the predictive std of y: from the variance head,
+            corrected for the soft target's width ``tau``, when ``alpha > 0``
+            (see the user guide), else ``residual_std_``.
 
         Returns
         -------
@@ -306,17 +307,25 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         return mean, (std[:, 0] if self._y_1d else std)
 
     def _predictive_std(self, log_var):
-        """Predictive std of y in standardized units, from the clamped log-variance.
+        """Predictive std of y, in standardized units, from the head's log-variances.
 
-        The one place that defines the std of ``predict(X, return_std=True)``
-        and of the ONNX graph (:meth:`export_onnx`): a tensor in, a tensor of
-        its shape, dtype and device out (standardized units: multiply by
-        ``y_scale_`` for y's units). With ``alpha > 0`` it is the variance
-        head's ``exp(log_var / 2)``; with ``alpha == 0`` the head is untrained
-        and it is ``residual_std_ / y_scale_``, one value per output.
+        With ``alpha > 0``, ``sqrt(max(exp(log_var) - tau**2, tau**2))``
+        (:func:`~sk_softreg.penalties.soft_target_std`): the KL optimum is
+        ``sigma**2 = tau**2 + E[(y - mu)**2 | x]``, so the head's sigma includes
+        the soft target's own width. With ``alpha == 0`` the head is untrained
+        and the std is ``residual_std_`` (standardized), for every sample.
+
+        Parameters
+        ----------
+        log_var : torch.Tensor of shape (n_samples, n_outputs)
+            Clamped log-variances in standardized units.
+
+        Returns
+        -------
+        torch.Tensor of shape (n_samples, n_outputs)
         """
         if self.alpha:
-            return torch.exp(0.5 * log_var)
+            return soft_target_std(log_var, self.tau)
         residual = torch.as_tensor(
             self.residual_std_ / self.y_scale_, dtype=log_var.dtype, device=log_var.device
         )

@@ -9,7 +9,7 @@ arguments (``input_shape`` and ``n_classes``; ``n_features`` and
 import torch
 from torch import nn
 
-__all__ = ["SoftRegCNN", "GaussianMLP", "LogVariance", "HalfMSELoss"]
+__all__ = ["SoftRegCNN", "GaussianMLP", "LogVariance", "HalfMSELoss", "PinballLoss"]
 
 
 class SoftRegCNN(nn.Module):
@@ -139,3 +139,39 @@ class HalfMSELoss(nn.MSELoss):
 
     def forward(self, input, target):
         return 0.5 * super().forward(input, target)
+
+
+class PinballLoss(nn.Module):
+    """The pinball (quantile) loss, ``mean(max(q * (y - mu), (q - 1) * (y - mu)))``.
+
+    Its minimizer over ``mu`` is the ``q``-quantile of ``y`` given ``x``. As the
+    criterion of :class:`~sk_softreg.SoftRegRegressor`
+    (``criterion=PinballLoss, criterion__quantile=0.05``, with ``alpha=0``: the
+    KL term would pull ``mu`` back to the mean) ``predict`` returns that
+    quantile, in y's units (standardizing y moves quantiles with it). Three such
+    fits (the lower, upper and 0.5 quantiles) are what MAPIE's
+    ``ConformalizedQuantileRegressor(..., prefit=True)`` takes; see the user
+    guide.
+
+    Parameters
+    ----------
+    quantile : float, default=0.5
+        The quantile level ``q``, in ``(0, 1)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> loss = PinballLoss(quantile=0.9)
+    >>> float(loss(torch.zeros(2), torch.tensor([1.0, -1.0])))  # (0.9 * 1 + 0.1 * 1) / 2
+    0.5
+    """
+
+    def __init__(self, quantile=0.5):
+        super().__init__()
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"PinballLoss needs 0 < quantile < 1; got quantile={quantile!r}.")
+        self.quantile = float(quantile)
+
+    def forward(self, input, target):
+        diff = target - input
+        return torch.maximum(self.quantile * diff, (self.quantile - 1.0) * diff).mean()

@@ -37,6 +37,7 @@ __all__ = [
     "kl_from_uniform",
     "kl_to_uniform",
     "gaussian_soft_kl",
+    "soft_target_std",
     "clamp_log_var",
     "LOG_VAR_MIN",
     "LOG_VAR_MAX",
@@ -467,6 +468,43 @@ def gaussian_soft_kl(y, mu, log_var, tau):
     """
     tau2 = float(tau) ** 2
     return 0.5 * (log_var - math.log(tau2) + (tau2 + (y - mu).square()) * torch.exp(-log_var) - 1.0)
+
+
+def soft_target_std(log_var, tau, floor=1.0):
+    """Std of y from a log-variance trained against the soft target N(y, tau^2).
+
+    For a fixed ``x`` the expected KL of :func:`gaussian_soft_kl` is minimal at
+    ``sigma^2 = tau^2 + E[(y - mu)^2 | x]``, so the std of ``y`` around ``mu``
+    is
+
+    .. math::
+
+        \\sigma_y = \\sqrt{\\max\\big(\\sigma^2 - \\tau^2,\\; (c\\,\\tau)^2\\big)},
+        \\qquad \\sigma^2 = e^{s},
+
+    with ``c = floor``. The floor is tied to ``tau``, the target's resolution:
+    where ``E[(y - mu)^2] << tau^2`` the KL's gradient in ``s``,
+    ``(1 - (tau^2 + r^2) / sigma^2) / 2``, sees the residual only as a small
+    fraction of ``tau^2``, so the head cannot resolve residual stds below
+    about ``tau``; reporting them anyway makes the Gaussian NLL explode on
+    test points where the head's sigma sits at ``tau``.
+
+    Parameters
+    ----------
+    log_var : torch.Tensor
+        Predicted log-variances ``s``.
+    tau : float
+        Standard deviation of the soft target, ``tau > 0``.
+    floor : float, default=1.0
+        The smallest std returned, as a fraction ``c`` of ``tau``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``sigma_y``, the shape of ``log_var``.
+    """
+    tau2 = float(tau) ** 2
+    return torch.sqrt(torch.clamp(torch.exp(log_var) - tau2, min=(float(floor) ** 2) * tau2))
 
 
 def clamp_log_var(log_var):

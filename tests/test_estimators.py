@@ -345,6 +345,36 @@ def test_regressor_variance_tracks_noise():
     assert std[1] > 2 * std[0]
 
 
+def test_return_std_is_the_std_of_y_not_of_the_soft_target():
+    # homoscedastic noise of known std (0.63 in standardized units) and tau = 0.5:
+    # the head's sigma = sqrt(noise**2 + tau**2) is ~1.3x the noise std
+    rng = np.random.default_rng(0)
+    w, noise = np.array([0.5, -0.25, 0.25]), 0.5
+    X, X_te = rng.normal(size=(800, 3)), rng.normal(size=(1000, 3))
+    y, y_te = X @ w + noise * rng.normal(size=800), X_te @ w + noise * rng.normal(size=1000)
+    est = SoftRegRegressor(
+        alpha=1.0, tau=0.5, max_epochs=30, module__dropout=0.0, random_state=0, device="cpu"
+    ).fit(X, y)
+    mean, std = est.predict(X_te, return_std=True)
+    assert np.median(std) == pytest.approx(noise, rel=0.08)
+    _, log_var = est._predict_standardized(X_te.astype(np.float32))
+    head_sigma = np.exp(0.5 * log_var[:, 0]) * est.y_scale_[0]
+    assert np.median(head_sigma) > 1.2 * noise  # what return_std reported before
+    assert np.mean(np.abs(y_te - mean) <= 1.645 * std) == pytest.approx(0.9, abs=0.03)
+
+
+def test_return_std_is_floored_at_tau():
+    # noise-free data: the residual variance is ~0, sigma**2 - tau**2 would be ~0
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 2))
+    y = X @ np.array([1.0, -1.0])
+    est = SoftRegRegressor(
+        alpha=1.0, tau=0.2, max_epochs=20, module__dropout=0.0, random_state=0, device="cpu"
+    ).fit(X, y)
+    _, std = est.predict(X, return_std=True)
+    assert std.min() >= 0.2 * est.y_scale_[0] * (1 - 1e-6)
+
+
 class MeanOnly(nn.Module):
     def __init__(self, n_features=5, n_outputs=1):
         super().__init__()
