@@ -213,11 +213,15 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
 
         Samples are not validated or copied; each ``x`` must be a float32
         ``(C, H, W)`` tensor. ``input_shape_`` comes from the first sample.
-        Without the ``classes`` parameter (or ``partial_fit``'s ``classes``)
-        the labels are read once from the whole data set, which loads every
-        sample of a ``Dataset`` of pairs.
+        A ``Dataset`` with a ``classes`` list of names whose targets index
+        into it (:class:`~sk_softreg.datasets.ImageFolderDataset`, torchvision's
+        ``ImageFolder``) gives those names as ``classes_``. Otherwise, without
+        the ``classes`` parameter (or ``partial_fit``'s ``classes``) the labels
+        are read once from the whole data set, which loads every sample of a
+        ``Dataset`` of pairs.
         """
         pairs = y is None
+        names = _class_names(X) if pairs else None
         if pairs and not isinstance(X, torch.utils.data.Dataset):
             raise ValueError(
                 f"{type(self).__name__} got a SliceDataset X without y; pass the targets as y."
@@ -244,16 +248,18 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
             labels = column_or_1d(np.asarray(list(y) if _is_dataset(y) else y), warn=True)
             check_consistent_length(X, labels)
         elif reset and not known:
-            labels = np.asarray([X[i][1] for i in range(len(X))])  # one pass over the data
+            # the folder names, or one pass over the data
+            labels = names if names is not None else np.asarray([X[i][1] for i in range(len(X))])
         if labels is not None:
             check_classification_targets(labels)
         if reset:
             self._set_classes(labels, classes)
         if not pairs:
             return X, self._encode(labels)
-        if np.array_equal(self.classes_, np.arange(len(self.classes_))):
-            return X, None  # labels are already 0..K-1
-        return _EncodedTargets(X, self.classes_), None
+        served = names if names is not None else np.arange(len(self.classes_))
+        if np.array_equal(self.classes_, served):
+            return X, None  # the targets are already the class indices
+        return _EncodedTargets(X, self.classes_, names), None
 
     def _set_classes(self, y, classes):
         if self.classes is not None and len(self.classes):
@@ -426,18 +432,32 @@ def _is_dataset(X):
     return isinstance(X, (torch.utils.data.Dataset, SliceDataset))
 
 
-class _EncodedTargets(torch.utils.data.Dataset):
-    """A ``Dataset`` of ``(x, label)`` pairs served as ``(x, class index)``."""
+def _class_names(dataset):
+    """The ``classes`` names of a Dataset whose targets index into them, else None."""
+    names = getattr(dataset, "classes", None)
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return np.asarray(names)
+    return None
 
-    def __init__(self, dataset, classes):
+
+class _EncodedTargets(torch.utils.data.Dataset):
+    """A ``Dataset`` of ``(x, label)`` pairs served as ``(x, class index)``.
+
+    With ``names``, the dataset's targets are indices into ``names``.
+    """
+
+    def __init__(self, dataset, classes, names=None):
         self.dataset = dataset
         self.classes = classes
+        self.names = names
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, i):
         x, label = self.dataset[i]
+        if self.names is not None:
+            label = self.names[label]
         idx = np.searchsorted(self.classes, label)
         if idx >= len(self.classes) or self.classes[idx] != label:
             raise ValueError(f"y contains previously unseen labels: [{label!r}]")

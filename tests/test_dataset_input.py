@@ -95,3 +95,28 @@ def test_grid_search_on_slice_dataset(digits200, y_kind):
         search.cv_results_["mean_test_score"], reference.cv_results_["mean_test_score"]
     )
     assert search.best_estimator_.predict(X_sl[:5]).shape == (5,)
+
+
+
+_ORDER = [3, 1, 4, 0, 5, 9, 2, 6, 8, 7]
+
+
+class NamedDigits(DigitsImages):
+    """Targets index into an unsorted ``classes`` list, as in torchvision's datasets."""
+
+    classes = [f"digit {d}" for d in _ORDER]
+
+    def __init__(self, X, y):
+        super().__init__(X, np.argsort(_ORDER)[y])
+
+
+def test_dataset_class_names_become_classes_without_a_scan(digits200):
+    X, y = digits200
+    arrays = SoftRegCNNClassifier(**dict(SMALL, max_epochs=1)).fit(X, y)
+    data = NamedDigits(X, y)
+    named = SoftRegCNNClassifier(**dict(SMALL, max_epochs=1)).fit(data)
+    assert data.reads == len(X) + 1  # one epoch and the first sample: labels were not scanned
+    assert named.classes_.tolist() == [f"digit {d}" for d in range(10)]
+    np.testing.assert_array_equal(named.predict_proba(X), arrays.predict_proba(X))
+    assert named.predict(X).tolist() == [f"digit {d}" for d in arrays.predict(X)]
+    named.partial_fit(NamedDigits(X, y))  # later calls map the targets the same way
