@@ -27,6 +27,7 @@ from sklearn.utils._param_validation import (
     StrOptions,
     validate_parameter_constraints,
 )
+from skorch.helper import SliceDataset
 
 from ._batching import FAST_ITERATOR_OPTIONS, TensorBatches, fast_batches_source, prepare_tensors
 from ._exceptions import NonFiniteLossError
@@ -472,6 +473,11 @@ class SoftRegMixin:
             self.history.record(name, value)
         self._epoch_terms = None
         super().on_epoch_end(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
+
+
+def _is_dataset(X):
+    """True for lazy inputs: a torch ``Dataset`` or a skorch ``SliceDataset``."""
+    return isinstance(X, (torch.utils.data.Dataset, SliceDataset))
 
 
 def _accepted_kwargs(factory):

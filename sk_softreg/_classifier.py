@@ -14,9 +14,8 @@ from sklearn.utils.validation import (
     validate_data,
 )
 from skorch import NeuralNet, NeuralNetClassifier
-from skorch.helper import SliceDataset
 
-from ._base import SoftRegMixin
+from ._base import SoftRegMixin, _is_dataset
 from ._torchvision import TorchvisionClassifierNet
 from .modules import SoftRegCNN
 from .penalties import kl_from_uniform, kl_to_uniform
@@ -425,11 +424,6 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
         return tags
-
-
-def _is_dataset(X):
-    """True for lazy inputs: a torch ``Dataset`` or a skorch ``SliceDataset``."""
-    return isinstance(X, (torch.utils.data.Dataset, SliceDataset))
 
 
 def _class_names(dataset):
