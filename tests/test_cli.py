@@ -11,6 +11,7 @@ import pytest
 from _image_folder import make_image_folder
 
 from sk_softreg.cli import main
+from sk_softreg.datasets import load_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +66,28 @@ def test_info(trained, capsys):
     out = capsys.readouterr().out
     assert "lambda1 = 0.0001" in out and "circle, cross, square" in out
     assert "sparsity:" in out and "history: 3 epochs" in out
+
+
+def test_fit_augment_flag(trained, tmp_path, capsys):
+    import joblib
+
+    _, folder, _ = trained
+    common = ["fit", str(folder), "--epochs", "1", "--grayscale", "--device", "cpu", "-q"]
+    fitted = {}
+    for name, extra in (("plain", []), ("default", ["--augment"]), ("set", ["--augment", "20,0.25"])):
+        assert main([*common, "-o", str(tmp_path / f"{name}.joblib"), *extra]) == 0
+        fitted[name] = joblib.load(tmp_path / f"{name}.joblib")
+    assert fitted["plain"].train_transform is None
+    affine = fitted["default"].train_transform.transforms[0]
+    assert list(affine.degrees) == [-8.0, 8.0] and tuple(affine.translate) == (0.1, 0.1)
+    affine = fitted["set"].train_transform.transforms[0]
+    assert list(affine.degrees) == [-20.0, 20.0] and tuple(affine.translate) == (0.25, 0.25)
+    # the transform reaches training: same seed, another model
+    X, _, _ = load_image_folder(folder, grayscale=True)
+    assert not np.allclose(fitted["plain"].predict_proba(X), fitted["default"].predict_proba(X))
+    with pytest.raises(SystemExit) as exc:
+        main([*common, "-o", str(tmp_path / "bad.joblib"), "--augment", "8,2"])
+    assert exc.value.code == 2 and "expected DEGREES >= 0 and SHIFT in [0, 1]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "not_a_model", "wrong_object", "bad_input"])
