@@ -74,10 +74,14 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         ``(1, 1, F)``.
     train_transform : callable or None, default=None
         A transform of one image tensor ``(C, H, W)``, e.g. a torchvision
-        ``transforms.v2`` pipeline such as ``RandomAffine(degrees=10)``. It is
+        ``transforms.v2`` pipeline such as
+        ``v2.Compose([v2.RandomAffine(degrees=8, translate=(0.1, 0.1))])``. It is
         applied on the fly to each image of each *training* batch (with its
         own random draw per image), never in validation or prediction.
-        It draws from torch's RNG, so ``random_state`` seeds it.
+        It draws from torch's RNG, so ``random_state`` seeds it. Keep the
+        transforms in a ``v2.Compose``: scikit-learn's ``clone`` (used by
+        ``GridSearchCV`` and ``cross_val_score``) takes a bare ``RandomAffine``,
+        whose ``get_params`` is torchvision's, for an estimator and fails.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialization, shuffling, dropout and ``train_transform``.
         An int makes fit deterministic on CPU. The global torch RNG is restored after fit.
