@@ -480,6 +480,22 @@ def _is_dataset(X):
     return isinstance(X, (torch.utils.data.Dataset, SliceDataset))
 
 
+def _first_sample_shape(X, y, name, ndim, expected):
+    """Shape of the first sample of lazy ``X`` (a Dataset of ``(x, y)`` pairs when
+    ``y`` is None, else a SliceDataset or Dataset of samples), checked to have
+    ``ndim`` dimensions; ``expected`` describes them in the error."""
+    if y is None and not isinstance(X, torch.utils.data.Dataset):
+        raise ValueError(f"{name} got a SliceDataset X without y; pass the targets as y.")
+    first = X[0][0] if y is None else X[0]
+    shape = tuple(int(s) for s in getattr(first, "shape", ()))
+    if len(shape) != ndim:
+        raise ValueError(
+            f"{name} expects the samples of a Dataset to be {expected}; the first sample "
+            f"has shape {shape}."
+        )
+    return shape
+
+
 def _accepted_kwargs(factory):
     """Names of keyword arguments a module class or factory accepts."""
     try:

@@ -15,7 +15,7 @@ from sklearn.utils.validation import (
 )
 from skorch import NeuralNet, NeuralNetClassifier
 
-from ._base import SoftRegMixin, _is_dataset
+from ._base import SoftRegMixin, _first_sample_shape, _is_dataset
 from ._torchvision import TorchvisionClassifierNet
 from .modules import SoftRegCNN
 from .penalties import kl_from_uniform, kl_to_uniform
@@ -225,17 +225,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         """
         pairs = y is None
         names = _class_names(X) if pairs else None
-        if pairs and not isinstance(X, torch.utils.data.Dataset):
-            raise ValueError(
-                f"{type(self).__name__} got a SliceDataset X without y; pass the targets as y."
-            )
-        first = X[0][0] if pairs else X[0]
-        shape = tuple(int(s) for s in getattr(first, "shape", ()))
-        if len(shape) != 3:
-            raise ValueError(
-                f"{type(self).__name__} expects the samples of a Dataset to be (C, H, W) "
-                f"tensors; the first sample has shape {shape}."
-            )
+        shape = _first_sample_shape(X, y, type(self).__name__, 3, "(C, H, W) tensors")
         if reset:
             self._check_image_shape_matches(shape)
             self.input_shape_ = shape

@@ -15,7 +15,7 @@ from sklearn.utils.validation import (
 from skorch import NeuralNetRegressor
 from skorch.utils import to_tensor
 
-from ._base import SoftRegMixin, _is_dataset
+from ._base import SoftRegMixin, _first_sample_shape, _is_dataset
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
 from .penalties import clamp_log_var, gaussian_soft_kl
 
@@ -181,17 +181,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         ``residual_std_``.
         """
         pairs = y is None
-        if pairs and not isinstance(X, torch.utils.data.Dataset):
-            raise ValueError(
-                f"{type(self).__name__} got a SliceDataset X without y; pass the targets as y."
-            )
-        first = X[0][0] if pairs else X[0]
-        shape = tuple(int(s) for s in getattr(first, "shape", ()))
-        if len(shape) != 1:
-            raise ValueError(
-                f"{type(self).__name__} expects the samples of a Dataset to be 1-D feature "
-                f"tensors; the first sample has shape {shape}."
-            )
+        shape = _first_sample_shape(X, y, type(self).__name__, 1, "1-D feature tensors")
         if reset:
             self.n_features_in_ = shape[0]
         elif shape[0] != self.n_features_in_:
