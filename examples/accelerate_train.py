@@ -12,9 +12,14 @@ On a CPU-only machine it runs a single process on the CPU.
 """
 
 import argparse
+import sys
 
 import numpy as np
-from accelerate import Accelerator
+
+try:
+    from accelerate import Accelerator
+except ImportError:
+    sys.exit('accelerate_train.py needs Hugging Face Accelerate: pip install -e ".[accelerate]"')
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 

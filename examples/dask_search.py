@@ -12,10 +12,15 @@ versions as the client).
 """
 
 import argparse
+import sys
 
 import joblib
 import numpy as np
-from distributed import Client, LocalCluster
+
+try:
+    from distributed import Client, LocalCluster
+except ImportError:
+    sys.exit('dask_search.py needs dask.distributed: pip install -e ".[distributed]"')
 from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 

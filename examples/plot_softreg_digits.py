@@ -8,7 +8,12 @@ The network, epoch count and folds are small to keep the run short; the
 documentation shows this script as source and does not run it.
 """
 
-import matplotlib.pyplot as plt
+import sys
+
+try:
+    import matplotlib.pyplot as plt
+except ImportError:
+    sys.exit('plot_softreg_digits.py draws figures with matplotlib: pip install -e ".[plot]"')
 from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline

@@ -23,11 +23,14 @@ import argparse
 import csv
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
+try:
+    import matplotlib
+except ImportError:
+    sys.exit('uncertainty_regression.py draws figures with matplotlib: pip install -e ".[plot]"')
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np

@@ -28,6 +28,7 @@ from sklearn.utils._param_validation import (
     StrOptions,
     validate_parameter_constraints,
 )
+from skorch.helper import SliceDataset
 
 from ._batching import FAST_ITERATOR_OPTIONS, TensorBatches, fast_batches_source, prepare_tensors
 from ._exceptions import NonFiniteLossError
@@ -591,6 +592,27 @@ class SoftRegMixin:
             self.history.record(name, value)
         self._epoch_terms = None
         super().on_epoch_end(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
+
+
+def _is_dataset(X):
+    """True for lazy inputs: a torch ``Dataset`` or a skorch ``SliceDataset``."""
+    return isinstance(X, (torch.utils.data.Dataset, SliceDataset))
+
+
+def _first_sample_shape(X, y, name, ndim, expected):
+    """Shape of the first sample of lazy ``X`` (a Dataset of ``(x, y)`` pairs when
+    ``y`` is None, else a SliceDataset or Dataset of samples), checked to have
+    ``ndim`` dimensions; ``expected`` describes them in the error."""
+    if y is None and not isinstance(X, torch.utils.data.Dataset):
+        raise ValueError(f"{name} got a SliceDataset X without y; pass the targets as y.")
+    first = X[0][0] if y is None else X[0]
+    shape = tuple(int(s) for s in getattr(first, "shape", ()))
+    if len(shape) != ndim:
+        raise ValueError(
+            f"{name} expects the samples of a Dataset to be {expected}; the first sample "
+            f"has shape {shape}."
+        )
+    return shape
 
 
 def _accepted_kwargs(factory):

@@ -14,9 +14,8 @@ from sklearn.utils.validation import (
     validate_data,
 )
 from skorch import NeuralNet, NeuralNetClassifier
-from skorch.helper import SliceDataset
 
-from ._base import SoftRegMixin
+from ._base import SoftRegMixin, _first_sample_shape, _is_dataset
 from ._torchvision import TorchvisionClassifierNet
 from .modules import SoftRegCNN
 from .penalties import kl_from_uniform, kl_to_uniform
@@ -84,10 +83,14 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         ``(1, 1, F)``.
     train_transform : callable or None, default=None
         A transform of one image tensor ``(C, H, W)``, e.g. a torchvision
-        ``transforms.v2`` pipeline such as ``RandomAffine(degrees=10)``. It is
+        ``transforms.v2`` pipeline such as
+        ``v2.Compose([v2.RandomAffine(degrees=8, translate=(0.1, 0.1))])``. It is
         applied on the fly to each image of each *training* batch (with its
         own random draw per image), never in validation or prediction.
-        It draws from torch's RNG, so ``random_state`` seeds it.
+        It draws from torch's RNG, so ``random_state`` seeds it. Keep the
+        transforms in a ``v2.Compose``: scikit-learn's ``clone`` (used by
+        ``GridSearchCV`` and ``cross_val_score``) takes a bare ``RandomAffine``,
+        whose ``get_params`` is torchvision's, for an estimator and fails.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialization, shuffling, dropout and ``train_transform``.
         An int makes fit deterministic on CPU. The global torch RNG is restored after fit.
@@ -230,22 +233,16 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
 
         Samples are not validated or copied; each ``x`` must be a float32
         ``(C, H, W)`` tensor. ``input_shape_`` comes from the first sample.
-        Without the ``classes`` parameter (or ``partial_fit``'s ``classes``)
-        the labels are read once from the whole data set, which loads every
-        sample of a ``Dataset`` of pairs.
+        A ``Dataset`` with a ``classes`` list of names whose targets index
+        into it (:class:`~sk_softreg.datasets.ImageFolderDataset`, torchvision's
+        ``ImageFolder``) gives those names as ``classes_``. Otherwise, without
+        the ``classes`` parameter (or ``partial_fit``'s ``classes``) the labels
+        are read once from the whole data set, which loads every sample of a
+        ``Dataset`` of pairs.
         """
         pairs = y is None
-        if pairs and not isinstance(X, torch.utils.data.Dataset):
-            raise ValueError(
-                f"{type(self).__name__} got a SliceDataset X without y; pass the targets as y."
-            )
-        first = X[0][0] if pairs else X[0]
-        shape = tuple(int(s) for s in getattr(first, "shape", ()))
-        if len(shape) != 3:
-            raise ValueError(
-                f"{type(self).__name__} expects the samples of a Dataset to be (C, H, W) "
-                f"tensors; the first sample has shape {shape}."
-            )
+        names = _class_names(X) if pairs else None
+        shape = _first_sample_shape(X, y, type(self).__name__, 3, "(C, H, W) tensors")
         if reset:
             self._check_image_shape_matches(shape)
             self.input_shape_ = shape
@@ -261,16 +258,18 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
             labels = column_or_1d(np.asarray(list(y) if _is_dataset(y) else y), warn=True)
             check_consistent_length(X, labels)
         elif reset and not known:
-            labels = np.asarray([X[i][1] for i in range(len(X))])  # one pass over the data
+            # the folder names, or one pass over the data
+            labels = names if names is not None else np.asarray([X[i][1] for i in range(len(X))])
         if labels is not None:
             check_classification_targets(labels)
         if reset:
             self._set_classes(labels, classes)
         if not pairs:
             return X, self._encode(labels)
-        if np.array_equal(self.classes_, np.arange(len(self.classes_))):
-            return X, None  # labels are already 0..K-1
-        return _EncodedTargets(X, self.classes_), None
+        served = names if names is not None else np.arange(len(self.classes_))
+        if np.array_equal(self.classes_, served):
+            return X, None  # the targets are already the class indices
+        return _EncodedTargets(X, self.classes_, names), None
 
     def _set_classes(self, y, classes):
         if self.classes is not None and len(self.classes):
@@ -448,23 +447,32 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         return tags
 
 
-def _is_dataset(X):
-    """True for lazy inputs: a torch ``Dataset`` or a skorch ``SliceDataset``."""
-    return isinstance(X, (torch.utils.data.Dataset, SliceDataset))
+def _class_names(dataset):
+    """The ``classes`` names of a Dataset whose targets index into them, else None."""
+    names = getattr(dataset, "classes", None)
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return np.asarray(names)
+    return None
 
 
 class _EncodedTargets(torch.utils.data.Dataset):
-    """A ``Dataset`` of ``(x, label)`` pairs served as ``(x, class index)``."""
+    """A ``Dataset`` of ``(x, label)`` pairs served as ``(x, class index)``.
 
-    def __init__(self, dataset, classes):
+    With ``names``, the dataset's targets are indices into ``names``.
+    """
+
+    def __init__(self, dataset, classes, names=None):
         self.dataset = dataset
         self.classes = classes
+        self.names = names
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, i):
         x, label = self.dataset[i]
+        if self.names is not None:
+            label = self.names[label]
         idx = np.searchsorted(self.classes, label)
         if idx >= len(self.classes) or self.classes[idx] != label:
             raise ValueError(f"y contains previously unseen labels: [{label!r}]")

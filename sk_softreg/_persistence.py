@@ -40,11 +40,13 @@ _SKORCH_STATE = {
 }
 
 
-def _estimator_classes():
-    from ._classifier import SoftRegCNNClassifier
-    from ._regressor import SoftRegRegressor
-
-    return {cls.__name__: cls for cls in (SoftRegCNNClassifier, SoftRegRegressor)}
+# The estimator classes a file may name, by import path: this module resolves
+# them on load and never imports them itself, so the dependency runs one way
+# (estimators -> _base -> _persistence).
+_ESTIMATOR_CLASSES = {
+    "SoftRegCNNClassifier": "sk_softreg._classifier.SoftRegCNNClassifier",
+    "SoftRegRegressor": "sk_softreg._regressor.SoftRegRegressor",
+}
 
 
 # ----------------------------------------------------------------------
@@ -162,9 +164,9 @@ def save(estimator, path):
     from safetensors.torch import save_file
     from sklearn.utils.validation import check_is_fitted
 
-    classes = _estimator_classes()
-    if type(estimator).__name__ not in classes or type(estimator) is not classes[type(estimator).__name__]:
-        raise TypeError(f"save supports {sorted(classes)}, got {type(estimator).__name__}.")
+    cls = type(estimator)
+    if _ESTIMATOR_CLASSES.get(cls.__name__) != f"{cls.__module__}.{cls.__qualname__}":
+        raise TypeError(f"save supports {sorted(_ESTIMATOR_CLASSES)}, got {cls.__name__}.")
     check_is_fitted(estimator)
 
     params, dropped = {}, []
@@ -285,10 +287,9 @@ def load(path, *, device=None, trusted_modules=()):
     if _digest(tensors) != config.get("sha256"):
         raise ModelFileError(f"{path!r} is corrupted: the weights do not match their checksum.")
 
-    classes = _estimator_classes()
-    if config.get("class") not in classes:
+    if config.get("class") not in _ESTIMATOR_CLASSES:
         raise ModelFileError(f"Unknown estimator class {config.get('class')!r} in {path!r}.")
-    cls = classes[config["class"]]
+    cls = _import_object(_ESTIMATOR_CLASSES[config["class"]], allowed=("sk_softreg",))
     params = {k: _decode(v, tuple(trusted_modules)) for k, v in config["params"].items()}
     params["device"] = _load_device(params.get("device", "auto"), device)
 
@@ -314,12 +315,12 @@ def load(path, *, device=None, trusted_modules=()):
 
 
 def _load_device(saved, requested):
-    from ._base import resolve_device
-
     if requested is not None:
         return requested
-    resolved = resolve_device(saved)
-    if resolved is not None and torch.device(resolved).type == "cuda" and not torch.cuda.is_available():
+    # "auto" and None pick a device that exists at load time
+    if saved is None or saved == "auto":
+        return saved
+    if torch.device(saved).type == "cuda" and not torch.cuda.is_available():
         warnings.warn(
             f"The model was saved with device={saved!r}, but CUDA is not available; loading on the CPU.",
             UserWarning,

@@ -6,11 +6,16 @@ import numpy as np
 import torch
 from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    check_array,
+    check_consistent_length,
+    check_is_fitted,
+    validate_data,
+)
 from skorch import NeuralNetRegressor
-from skorch.utils import is_dataset, to_tensor
+from skorch.utils import to_tensor
 
-from ._base import SoftRegMixin
+from ._base import SoftRegMixin, _first_sample_shape, _is_dataset
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
 from .penalties import clamp_log_var, gaussian_soft_kl, soft_target_std
 
@@ -30,6 +35,10 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
 
     with the default criterion ``0.5 * (y - mu)**2``. The KL term trains the
     variance head, which gives ``predict(X, return_std=True)``.
+
+    ``fit`` takes arrays, or lazy data: a torch ``Dataset`` of ``(x, y)`` pairs
+    (``x`` a float32 tensor of shape ``(n_features,)``), or a skorch
+    ``SliceDataset`` with the targets as ``y``.
 
     Parameters
     ----------
@@ -174,9 +183,41 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
     # ------------------------------------------------------------------
     # data
     def _validate_fit_data(self, X, y, reset, classes=None):
+        if _is_dataset(X):
+            return self._validate_fit_dataset(X, y, reset)
         X, y = validate_data(
             self, X, y, reset=reset, dtype=_FLOAT_DTYPES, multi_output=True, y_numeric=True
         )
+        return X.astype(np.float32, copy=False), self._standardize_y(y, reset)
+
+    def _validate_fit_dataset(self, X, y, reset):
+        """Lazy data: a torch ``Dataset`` of ``(x, y)`` pairs, or a ``SliceDataset`` and y.
+
+        Each ``x`` must be a float32 tensor of shape ``(n_features,)``. The
+        targets are read once from the whole data set (for a ``Dataset`` of
+        pairs this loads every sample) to standardize them and to compute
+        ``residual_std_``.
+        """
+        pairs = y is None
+        shape = _first_sample_shape(X, y, type(self).__name__, 1, "1-D feature tensors")
+        if reset:
+            self.n_features_in_ = shape[0]
+        elif shape[0] != self.n_features_in_:
+            raise ValueError(
+                f"X has {shape[0]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        if pairs:
+            y = [X[i][1] for i in range(len(X))]  # one pass over the data
+        elif _is_dataset(y):
+            y = list(y)
+        y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+        check_consistent_length(X, y)
+        y_std = self._standardize_y(y, reset)
+        return (_ServedTargets(X, y_std) if pairs else X), y_std
+
+    def _standardize_y(self, y, reset):
+        """float32 targets of shape (n, n_outputs_), standardized when ``normalize_y``."""
         y = np.asarray(y, dtype=np.float64)
         if reset:
             self._y_1d = y.ndim == 1
@@ -196,7 +237,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
                 f"{self.n_outputs_}."
             )
         y_std = (y2 - self.y_mean_) / self.y_scale_
-        return X.astype(np.float32, copy=False), y_std.astype(np.float32)
+        return y_std.astype(np.float32)
 
     def _inferred_module_kwargs(self):
         return {"n_features": self.n_features_in_, "n_outputs": self.n_outputs_}
@@ -280,7 +321,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or a torch Dataset
         return_std : bool, default=False
             Also return the predictive std of y: from the variance head,
             corrected for the soft target's width ``tau``, when ``alpha > 0``
@@ -294,7 +335,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
             Only when ``return_std`` is true.
         """
         check_is_fitted(self)
-        if not is_dataset(X):  # skorch's scoring callbacks pass validation Datasets
+        if not _is_dataset(X):  # lazy data; skorch's scoring callbacks pass validation Datasets
             X = validate_data(self, X, reset=False, dtype=_FLOAT_DTYPES).astype(np.float32)
         mu, log_var = self._predict_standardized(X)
         mean = mu.astype(np.float64) * self.y_scale_ + self.y_mean_
@@ -343,3 +384,17 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
+
+
+class _ServedTargets(torch.utils.data.Dataset):
+    """A ``Dataset`` of ``(x, y)`` pairs served as ``(x, targets[i])``."""
+
+    def __init__(self, dataset, targets):
+        self.dataset = dataset
+        self.targets = targets
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i][0], self.targets[i]

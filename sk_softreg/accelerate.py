@@ -83,13 +83,23 @@ class _SoftRegAccelerateMixin(AccelerateMixin):
         if self._optimizer_stepped():
             super()._proximal_step()
 
+    def get_params_for(self, prefix):
+        """skorch's, with the ``"auto"`` print_log sink resolved in the returned copy.
+
+        ``"auto"`` is ``accelerator.print`` (the main process prints) when
+        ``verbose``; with ``verbose=0`` it is the builtin ``print``, which
+        skorch's PrintLog silences (it ignores ``verbose`` for any other sink).
+        The parameter itself stays ``"auto"``.
+        """
+        params = super().get_params_for(prefix)
+        if prefix == "callbacks__print_log" and isinstance(params.get("sink"), str):
+            params["sink"] = self.accelerator.print if self.verbose else print
+        return params
+
     def _initialize_callbacks(self):
-        # skorch's PrintLog ignores ``verbose`` for any sink other than the
-        # builtin print, and AccelerateMixin's "auto" sink is accelerator.print:
-        # keep verbose=0 silent, as in the plain estimators.
-        if isinstance(self.callbacks__print_log__sink, str) and not self.verbose:
-            self.callbacks__print_log__sink = print
-        return super()._initialize_callbacks()
+        # AccelerateMixin's version overwrites the callbacks__print_log__sink
+        # parameter during fit; get_params_for resolves "auto" instead.
+        return super(AccelerateMixin, self)._initialize_callbacks()
 
     def __setstate__(self, state):
         requested = state.get("_device_param", "cpu")

@@ -33,6 +33,21 @@ def _image_size(text):
     return size[0] if len(size) == 1 else size
 
 
+def _augment(text):
+    """``DEGREES[,SHIFT]``: a random rotation within ±DEGREES and a shift of up to
+    SHIFT times the image size (default 0.1), drawn per training image."""
+    parts = text.split(",")
+    try:
+        degrees, shift = float(parts[0]), float(parts[1]) if len(parts) > 1 else 0.1
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"expected DEGREES[,SHIFT], got {text!r}") from None
+    if len(parts) > 2 or degrees < 0 or not 0 <= shift <= 1:
+        raise argparse.ArgumentTypeError(
+            f"expected DEGREES >= 0 and SHIFT in [0, 1] as DEGREES[,SHIFT], got {text!r}"
+        )
+    return degrees, shift
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog=PROG, description="Soft-regularized (L1, L2, KL) image classifiers from the shell."
@@ -60,6 +75,11 @@ def _parser():
     fit.add_argument("--image-size", type=_image_size, default=None,
                      help="resize images to N x N or HxW (needed if sizes differ)")
     fit.add_argument("--grayscale", action="store_true", help="read images as one channel")
+    fit.add_argument("--augment", type=_augment, nargs="?", const=(8.0, 0.1), default=None,
+                     metavar="DEGREES[,SHIFT]",
+                     help="augment each training image with a random rotation within "
+                     "±DEGREES and a shift of up to SHIFT x its size (torchvision "
+                     "RandomAffine); --augment alone means 8,0.1")
     fit.add_argument("--module", default=None,
                      help="torchvision model name, e.g. resnet18 (default: the built-in CNN)")
     fit.add_argument("--device", default="auto")
@@ -129,6 +149,14 @@ def _fit(args):
               "random_state": args.random_state, "verbose": 0 if args.quiet else 1}
     if args.lr is not None:
         params["lr"] = args.lr
+    if args.augment is not None:
+        from torchvision.transforms import v2
+
+        degrees, shift = args.augment
+        # in a Compose, which scikit-learn's clone deep-copies (see the user guide)
+        params["train_transform"] = v2.Compose(
+            [v2.RandomAffine(degrees=degrees, translate=(shift, shift))]
+        )
     clf = SoftRegCNNClassifier(**params)
     start = time.perf_counter()
     clf.fit(X, y)

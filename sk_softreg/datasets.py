@@ -171,7 +171,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     Files are listed at construction and read one by one in ``__getitem__``,
     so the folder need not fit in memory. Unreadable files are found by a
-    verification pass at construction (one warning) and left out.
+    verification pass at construction (one warning) and left out. Targets are
+    indices into ``classes``; ``SoftRegCNNClassifier().fit(dataset)`` learns the
+    folder names as ``classes_`` and predicts them.
 
     Parameters
     ----------

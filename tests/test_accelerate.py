@@ -111,10 +111,14 @@ def test_clone_and_pickle(digits200):
     np.testing.assert_array_equal(restored.predict_proba(X), acc.predict_proba(X))
 
 
-def test_verbose_zero_prints_nothing(digits200, capsys):
+@pytest.mark.parametrize("verbose", [0, 2])
+def test_epoch_table_follows_verbose_and_fit_keeps_the_sink_parameter(digits200, capsys, verbose):
     X, y = digits200
-    AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(), **SMALL).fit(X, y)
-    assert capsys.readouterr().out == ""
+    acc = AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(), verbose=verbose, **SMALL)
+    acc.fit(X, y)
+    out = capsys.readouterr().out
+    assert ("train_loss" in out) == (verbose == 2)  # verbose=0 prints nothing
+    assert acc.get_params(deep=False)["callbacks__print_log__sink"] == "auto"  # fit changed no parameter
 
 
 def test_regressor_matches_plain():

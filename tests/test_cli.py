@@ -11,6 +11,7 @@ import pytest
 from _image_folder import make_image_folder
 
 from sk_softreg.cli import main
+from sk_softreg.datasets import load_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,6 +68,28 @@ def test_info(trained, capsys):
     assert "sparsity:" in out and "history: 3 epochs" in out
 
 
+def test_fit_augment_flag(trained, tmp_path, capsys):
+    import joblib
+
+    _, folder, _ = trained
+    common = ["fit", str(folder), "--epochs", "1", "--grayscale", "--device", "cpu", "-q"]
+    fitted = {}
+    for name, extra in (("plain", []), ("default", ["--augment"]), ("set", ["--augment", "20,0.25"])):
+        assert main([*common, "-o", str(tmp_path / f"{name}.joblib"), *extra]) == 0
+        fitted[name] = joblib.load(tmp_path / f"{name}.joblib")
+    assert fitted["plain"].train_transform is None
+    affine = fitted["default"].train_transform.transforms[0]
+    assert list(affine.degrees) == [-8.0, 8.0] and tuple(affine.translate) == (0.1, 0.1)
+    affine = fitted["set"].train_transform.transforms[0]
+    assert list(affine.degrees) == [-20.0, 20.0] and tuple(affine.translate) == (0.25, 0.25)
+    # the transform reaches training: same seed, another model
+    X, _, _ = load_image_folder(folder, grayscale=True)
+    assert not np.allclose(fitted["plain"].predict_proba(X), fitted["default"].predict_proba(X))
+    with pytest.raises(SystemExit) as exc:
+        main([*common, "-o", str(tmp_path / "bad.joblib"), "--augment", "8,2"])
+    assert exc.value.code == 2 and "expected DEGREES >= 0 and SHIFT in [0, 1]" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "not_a_model", "wrong_object", "bad_input"])
 def test_input_errors_exit_2_with_one_line(trained, tmp_path, capsys, case):
     _, folder, model = trained
@@ -96,15 +119,30 @@ def test_input_errors_exit_2_with_one_line(trained, tmp_path, capsys, case):
 def test_demo_function_small(tmp_path):
     import io
 
+    import joblib
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     from sk_softreg._demo import run_demo
 
     out = io.StringIO()
-    result = run_demo({"lambda1": [0.0, 1e-4]}, max_epochs=1, cv=2, n_samples=200,
+    result = run_demo({"lambda1": [0.0, 1e-2]}, max_epochs=1, cv=2, n_samples=200,
                       device="cpu", output=tmp_path / "d.joblib", file=out)
     text = out.getvalue()
-    assert "mean acc" in text and "test accuracy" in text and "sparsity" in text
-    assert len(result["search"].cv_results_["params"]) == 2
-    assert 0.0 <= result["test_accuracy"] <= 1.0 and (tmp_path / "d.joblib").exists()
+    res = result["search"].cv_results_
+    assert len(res["params"]) == 2
+    # the table's zeros column: the sparsity of each candidate's fits
+    assert res["mean_test_sparsity"][0] == 0.0 < res["mean_test_sparsity"][1]
+    assert f"{res['mean_test_sparsity'][1]:.3f}" in text and "zeros" in text
+    # the test accuracy is the saved best model's, on the held-out quarter
+    X, y = load_digits(return_X_y=True)
+    _, X_test, _, y_test = train_test_split(
+        X[:200] / 16.0, y[:200], test_size=0.25, stratify=y[:200], random_state=0
+    )
+    saved = joblib.load(tmp_path / "d.joblib")
+    assert result["test_accuracy"] == saved.score(X_test, y_test)
+    assert f"test accuracy: {result['test_accuracy']:.4f}" in text
+    assert f"sparsity (exact zeros among penalized weights): {saved.sparsity_:.4f}" in text
 
 
 def test_console_entry_point_subprocess(trained):

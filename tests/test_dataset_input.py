@@ -1,12 +1,13 @@
-"""Lazy data: a torch Dataset of (x, y) pairs, and GridSearchCV through SliceDataset."""
+"""Lazy data: a torch Dataset of (x, y) pairs, and GridSearchCV through SliceDataset (both estimators)."""
 
 import numpy as np
 import pytest
 import torch
+from sklearn.datasets import load_diabetes
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from skorch.helper import SliceDataset
 
-from sk_softreg import SoftRegCNNClassifier
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
 
 SMALL = {
     "max_epochs": 2,
@@ -95,3 +96,67 @@ def test_grid_search_on_slice_dataset(digits200, y_kind):
         search.cv_results_["mean_test_score"], reference.cv_results_["mean_test_score"]
     )
     assert search.best_estimator_.predict(X_sl[:5]).shape == (5,)
+
+
+
+_ORDER = [3, 1, 4, 0, 5, 9, 2, 6, 8, 7]
+
+
+class NamedDigits(DigitsImages):
+    """Targets index into an unsorted ``classes`` list, as in torchvision's datasets."""
+
+    classes = [f"digit {d}" for d in _ORDER]
+
+    def __init__(self, X, y):
+        super().__init__(X, np.argsort(_ORDER)[y])
+
+
+def test_dataset_class_names_become_classes_without_a_scan(digits200):
+    X, y = digits200
+    arrays = SoftRegCNNClassifier(**dict(SMALL, max_epochs=1)).fit(X, y)
+    data = NamedDigits(X, y)
+    named = SoftRegCNNClassifier(**dict(SMALL, max_epochs=1)).fit(data)
+    assert data.reads == len(X) + 1  # one epoch and the first sample: labels were not scanned
+    assert named.classes_.tolist() == [f"digit {d}" for d in range(10)]
+    np.testing.assert_array_equal(named.predict_proba(X), arrays.predict_proba(X))
+    assert named.predict(X).tolist() == [f"digit {d}" for d in arrays.predict(X)]
+    named.partial_fit(NamedDigits(X, y))  # later calls map the targets the same way
+
+
+class Rows(torch.utils.data.Dataset):
+    """Tabular rows served one (n_features,) float32 tensor at a time, with their targets."""
+
+    def __init__(self, X, y):
+        self.X, self.y = X.astype(np.float32), y
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.X[i]), self.y[i]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1])
+def test_regressor_dataset_fit_matches_arrays(alpha):
+    X, y = load_diabetes(return_X_y=True)
+    X, y = X[:120], np.c_[y[:120], y[:120] ** 0.5]
+    params = {"alpha": alpha, "lambda1": 1e-3, "max_epochs": 3, "random_state": 0, "device": "cpu"}
+    arrays = SoftRegRegressor(**params).fit(X, y)
+    lazy = SoftRegRegressor(**params).fit(Rows(X, y))
+    assert lazy.n_features_in_ == 10 and lazy.n_outputs_ == 2
+    np.testing.assert_allclose(lazy.y_mean_, arrays.y_mean_)
+    for a, b in zip(lazy.predict(X, return_std=True), arrays.predict(X, return_std=True)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(lazy.predict(Rows(X, y)), arrays.predict(X), rtol=1e-6)
+    # a SliceDataset with the targets as y: what cross-validation needs
+    sliced = SoftRegRegressor(**params).fit(SliceDataset(Rows(X, y), idx=0), y)
+    np.testing.assert_allclose(sliced.predict(X), arrays.predict(X), rtol=1e-6)
+
+
+def test_regressor_dataset_with_bad_samples_is_rejected():
+    X, y = load_diabetes(return_X_y=True)
+    with pytest.raises(ValueError, match=r"1-D feature tensors; the first sample has shape \(2, 5\)"):
+        SoftRegRegressor().fit(Rows(X[:20].reshape(20, 2, 5), y[:20]))
+    fitted = SoftRegRegressor(max_epochs=1, device="cpu").fit(Rows(X[:20], y[:20]))
+    with pytest.raises(ValueError, match="X has 5 features, but SoftRegRegressor is expecting 10"):
+        fitted.partial_fit(Rows(X[:20, :5], y[:20]))

@@ -25,10 +25,21 @@ def test_load_image_folder_arrays(folder):
     assert X1.shape == (12, 1, 6, 8)
 
 
-def test_loaded_folder_trains_a_classifier(folder):
+def test_folder_trains_a_classifier_from_arrays_and_lazily(folder, tmp_path):
     X, y, _ = load_image_folder(folder, grayscale=True)
-    clf = SoftRegCNNClassifier(max_epochs=2, random_state=0, device="cpu").fit(X, y)
-    assert set(clf.predict(X)) <= set(y)
+    X_new, y_new, _ = load_image_folder(
+        make_image_folder(tmp_path / "new", n_per_class=4, size=10, seed=1), grayscale=True
+    )
+    params = {
+        "max_epochs": 20, "batch_size": 4, "module__channels": (4, 8),
+        "module__hidden_units": 16, "random_state": 0, "device": "cpu",
+    }
+    arrays = SoftRegCNNClassifier(**params).fit(X, y)
+    assert arrays.score(X_new, y_new) == 1.0  # it learned the three shapes
+    lazy = SoftRegCNNClassifier(**params).fit(ImageFolderDataset(folder, grayscale=True))
+    assert lazy.classes_.tolist() == ["circle", "cross", "square"]  # the folder names
+    np.testing.assert_array_equal(lazy.predict_proba(X_new), arrays.predict_proba(X_new))
+    assert lazy.predict(X_new).tolist() == y_new.tolist()
 
 
 def test_unreadable_files_are_skipped_with_one_warning(folder):

@@ -4,6 +4,8 @@ A ``LocalCluster`` with two worker *processes* is started inside the test
 module, so the estimators really are pickled to other interpreters.
 """
 
+import os
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -15,7 +17,7 @@ pytest.importorskip(
 )
 
 import joblib
-from distributed import Client, LocalCluster, get_task_stream
+from distributed import Client, LocalCluster
 
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
 from sk_softreg.distributed import set_torch_threads
@@ -87,14 +89,20 @@ def test_set_torch_threads(client):
 def test_grid_search_on_dask_matches_local(client, digits):
     X, y = digits
     grid = {"lambda1": [0.0, 1e-3], "alpha": [0.0, 0.1]}
-    local = _run(_search(GridSearchCV, param_grid=grid), X, y, "local")
-    with get_task_stream(client) as tasks:
-        remote = _run(_search(GridSearchCV, param_grid=grid), X, y, "dask")
+    # a second metric records the process id of the process that scored each fit
+    scoring = {"score": "accuracy", "pid": lambda est, X, y: os.getpid()}
+    local = _run(_search(GridSearchCV, param_grid=grid, scoring=scoring), X, y, "local")
+    remote = _run(_search(GridSearchCV, param_grid=grid, scoring=scoring), X, y, "dask")
     assert len(remote.cv_results_["params"]) == 4
     _assert_same_results(local, remote)
-    # the fits really ran on the cluster's worker processes
-    assert len({t["worker"] for t in tasks.data}) >= 1
-    assert len(tasks.data) >= 1
+    # the fits really ran on the cluster's worker processes, not here
+    def pids(search):
+        return {int(p) for k in ("split0_test_pid", "split1_test_pid") for p in search.cv_results_[k]}
+
+    assert pids(local) == {os.getpid()}
+    workers = set(client.run(os.getpid).values())
+    assert len(workers) == 2 and os.getpid() not in workers
+    assert pids(remote) <= workers
 
 
 def test_randomized_search_on_dask_matches_local(client, digits):

@@ -1,5 +1,6 @@
 """Persistence: pickle/joblib round trips, callbacks, CUDA -> CPU, the safe format."""
 
+import ast
 import io
 import os
 import pickle
@@ -13,7 +14,7 @@ import pytest
 import skorch
 import torch
 from sklearn.exceptions import NotFittedError
-from skorch.callbacks import Checkpoint, LRScheduler
+from skorch.callbacks import Checkpoint, EarlyStopping, LRScheduler
 
 import sk_softreg
 from sk_softreg import ModelFileError, SoftRegCNNClassifier, SoftRegRegressor
@@ -156,6 +157,25 @@ def test_pickle_holds_no_tensor_outside_registered_modules(tmp_path):
     assert _tensors_outside_registered(est) == []
 
 
+def _early_stopping_fit(**kw):
+    # monitors train_loss so it needs no validation split; patience keeps it training
+    es = EarlyStopping(monitor="train_loss", patience=100, load_best=True)
+    est = _regressor(callbacks=[("es", es)], max_epochs=3, **kw)
+    assert dict(est.callbacks_)["es"].best_model_weights_ is not None  # the live copy exists
+    return est
+
+
+def test_early_stopping_load_best_pickle_holds_no_tensor():
+    # EarlyStopping(load_best=True) keeps a copy of the module's state_dict outside
+    # the registered modules (a CUDA one after a CUDA fit); it must not be pickled.
+    est = _early_stopping_fit()
+    assert _tensors_outside_registered(est) == []
+    loaded = pickle.loads(pickle.dumps(est))
+    _assert_same_outputs(_outputs(est, X_TAB), _outputs(loaded, X_TAB))
+    loaded.partial_fit(X_TAB, Y_2D)  # the callback starts afresh
+    assert dict(loaded.callbacks_)["es"].best_model_weights_ is not None
+
+
 @pytest.mark.skipif(skorch.__version__ != "1.4.0", reason="documents skorch 1.4.0's LRScheduler (issue #1096)")
 def test_plain_skorch_lr_scheduler_leaks_tensors():
     # control: the recorder does see the leak that sk_softreg removes
@@ -213,6 +233,13 @@ def test_cuda_fitted_model_loads_on_cpu_simulated(monkeypatch, tmp_path, with_ca
 def test_cuda_pickle_has_no_cuda_tensor_outside_modules_gpu(tmp_path):
     est = _with_callbacks(tmp_path).set_params(device="cuda").fit(X_TAB, Y_2D)
     assert next(est.module_.parameters()).is_cuda
+    assert _tensors_outside_registered(est) == []
+
+
+@needs_cuda
+def test_cuda_early_stopping_pickle_has_no_cuda_tensor_outside_modules_gpu():
+    est = _early_stopping_fit(device="cuda")
+    assert next(iter(dict(est.callbacks_)["es"].best_model_weights_.values())).is_cuda
     assert _tensors_outside_registered(est) == []
 
 
@@ -348,3 +375,33 @@ def test_safe_format_cuda_model_loads_on_cpu(models, tmp_path, monkeypatch):
         loaded = sk_softreg.load(tmp_path / "m.safetensors")
     assert loaded.get_params()["device"] == "cpu"
     _assert_same_outputs(_outputs(est, X), _outputs(loaded, X))
+
+
+# ----------------------------------------------------------------------
+# module dependencies
+def _sk_softreg_imports(module):
+    """sk_softreg modules that ``module`` imports anywhere (top level or in a function)."""
+    tree = ast.parse((REPO / "sk_softreg" / f"{module}.py").read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                found.update(f"sk_softreg.{n}" for n in names)
+            elif (node.module or "").startswith("sk_softreg"):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("sk_softreg"))
+    return found
+
+
+@pytest.mark.parametrize("module", ["_base", "_persistence"])
+def test_engine_does_not_import_the_estimators(module):
+    # estimators -> _base -> _persistence, never back: persistence resolves the
+    # estimator classes by import path on load
+    imported = _sk_softreg_imports(module)
+    assert "sk_softreg._base" in _sk_softreg_imports("_classifier")  # the parser sees imports
+    forbidden = {"sk_softreg", "sk_softreg._classifier", "sk_softreg._regressor", "sk_softreg.accelerate"}
+    assert not imported & forbidden
+    if module == "_persistence":
+        assert "sk_softreg._base" not in imported

@@ -87,8 +87,17 @@ def test_plot_weight_histogram_on_classifier():
     y = np.arange(40) % 2
     clf = SoftRegCNNClassifier(lambda1=1e-3, max_epochs=1, random_state=0, device="cpu",
                                module__channels=(4, 4), module__hidden_units=8).fit(X, y)
+    assert clf.sparsity_ > 0
     ax = softreg_plot.plot_weight_histogram(clf, log=True)
     assert ax.get_yscale() == "log"
+    # every penalized weight (conv and linear kernels) is drawn once: the
+    # zeros in their own bar, the others in the histogram
+    n_weights = sum(p.numel() for p in clf.module_.parameters() if p.ndim > 1)
+    (zero_bar,) = [c for c in ax.containers if "exact zeros" in c.get_label()]
+    n_zero = zero_bar.patches[0].get_height()
+    assert n_zero == pytest.approx(clf.sparsity_ * n_weights)
+    n_hist = sum(patch.get_height() for patch in ax.patches if patch not in zero_bar.patches)
+    assert n_zero + n_hist == n_weights
 
 
 def _search(X, y, scoring, grid=None):
