@@ -160,3 +160,22 @@ def test_console_entry_point_subprocess(trained):
     bad = subprocess.run([sys.executable, "-m", "sk_softreg.cli", "info", str(folder)],
                          capture_output=True, text=True, env=env, timeout=300, check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_sparsest_within_one_se_picks_sparse_setting_only_when_accuracy_allows():
+    from sk_softreg._demo import sparsest_within_one_se
+
+    def results(means, sparsity, std=0.006):
+        # three folds around each mean, spread so that std_test_accuracy == std
+        splits = np.array([[m - std * np.sqrt(1.5), m, m + std * np.sqrt(1.5)] for m in means])
+        res = {f"split{k}_test_accuracy": splits[:, k] for k in range(3)}
+        res.update(mean_test_accuracy=splits.mean(1), std_test_accuracy=splits.std(1),
+                   mean_test_sparsity=np.asarray(sparsity))
+        return res
+
+    # best 0.988, SE = 0.006 / sqrt(3) = 0.0035: 0.986 (0.45 zeros) is admissible
+    assert sparsest_within_one_se(results([0.988, 0.986, 0.97], [0.0, 0.45, 0.8])) == 1
+    # 0.980 is more than one SE below the best: keep the most accurate
+    assert sparsest_within_one_se(results([0.988, 0.980, 0.97], [0.0, 0.45, 0.8])) == 0
+    # equal sparsity: the higher accuracy wins
+    assert sparsest_within_one_se(results([0.986, 0.988], [0.0, 0.0])) == 1
