@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/default_stopping.py                      # the defaults
     python benchmarks/default_stopping.py --max-epochs 200 --problems diabetes
+    python benchmarks/default_stopping.py --max-epochs 100 --problems digits --early-stopping
 
 It fits the default classifier on digits and the default regressor on
 diabetes (the data and splits of the quality-bar tests in
@@ -21,6 +22,8 @@ keeps a copy of the weights after every epoch, finds the epoch where the rule
 would stop, and scores those weights. Its fit time is the sum of the
 history's per-epoch durations up to that epoch. "longest run" is the most
 consecutive epochs without a ``tol`` improvement (the rule stops at 10).
+``--early-stopping`` adds a third fit per seed, with ``early_stopping=True``
+(a validation split, best weights restored) and the same ``max_epochs``.
 """
 
 import argparse
@@ -86,6 +89,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-epochs", type=int, default=None, help="default: the estimators' own")
     parser.add_argument("--problems", nargs="+", choices=["digits", "diabetes"], default=["digits", "diabetes"])
+    parser.add_argument("--early-stopping", action="store_true", help="also fit with early_stopping=True")
     args = parser.parse_args()
     problems = {
         "digits accuracy": (SoftRegCNNClassifier, digits),
@@ -94,9 +98,10 @@ def main():
     problems = {k: v for k, v in problems.items() if k.split()[0] in args.problems}
     X_tr, X_te, y_tr, y_te = diabetes()
     print(f"Ridge R² on diabetes: {Ridge().fit(X_tr, y_tr).score(X_te, y_te):.4f}\n")
+    es_head = " early_stopping: score | epochs | fit time (s) |" if args.early_stopping else ""
     print("| problem | random_state | fixed: score | epochs | fit time (s) "
-          "| convergence: score | epochs | fit time (s) | longest run |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| convergence: score | epochs | fit time (s) | longest run |" + es_head)
+    print("|---" * (9 + 3 * args.early_stopping) + "|")
     extra = {} if args.max_epochs is None else {"max_epochs": args.max_epochs}
     for name, (cls, data) in problems.items():
         X_tr, X_te, y_tr, y_te = data()
@@ -114,8 +119,15 @@ def main():
             else:
                 est.module_.load_state_dict(dict(est.callbacks_)["snapshots"].states[stop - 1])
                 converged = (est.score(X_te, y_te), stop, float(np.sum(durations[:stop])))
-            print(f"| {name} | {seed} | {score:.4f} | {len(losses)} | {elapsed:.2f} "
-                  f"| {converged[0]:.4f} | {converged[1]} | {converged[2]:.2f} | {longest} |", flush=True)
+            row = (f"| {name} | {seed} | {score:.4f} | {len(losses)} | {elapsed:.2f} "
+                   f"| {converged[0]:.4f} | {converged[1]} | {converged[2]:.2f} | {longest} |")
+            if args.early_stopping:
+                stopped = cls(random_state=seed, device="cpu", early_stopping=True, **extra)
+                start = time.perf_counter()
+                stopped.fit(X_tr, y_tr)
+                elapsed = time.perf_counter() - start
+                row += f" {stopped.score(X_te, y_te):.4f} | {stopped.n_iter_} | {elapsed:.2f} |"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":
