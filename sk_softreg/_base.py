@@ -7,9 +7,14 @@ skorch's extension points:
 - ``train_step`` applies the proximal L1 and group-L1 steps after ``optimizer.step()``;
 - ``initialize_module`` passes the shape arguments inferred from the data;
 - ``on_epoch_begin`` / ``on_epoch_end`` record the penalty terms in history;
-- ``fit`` / ``partial_fit`` validate parameters and data and seed torch;
+- ``fit`` / ``partial_fit`` validate parameters, data and ``sample_weight``
+  and seed torch;
 - ``get_iterator`` slices in-memory tensors instead of using a DataLoader
-  when it can (see :mod:`sk_softreg._batching`).
+  when it can (see :mod:`sk_softreg._batching`);
+- ``get_default_callbacks`` / ``get_split_datasets`` add skorch's
+  ``EarlyStopping`` and a ``ValidSplit`` when ``early_stopping=True``;
+- ``infer`` / ``get_loss`` keep sample weights away from the module and
+  weight the data loss and the KL term with them.
 """
 
 import copy
@@ -21,16 +26,28 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from sklearn.utils import check_random_state
+from sklearn.base import is_classifier
+from sklearn.utils import _safe_indexing, check_random_state
 from sklearn.utils._param_validation import (
     Interval,
     InvalidParameterError,
     StrOptions,
     validate_parameter_constraints,
 )
+from sklearn.utils.validation import _check_sample_weight, check_consistent_length
+from skorch.callbacks import EarlyStopping
+from skorch.dataset import ValidSplit
 from skorch.helper import SliceDataset
+from skorch.utils import is_dataset
 
-from ._batching import FAST_ITERATOR_OPTIONS, TensorBatches, fast_batches_source, prepare_tensors
+from ._batching import (
+    FAST_ITERATOR_OPTIONS,
+    TensorBatches,
+    fast_batches_source,
+    pack_weights,
+    prepare_tensors,
+    unpack_weights,
+)
 from ._exceptions import NonFiniteLossError
 from ._progress import EpochProgressBar
 from .penalties import (
@@ -42,6 +59,7 @@ from .penalties import (
     prox_l1_,
     prox_thresholds,
     select_penalized,
+    weighted_mean,
 )
 
 _NON_NEGATIVE = Interval(numbers.Real, 0, None, closed="left")
@@ -71,8 +89,12 @@ class SoftRegMixin:
         "penalize": [StrOptions({"weights", "all"}), callable],
         "l1_method": [StrOptions({"proximal", "subgradient"})],
         "random_state": ["random_state"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
+        "tol": [_NON_NEGATIVE],
     }
-    _finite_params = ("lambda1", "lambda2", "lambda_features", "alpha")
+    _finite_params = ("lambda1", "lambda2", "lambda_features", "alpha", "tol")
     # subclasses whose engine needs real DataLoaders (Accelerate) switch off
     # the tensor-slicing fast path of ``get_iterator``
     _use_fast_path = True
@@ -167,7 +189,7 @@ class SoftRegMixin:
 
     # ------------------------------------------------------------------
     # fitting
-    def fit(self, X, y=None, **fit_params):
+    def fit(self, X, y=None, sample_weight=None, **fit_params):
         """Validate the data, initialize the network (unless ``warm_start``) and train.
 
         Parameters
@@ -176,6 +198,16 @@ class SoftRegMixin:
             Training data; see the class docstring for the accepted shapes.
         y : array-like
             Targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each sample (times its ``class_weight``
+            for the classifier). Each batch's data loss and KL term become
+            weighted means, ``sum(w_i * l_i) / sum(w_i)`` over the batch, as
+            in scikit-learn's MLP; the λ penalties do not change, and the
+            validation loss is weighted the same way. Rows of weight 0 are
+            dropped before training, so the fit equals one without them;
+            constant weights give exactly the unweighted fit. The weights
+            never reach the module's ``forward``. Not supported for a torch
+            ``Dataset`` X.
         **fit_params : dict
             Passed on to the module's ``forward`` and to ``train_split``.
 
@@ -185,15 +217,16 @@ class SoftRegMixin:
         """
         self._validate_hyperparameters()
         reset = not (self.warm_start and self.initialized_)
-        X, y = self._validate_fit_data(X, y, reset=reset)
+        X, y, sample_weight = self._weighted_rows(X, y, sample_weight)
+        X, y = self._validate_fit_data(X, y, reset=reset, sample_weight=sample_weight)
         with self._seeded():
             if reset:
                 self.initialize()
-            super().partial_fit(X, y, **fit_params)
-        self._after_fit(X, y)
+            super().partial_fit(self._with_weights(X, sample_weight), y, **fit_params)
+        self._after_fit(X, y, sample_weight)
         return self
 
-    def partial_fit(self, X, y=None, classes=None, **fit_params):
+    def partial_fit(self, X, y=None, classes=None, sample_weight=None, **fit_params):
         """Train for ``max_epochs`` more epochs, initializing only on the first call.
 
         Parameters
@@ -203,6 +236,8 @@ class SoftRegMixin:
         classes : array-like, default=None
             Classifier only: all class labels, for a first call that may not see
             every class.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each sample, as in ``fit``.
         **fit_params : dict
 
         Returns
@@ -210,13 +245,101 @@ class SoftRegMixin:
         self
         """
         self._validate_hyperparameters()
+        if self.early_stopping:
+            raise ValueError(
+                "partial_fit does not support early_stopping=True; use fit, or "
+                "set_params(early_stopping=False) before calling partial_fit."
+            )
         reset = not self.initialized_
-        X, y = self._validate_fit_data(X, y, reset=reset, classes=classes)
+        X, y, sample_weight = self._weighted_rows(X, y, sample_weight, classes=classes, partial=True)
+        X, y = self._validate_fit_data(
+            X, y, reset=reset, classes=classes, sample_weight=sample_weight
+        )
         if reset:
             self.initialize()
-        super().partial_fit(X, y, **fit_params)
-        self._after_fit(X, y)
+        super().partial_fit(self._with_weights(X, sample_weight), y, **fit_params)
+        self._after_fit(X, y, sample_weight)
         return self
+
+    # ------------------------------------------------------------------
+    # sample weights
+    def _weighted_rows(self, X, y, sample_weight, classes=None, partial=False):
+        """Return ``(X, y, weights)``: the rows to train on and their weights.
+
+        ``weights`` is ``sample_weight`` (validated) times the class weights
+        of the classifier's ``class_weight``. Rows of weight 0 are dropped, so
+        they cannot influence training and the fit equals a fit without them.
+        The remaining weights are divided by their maximum, which changes no
+        weighted mean but keeps them representable in float32. Constant
+        weights give the unweighted fit exactly, so they come back as None.
+        """
+        weights = self._sample_weights(X, y, sample_weight, classes=classes, partial=partial)
+        if weights is None:
+            return X, y, None
+        keep = weights > 0
+        if not keep.all():
+            X, y, weights = _safe_indexing(X, keep), _safe_indexing(y, keep), weights[keep]
+        weights = weights / weights.max()
+        if np.all(weights == 1.0):
+            return X, y, None
+        return X, y, weights
+
+    def _sample_weights(self, X, y, sample_weight, classes=None, partial=False):
+        """Validated ``sample_weight`` as float64, or None; subclasses add class weights."""
+        if sample_weight is None:
+            return None
+        if is_dataset(X) or is_dataset(y):
+            raise ValueError(
+                f"{type(self).__name__} supports sample_weight only for in-memory X and y "
+                "(arrays, lists, DataFrames), not for a torch Dataset."
+            )
+        check_consistent_length(X, y)
+        return _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+
+    @staticmethod
+    def _with_weights(X, sample_weight):
+        """``X`` as skorch gets it: packed with float32 weights when there are any."""
+        if sample_weight is None:
+            return X
+        return pack_weights(X, sample_weight.astype(np.float32))
+
+    def infer(self, x, **fit_params):
+        """skorch's ``infer``, giving the module only the data of a weighted batch."""
+        x, _ = unpack_weights(x)
+        return super().infer(x, **fit_params)
+
+    # ------------------------------------------------------------------
+    # early stopping
+    def get_split_datasets(self, X, y=None, **fit_params):
+        """skorch's split; with ``early_stopping`` and no ``train_split``, hold out
+        ``validation_fraction`` of the data (stratified for a classifier)."""
+        if not (self.early_stopping and self.train_split is None):
+            return super().get_split_datasets(X, y, **fit_params)
+        random_state = self.random_state
+        if random_state is not None and not isinstance(random_state, numbers.Integral):
+            random_state = check_random_state(random_state)
+        split = ValidSplit(
+            float(self.validation_fraction),
+            stratified=is_classifier(self) and y is not None,
+            random_state=random_state,
+        )
+        dataset_train, dataset_valid = split(self.get_dataset(X, y), y, **fit_params)
+        if len(dataset_valid) < 2:
+            raise ValueError(
+                f"The validation set is too small ({len(dataset_valid)} sample(s)). Increase "
+                "'validation_fraction' or the size of your dataset."
+            )
+        return dataset_train, dataset_valid
+
+    def _early_stopping_callback(self):
+        return EarlyStopping(
+            monitor="valid_loss",
+            patience=self.n_iter_no_change,
+            threshold=self.tol,
+            threshold_mode="abs",
+            lower_is_better=True,
+            load_best=True,
+        )
 
     @contextmanager
     def _seeded(self):
@@ -234,13 +357,16 @@ class SoftRegMixin:
             torch.manual_seed(seed)
             yield
 
-    def _after_fit(self, X, y):
+    def _after_fit(self, X, y, sample_weight=None):
         self._check_finite_weights()
         params = self._penalized_params()
         total = sum(p.numel() for p in params)
         zeros = sum(int((p == 0).sum()) for p in params)
         self.sparsity_ = zeros / total if total else 0.0
         self._set_feature_importances()
+        self.n_iter_ = len(self.history)
+        stopper = dict(self.callbacks_).get("early_stopping")
+        self.best_epoch_ = (stopper.best_epoch_ if stopper is not None else 0) or self.n_iter_
 
     # ------------------------------------------------------------------
     # the inputs' weights: group L1 (lambda_features) and feature_importances_
@@ -414,6 +540,8 @@ class SoftRegMixin:
             if self.verbose < 2:
                 callbacks = [(name, cb) for name, cb in callbacks if name != "print_log"]
             callbacks.append(("progress", EpochProgressBar()))
+        if self.early_stopping:
+            callbacks.append(("early_stopping", self._early_stopping_callback()))
         return callbacks
 
     def get_params_for(self, prefix):
@@ -477,11 +605,14 @@ class SoftRegMixin:
             tensors = prepare_tensors(*source, device=self.device)
             if cache is not None:
                 cache[id(dataset)] = (dataset, tensors)
+        X, y, sample_weight = tensors
         return TensorBatches(
-            *tensors,
+            X,
+            y,
             batch_size=batch_size,
             shuffle=kwargs.get("shuffle", False),
             drop_last=kwargs.get("drop_last", False),
+            sample_weight=sample_weight,
         )
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
@@ -524,8 +655,17 @@ class SoftRegMixin:
         stays comparable across λ and α. Under ``l1_method="proximal"`` the L1
         term is reported but carries no gradient: the proximal step in
         ``train_step`` applies it. The same holds, always, for the group term.
+
+        In a weighted fit (``X`` carries the batch's sample weights) ``data`` and
+        the KL mean are weighted means over the batch,
+        ``sum(w_i * l_i) / sum(w_i)`` (:func:`~sk_softreg.penalties.weighted_mean`),
+        in validation too; the λ terms do not change.
         """
-        data = self._data_loss(y_pred, y_true, X=X, training=training)
+        X, weights = unpack_weights(X)
+        if weights is None:
+            data = self._data_loss(y_pred, y_true, X=X, training=training)
+        else:
+            data = weighted_mean(self._per_sample_data_loss(y_pred, y_true, X, training), weights)
         if not training or not (self.lambda1 or self.lambda2 or self.alpha or self.lambda_features):
             return data
         zero = data.new_zeros(())
@@ -539,7 +679,11 @@ class SoftRegMixin:
                 l1 = self.lambda1 * l1_penalty(params)
         if self.lambda2:
             l2 = self.lambda2 * l2_penalty(params)
-        kl = self.alpha * self._kl_term(y_pred, y_true).mean() if self.alpha else zero
+        if self.alpha:
+            kl_i = self._kl_term(y_pred, y_true)
+            kl = self.alpha * (kl_i.mean() if weights is None else weighted_mean(kl_i, weights))
+        else:
+            kl = zero
         if self.lambda_features:
             with torch.no_grad():
                 features = self.lambda_features * group_l2_penalty(self._feature_weight())
@@ -548,6 +692,22 @@ class SoftRegMixin:
 
     def _data_loss(self, y_pred, y_true, X=None, training=False):
         return super().get_loss(y_pred, y_true, X=X, training=training)
+
+    def _per_sample_data_loss(self, y_pred, y_true, X, training):
+        """``_data_loss`` with the criterion's ``reduction`` set to ``"none"`` meanwhile."""
+        criterion = self.criterion_
+        reduction = getattr(criterion, "reduction", None)
+        if not isinstance(reduction, str):
+            raise TypeError(
+                f"sample_weight and class_weight need per-sample losses, but the criterion "
+                f"{type(criterion).__name__} has no 'reduction' attribute to set to 'none' "
+                "(torch.nn losses have one)."
+            )
+        criterion.reduction = "none"
+        try:
+            return self._data_loss(y_pred, y_true, X=X, training=training)
+        finally:
+            criterion.reduction = reduction
 
     def train_step(self, batch, **fit_params):
         """One optimizer step, then the proximal L1 and group-L1 steps."""

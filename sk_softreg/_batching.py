@@ -21,7 +21,13 @@ import numpy as np
 import torch
 from skorch.dataset import Dataset
 
-__all__ = ["TensorBatches", "fast_batches_source", "prepare_tensors"]
+__all__ = [
+    "TensorBatches",
+    "fast_batches_source",
+    "pack_weights",
+    "prepare_tensors",
+    "unpack_weights",
+]
 
 #: DataLoader options the fast path implements; any other ``iterator_*__``
 #: option (``num_workers``, ``collate_fn``, ``sampler``, ``pin_memory``, ...)
@@ -33,6 +39,29 @@ FAST_ITERATOR_OPTIONS = frozenset({"batch_size", "shuffle", "drop_last"})
 _NUMERIC_KINDS = frozenset("biufc")
 
 
+#: The key under which a weighted fit carries the sample weights in ``X``.
+WEIGHT_KEY = "sample_weight"
+
+
+def pack_weights(X, sample_weight):
+    """``X`` together with per-row weights: ``{"X": X, "sample_weight": sample_weight}``.
+
+    A weighted fit hands this dict to skorch as ``X``, so the weights travel
+    with their rows through ``train_split``, the DataLoader (whose
+    ``default_collate`` keeps the dict) or :class:`TensorBatches`, and each
+    batch's ``Xi`` is such a dict. The estimator's ``infer`` gives the module
+    only ``Xi["X"]``; ``get_loss`` reads the weights (:func:`unpack_weights`).
+    """
+    return {"X": X, WEIGHT_KEY: sample_weight}
+
+
+def unpack_weights(X):
+    """``(X, sample_weight)`` from :func:`pack_weights`'s dict; ``(X, None)`` for anything else."""
+    if isinstance(X, dict) and WEIGHT_KEY in X:
+        return X["X"], X[WEIGHT_KEY]
+    return X, None
+
+
 def _is_plain_array(a):
     if isinstance(a, torch.Tensor):
         return a.ndim >= 1 and a.layout == torch.strided
@@ -40,13 +69,14 @@ def _is_plain_array(a):
 
 
 def fast_batches_source(dataset):
-    """Return ``(X, y, indices)`` if ``dataset`` qualifies for the fast path, else None.
+    """Return ``(X, y, indices, sample_weight)`` if ``dataset`` qualifies for the fast path, else None.
 
     Qualifies: a ``skorch.dataset.Dataset`` (exactly that class, not a
     subclass, which may override ``transform``) whose ``X`` is a numpy array of
-    a numeric dtype or a strided tensor and whose ``y`` is None or likewise, or
-    a (nested) ``torch.utils.data.Subset`` of one, as ``ValidSplit`` makes.
-    ``indices`` is None for the whole dataset.
+    a numeric dtype or a strided tensor (or :func:`pack_weights`'s dict of
+    two such arrays) and whose ``y`` is None or likewise, or a (nested)
+    ``torch.utils.data.Subset`` of one, as ``ValidSplit`` makes. ``indices``
+    is None for the whole dataset, ``sample_weight`` None for an unweighted fit.
     """
     indices = None
     while isinstance(dataset, torch.utils.data.Subset):
@@ -56,11 +86,14 @@ def fast_batches_source(dataset):
     if type(dataset) is not Dataset:
         return None
     X, y = dataset.X, dataset.y
+    X, w = unpack_weights(X)
     if not _is_plain_array(X) or (y is not None and not _is_plain_array(y)):
+        return None
+    if w is not None and not (_is_plain_array(w) and len(w) == len(X)):
         return None
     if len(dataset) != len(X) or (y is not None and len(y) != len(X)):
         return None
-    return X, y, indices
+    return X, y, indices, w
 
 
 def _as_tensor(a, indices, device):
@@ -70,9 +103,14 @@ def _as_tensor(a, indices, device):
     return t.to(device)
 
 
-def prepare_tensors(X, y, indices, device):
-    """``X`` and ``y`` (rows ``indices``) as tensors on ``device``; shares memory when it can."""
-    return _as_tensor(X, indices, device), None if y is None else _as_tensor(y, indices, device)
+def prepare_tensors(X, y, indices, sample_weight=None, *, device):
+    """``X``, ``y`` and ``sample_weight`` (rows ``indices``) as tensors on ``device``.
+
+    Shares memory when it can; ``y`` and ``sample_weight`` may be None.
+    """
+    return tuple(
+        None if a is None else _as_tensor(a, indices, device) for a in (X, y, sample_weight)
+    )
 
 
 class TensorBatches:
@@ -82,7 +120,9 @@ class TensorBatches:
     shuffle, drop_last)`` for numeric in-memory ``X`` and ``y``: same batches,
     same dtypes, same draws from the global torch RNG, and the placeholder
     ``y`` batch of zeros of shape ``(n, 1)`` when ``y`` is None. Each
-    ``iter()`` is one epoch.
+    ``iter()`` is one epoch. With ``sample_weight``, each ``Xi`` is
+    :func:`pack_weights`'s dict of the rows and their weights, as the
+    DataLoader gives for a ``Dataset`` of that dict.
 
     Parameters
     ----------
@@ -93,14 +133,17 @@ class TensorBatches:
     batch_size : int
     shuffle : bool
     drop_last : bool
+    sample_weight : torch.Tensor or None, default=None
+        One weight per row, batched with them.
     """
 
-    def __init__(self, X, y, batch_size, shuffle, drop_last):
+    def __init__(self, X, y, batch_size, shuffle, drop_last, sample_weight=None):
         self.X = X
         self.y = y
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
+        self.sample_weight = sample_weight
 
     def __len__(self):
         n, b = len(self.X), self.batch_size
@@ -117,6 +160,7 @@ class TensorBatches:
             generator.manual_seed(seed)
             order = torch.randperm(n, generator=generator).to(self.X.device)
         stop = n - n % b if self.drop_last else n
+        w = self.sample_weight
         for start in range(0, stop, b):
             if order is None:
                 Xi = self.X[start:start + b]
@@ -127,4 +171,7 @@ class TensorBatches:
                 yi = None if self.y is None else self.y.index_select(0, idx)
             if yi is None:
                 yi = torch.zeros(len(Xi), 1)
+            if w is not None:
+                wi = w[start:start + b] if order is None else w.index_select(0, idx)
+                Xi = pack_weights(Xi, wi)
             yield Xi, yi

@@ -1,10 +1,12 @@
 """SoftRegCNNClassifier: image classification with λ1 / λ2 / α soft regularization."""
 
 import math
+import numbers
 
 import numpy as np
 import torch
 from sklearn.utils._param_validation import InvalidParameterError, StrOptions
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import (
     check_array,
@@ -16,6 +18,7 @@ from sklearn.utils.validation import (
 from skorch import NeuralNet, NeuralNetClassifier
 
 from ._base import SoftRegMixin, _first_sample_shape, _is_dataset
+from ._batching import pack_weights, unpack_weights
 from ._torchvision import TorchvisionClassifierNet
 from .modules import SoftRegCNN
 from .penalties import kl_from_uniform, kl_to_uniform
@@ -91,16 +94,44 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         transforms in a ``v2.Compose``: scikit-learn's ``clone`` (used by
         ``GridSearchCV`` and ``cross_val_score``) takes a bare ``RandomAffine``,
         whose ``get_params`` is torchvision's, for an estimator and fails.
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the data loss and the KL term, multiplied
+        with ``sample_weight``, as in scikit-learn: ``{label: weight}``
+        (unlisted labels weigh 1), or ``"balanced"`` for
+        ``n_samples / (n_classes * np.bincount(y))``, counted with
+        ``sample_weight``. ``"balanced"`` is not supported by ``partial_fit``;
+        neither form by a torch ``Dataset`` X (use ``criterion__weight``).
     random_state : int, RandomState instance or None, default=None
-        Seeds weight initialization, shuffling, dropout and ``train_transform``.
-        An int makes fit deterministic on CPU. The global torch RNG is restored after fit.
+        Seeds weight initialization, shuffling, dropout, ``train_transform``
+        and the validation split of ``early_stopping``. An int makes fit
+        deterministic on CPU. The global torch RNG is restored after fit.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data (stratified by
+        class), stop once the validation loss has not improved by ``tol`` for
+        ``n_iter_no_change`` epochs, and restore the weights of the best epoch
+        (skorch's ``ValidSplit`` and ``EarlyStopping``, added at
+        ``initialize``; ``callbacks`` and ``train_split`` stay as given). With
+        a ``train_split`` of your own, its validation set is watched and
+        ``validation_fraction`` is unused. In a weighted fit the validation
+        loss is weighted too. Not supported by ``partial_fit``. Without it,
+        every fit runs ``max_epochs`` epochs: unlike scikit-learn's MLP, a
+        stalling training loss does not stop it.
+    validation_fraction : float in (0, 1), default=0.1
+        Fraction of the training data held out when ``early_stopping``.
+    n_iter_no_change : int, default=10
+        Epochs without an improvement of the validation loss after which
+        ``early_stopping`` stops training.
+    tol : float, default=1e-4
+        Smallest decrease of the validation loss (absolute, in the units of
+        the data loss) that counts as an improvement for ``early_stopping``.
     criterion : torch criterion class, default=torch.nn.CrossEntropyLoss
         The data loss on logits.
     optimizer : torch optimizer class, default=torch.optim.Adam
     lr : float, default=2e-3
         Learning rate.
     max_epochs : int, default=30
-        Number of epochs.
+        Number of epochs (scikit-learn's ``max_iter``); the most with
+        ``early_stopping``.
     batch_size : int, default=64
         Mini-batch size; training batches are shuffled.
     train_split : callable or None, default=None
@@ -136,12 +167,17 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         to 1, exactly 0 for the inputs that ``lambda_features`` dropped.
     n_features_selected_ : int
         Number of inputs whose weight column is not zero (same condition).
+    n_iter_ : int
+        Epochs trained since the network was initialized.
+    best_epoch_ : int
+        The epoch whose weights the estimator holds: with ``early_stopping``,
+        the one with the best validation loss; otherwise the last, ``n_iter_``.
     module_ : torch.nn.Module
         The trained network.
     history_ : skorch.History
         Per epoch: ``train_loss`` (data + l1 + l2 + kl + features),
         ``train_l1``, ``train_l2``, ``train_kl``, ``train_features`` and, with
-        a ``train_split``, ``valid_loss`` (data loss only).
+        a ``train_split`` or ``early_stopping``, ``valid_loss`` (data loss only).
 
     See Also
     --------
@@ -164,6 +200,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         "kl": [StrOptions(set(_KL_TERMS))],
         "image_shape": [None, tuple, list],
         "train_transform": [None, callable],
+        "class_weight": [StrOptions({"balanced"}), dict, None],
     }
 
     def __init__(
@@ -179,7 +216,12 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         l1_method="proximal",
         image_shape=None,
         train_transform=None,
+        class_weight=None,
         random_state=None,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.Adam,
         lr=2e-3,
@@ -213,11 +255,75 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         self.l1_method = l1_method
         self.image_shape = image_shape
         self.train_transform = train_transform
+        self.class_weight = class_weight
         self.random_state = random_state
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
 
     # ------------------------------------------------------------------
     # data
-    def _validate_fit_data(self, X, y, reset, classes=None):
+    def _sample_weights(self, X, y, sample_weight, classes=None, partial=False):
+        """``sample_weight`` times the weight of each row's class (``class_weight``)."""
+        weights = super()._sample_weights(X, y, sample_weight, classes=classes, partial=partial)
+        if self.class_weight is None:
+            return weights
+        if _is_dataset(X) or _is_dataset(y):
+            raise ValueError(
+                f"{type(self).__name__} supports class_weight only for in-memory X and y, not "
+                "for a torch Dataset; pass criterion__weight=torch.tensor([...]) (one weight "
+                "per class, in the order of classes_) instead."
+            )
+        labels = column_or_1d(y)
+        check_consistent_length(X, labels)
+        if weights is None:
+            weights = np.ones(len(labels))
+        if isinstance(self.class_weight, str):
+            if partial:
+                raise ValueError(
+                    "class_weight 'balanced' is not supported for partial_fit. In order to use "
+                    "'balanced' weights, use compute_class_weight('balanced', classes=classes, "
+                    "y=y) on a large enough sample of the targets and pass the resulting "
+                    "weights as a dict to the class_weight parameter."
+                )
+            # n_samples / (n_classes * count), counted with the weights over the rows
+            # that keep a positive weight; the other rows keep their weight 0
+            positive = weights > 0
+            present = unique_labels(labels[positive])
+            per_class = compute_class_weight(
+                "balanced", classes=present, y=labels[positive], sample_weight=weights[positive]
+            )
+            return weights * per_class[np.searchsorted(present, labels).clip(0, len(present) - 1)]
+        return weights * self._class_weight_per_row(labels, classes)
+
+    def _class_weight_per_row(self, labels, classes):
+        """The weight ``class_weight`` (a dict) gives each row's label; 1 for unlisted labels."""
+        known = unique_labels(labels)
+        for extra in (self.classes, classes):
+            if extra is not None and len(extra):
+                known = np.union1d(known, np.asarray(extra))
+        per_row = np.ones(len(labels))
+        for label, weight in self.class_weight.items():
+            if not np.any(known == label):
+                raise ValueError(
+                    f"class_weight names the label {label!r}, which is not among the classes of "
+                    f"y: {known.tolist()}."
+                )
+            if (
+                not isinstance(weight, numbers.Real)
+                or isinstance(weight, bool)
+                or not math.isfinite(weight)
+                or weight < 0
+            ):
+                raise ValueError(
+                    f"class_weight must map labels to non-negative finite numbers; got "
+                    f"{weight!r} for label {label!r}."
+                )
+            per_row[labels == label] = weight
+        return per_row
+
+    def _validate_fit_data(self, X, y, reset, classes=None, sample_weight=None):
         if _is_dataset(X):
             return self._validate_fit_dataset(X, y, reset, classes)
         X = self._check_X(X, reset=reset)
@@ -399,8 +505,9 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         """Apply ``train_transform`` to each training image, then skorch's step."""
         if self.train_transform is not None:
             Xi, yi = batch
+            Xi, weights = unpack_weights(Xi)
             Xi = torch.stack([self.train_transform(x) for x in torch.as_tensor(Xi)])
-            batch = (Xi, yi)
+            batch = (Xi if weights is None else pack_weights(Xi, weights), yi)
         return super().train_step_single(batch, **fit_params)
 
     def _kl_term(self, y_pred, y_true):

@@ -68,6 +68,8 @@ def _encode(value):
         return [_encode(v) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {"__dict__": {k: _encode(v) for k, v in value.items()}}
+    if isinstance(value, dict):  # e.g. class_weight={0: 1.0, 1: 5.0}
+        return {"__items__": [[_encode(k), _encode(v)] for k, v in value.items()]}
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biufUO":
             raise _Unencodable
@@ -90,6 +92,8 @@ def _decode(value, trusted):
         return tuple(_decode(v, trusted) for v in value["__tuple__"])
     if "__dict__" in value:
         return {k: _decode(v, trusted) for k, v in value["__dict__"].items()}
+    if "__items__" in value:
+        return {_decode(k, trusted): _decode(v, trusted) for k, v in value["__items__"]}
     if "__ndarray__" in value:
         dtype = np.dtype(value["dtype"])
         if dtype.kind not in "biufUO":

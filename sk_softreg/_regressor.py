@@ -72,12 +72,28 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
     l1_method : {"proximal", "subgradient"}, default="proximal"
         How the L1 penalty is applied (see :class:`SoftRegCNNClassifier`).
     random_state : int, RandomState instance or None, default=None
-        Seeds initialization, shuffling and dropout.
+        Seeds initialization, shuffling, dropout and the validation split of
+        ``early_stopping``.
+    early_stopping : bool, default=False
+        Train on all but a random ``validation_fraction`` of the rows, stop
+        after ``n_iter_no_change`` epochs without a ``tol`` decrease of
+        ``valid_loss`` and keep the best epoch's weights; as for
+        :class:`SoftRegCNNClassifier` (which also says how a ``train_split``
+        of your own is used).
+    validation_fraction : float in (0, 1), default=0.1
+        Share of the rows held out by ``early_stopping``.
+    n_iter_no_change : int, default=10
+        Patience of ``early_stopping``, in epochs.
+    tol : float, default=1e-4
+        Least decrease of ``valid_loss`` (half squared error of the
+        standardized target) that ``early_stopping`` counts as progress.
     criterion : torch criterion class, default=HalfMSELoss
         Data loss on the predicted means.
     optimizer : torch optimizer class, default=torch.optim.Adam
     lr : float, default=1e-3
     max_epochs : int, default=40
+        Number of epochs (scikit-learn's ``max_iter``); the most with
+        ``early_stopping``.
     batch_size : int, default=64
     train_split : callable or None, default=None
         ``None`` trains on all data.
@@ -109,6 +125,11 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         ``SelectFromModel(reg, threshold=1e-12)`` keeps the inputs in use.
     n_features_selected_ : int
         Number of inputs whose weight column is not zero (same condition).
+    n_iter_ : int
+        Epochs trained since the network was initialized.
+    best_epoch_ : int
+        The epoch whose weights the estimator holds: with ``early_stopping``,
+        the one with the best validation loss; otherwise the last, ``n_iter_``.
     module_ : torch.nn.Module
     history_ : skorch.History
         Per epoch: ``train_loss`` (the whole objective), ``train_l1``,
@@ -146,6 +167,10 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         penalize="weights",
         l1_method="proximal",
         random_state=None,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
         criterion=HalfMSELoss,
         optimizer=torch.optim.Adam,
         lr=1e-3,
@@ -179,16 +204,20 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         self.penalize = penalize
         self.l1_method = l1_method
         self.random_state = random_state
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
 
     # ------------------------------------------------------------------
     # data
-    def _validate_fit_data(self, X, y, reset, classes=None):
+    def _validate_fit_data(self, X, y, reset, classes=None, sample_weight=None):
         if _is_dataset(X):
             return self._validate_fit_dataset(X, y, reset)
         X, y = validate_data(
             self, X, y, reset=reset, dtype=_FLOAT_DTYPES, multi_output=True, y_numeric=True
         )
-        return X.astype(np.float32, copy=False), self._standardize_y(y, reset)
+        return X.astype(np.float32, copy=False), self._standardize_y(y, reset, sample_weight)
 
     def _validate_fit_dataset(self, X, y, reset):
         """Lazy data: a torch ``Dataset`` of ``(x, y)`` pairs, or a ``SliceDataset`` and y.
@@ -216,16 +245,17 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         y_std = self._standardize_y(y, reset)
         return (_ServedTargets(X, y_std) if pairs else X), y_std
 
-    def _standardize_y(self, y, reset):
-        """float32 targets of shape (n, n_outputs_), standardized when ``normalize_y``."""
+    def _standardize_y(self, y, reset, sample_weight=None):
+        """float32 targets of shape (n, n_outputs_), standardized when ``normalize_y``
+        (by their ``sample_weight``-weighted mean and std)."""
         y = np.asarray(y, dtype=np.float64)
         if reset:
             self._y_1d = y.ndim == 1
             y2 = y.reshape(len(y), -1)
             self.n_outputs_ = y2.shape[1]
             if self.normalize_y:
-                self.y_mean_ = y2.mean(axis=0)
-                scale = y2.std(axis=0)
+                self.y_mean_ = np.average(y2, axis=0, weights=sample_weight)
+                scale = np.sqrt(np.average((y2 - self.y_mean_) ** 2, axis=0, weights=sample_weight))
                 self.y_scale_ = np.where(scale > 0, scale, 1.0)
             else:
                 self.y_mean_ = np.zeros(self.n_outputs_)
@@ -298,11 +328,12 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         mu, log_var = self._split_output(y_pred)
         return gaussian_soft_kl(y_true.view_as(mu), mu, log_var, self.tau)
 
-    def _after_fit(self, X, y):
-        super()._after_fit(X, y)
+    def _after_fit(self, X, y, sample_weight=None):
+        super()._after_fit(X, y, sample_weight)
         mu, _ = self._predict_standardized(X)
         residual = y.reshape(len(y), -1) - mu
-        self.residual_std_ = np.sqrt(np.mean(residual.astype(np.float64) ** 2, axis=0)) * self.y_scale_
+        mse = np.average(residual.astype(np.float64) ** 2, axis=0, weights=sample_weight)
+        self.residual_std_ = np.sqrt(mse) * self.y_scale_
 
     # ------------------------------------------------------------------
     # prediction

@@ -39,6 +39,7 @@ __all__ = [
     "gaussian_soft_kl",
     "soft_target_std",
     "clamp_log_var",
+    "weighted_mean",
     "LOG_VAR_MIN",
     "LOG_VAR_MAX",
 ]
@@ -510,3 +511,34 @@ def soft_target_std(log_var, tau, floor=1.0):
 def clamp_log_var(log_var):
     """Clamp a log-variance to ``[log 1e-6, log 1e6]`` for numerical stability."""
     return log_var.clamp(LOG_VAR_MIN, LOG_VAR_MAX)
+
+
+def weighted_mean(values, weights):
+    """Weighted mean of per-sample values: the per-batch normalization of a weighted fit.
+
+    .. math::
+
+        \\bar v_w = \\frac{\\sum_{i \\in B} w_i \\, v_i}{\\sum_{i \\in B} w_i}
+
+    as scikit-learn's ``MLPClassifier`` / ``MLPRegressor`` weight each batch.
+    A sample's value is first averaged over its trailing dimensions (the
+    outputs of a multi-output regressor). A batch whose weights are all 0
+    has mean 0 instead of 0 / 0.
+
+    Parameters
+    ----------
+    values : torch.Tensor of shape (n,) or (n, ...)
+        Per-sample values, e.g. unreduced losses.
+    weights : torch.Tensor of shape (n,)
+        Non-negative sample weights.
+
+    Returns
+    -------
+    torch.Tensor
+        A scalar.
+    """
+    if values.ndim > 1:
+        values = values.reshape(len(values), -1).mean(dim=1)
+    weights = weights.to(values.dtype)
+    total = weights.sum()
+    return (weights * values).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)

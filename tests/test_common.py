@@ -13,9 +13,20 @@ _SKORCH_INIT = (
     "skorch's NeuralNet.__init__ sets history_, initialized_ and virtual_params_ "
     "(scikeras lists the same expected failure)"
 )
+_DROPOUT = (
+    "the default modules use dropout, whose random masks depend on the number of rows, so "
+    "repeated rows train differently from weighted ones; without dropout a full batch "
+    "matches to float32 rounding (tests/test_weights.py), above this check's rtol=1e-7"
+)
 EXPECTED_FAILED = {
-    "SoftRegCNNClassifier": {"check_no_attributes_set_in_init": _SKORCH_INIT},
-    "SoftRegRegressor": {"check_no_attributes_set_in_init": _SKORCH_INIT},
+    "SoftRegCNNClassifier": {
+        "check_no_attributes_set_in_init": _SKORCH_INIT,
+        "check_sample_weight_equivalence_on_dense_data": _DROPOUT,
+    },
+    "SoftRegRegressor": {
+        "check_no_attributes_set_in_init": _SKORCH_INIT,
+        "check_sample_weight_equivalence_on_dense_data": _DROPOUT,
+    },
 }
 
 

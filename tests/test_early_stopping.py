@@ -1,0 +1,143 @@
+"""early_stopping / validation_fraction / n_iter_no_change / tol, n_iter_ and best_epoch_."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_regression
+from sklearn.utils._param_validation import InvalidParameterError
+from skorch.callbacks import Callback, EarlyStopping
+from skorch.dataset import ValidSplit
+
+import sk_softreg
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
+
+TINY_CNN = dict(module__channels=(4, 8), module__hidden_units=16)
+
+
+class ValidSizes(Callback):
+    """Records the size of the validation set at every epoch (None without one)."""
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        self.valid_sizes = []
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        self.valid_sizes.append(None if dataset_valid is None else len(dataset_valid))
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    """Few noisy rows and a wide net without dropout: the validation loss turns up early."""
+    X, y = make_regression(n_samples=120, n_features=20, n_informative=5, noise=40.0, random_state=0)
+    return X, y
+
+
+def reg(**kwargs):
+    params = dict(max_epochs=60, lr=1e-2, batch_size=16, module__dropout=0.0,
+                  module__hidden_units=(128,), random_state=0, device="cpu")
+    return SoftRegRegressor(**{**params, **kwargs})
+
+
+def test_stops_after_n_iter_no_change_and_restores_the_best_epoch(noisy):
+    X, y = noisy
+    est = reg(early_stopping=True, n_iter_no_change=4, validation_fraction=0.2).fit(X, y)
+    valid_loss = np.array(est.history[:, "valid_loss"])
+    assert est.n_iter_ == len(valid_loss) < 60  # it stopped early
+    assert est.n_iter_ == est.best_epoch_ + 4
+    # the best epoch: no later epoch improved on it by more than tol
+    assert valid_loss[est.best_epoch_:].min() > valid_loss[est.best_epoch_ - 1] - est.tol
+    # the weights are those of the best epoch: the same split and seed, trained
+    # for best_epoch_ epochs without stopping, give the same predictions
+    same_split = ValidSplit(0.2, random_state=0)
+    best = reg(train_split=same_split, max_epochs=est.best_epoch_).fit(X, y)
+    np.testing.assert_array_equal(est.predict(X), best.predict(X))
+    assert not np.array_equal(est.predict(X), reg(train_split=same_split, max_epochs=est.n_iter_).fit(X, y).predict(X))
+
+
+def test_parameters_stay_as_given_and_build_skorch_callbacks(noisy):
+    X, y = noisy
+    est = reg(early_stopping=True, n_iter_no_change=3, tol=0.5, max_epochs=5)
+    before = est.get_params(deep=False)
+    est.fit(X, y)
+    after = est.get_params(deep=False)
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)
+    assert est.callbacks is None and est.train_split is None
+    stopper = dict(est.callbacks_)["early_stopping"]
+    assert isinstance(stopper, EarlyStopping)
+    assert (stopper.monitor, stopper.patience, stopper.threshold, stopper.threshold_mode, stopper.load_best) == (
+        "valid_loss", 3, 0.5, "abs", True)
+
+
+def test_without_early_stopping_every_epoch_runs(noisy):
+    X, y = noisy
+    est = reg(max_epochs=3, callbacks=[("sizes", ValidSizes())]).fit(X, y)
+    assert est.n_iter_ == est.best_epoch_ == 3
+    assert dict(est.callbacks_)["sizes"].valid_sizes == [None] * 3
+    assert "early_stopping" not in dict(est.callbacks_)
+
+
+def test_classifier_holds_out_a_stratified_seeded_fraction(digits):
+    X, y = digits
+    X, y = X[:300], y[:300]
+    kw = dict(early_stopping=True, validation_fraction=0.2, max_epochs=2, random_state=0, device="cpu", **TINY_CNN)
+    est = SoftRegCNNClassifier(**kw, callbacks=[("sizes", ValidSizes())]).fit(X, y)
+    assert dict(est.callbacks_)["sizes"].valid_sizes == [60, 60]
+    # stratified and seeded like ValidSplit(0.2, stratified=True, random_state=0)
+    same = SoftRegCNNClassifier(**{**kw, "early_stopping": False},
+                                train_split=ValidSplit(0.2, stratified=True, random_state=0)).fit(X, y)
+    assert est.history[:, "valid_loss"] == same.history[:, "valid_loss"]
+    other_seed = SoftRegCNNClassifier(**{**kw, "random_state": 1}).fit(X, y)
+    assert other_seed.history[:, "valid_loss"] != est.history[:, "valid_loss"]
+
+
+def test_own_train_split_is_used_and_validation_fraction_ignored(noisy):
+    X, y = noisy
+    est = reg(early_stopping=True, validation_fraction=0.1, max_epochs=2,
+              train_split=ValidSplit(0.5, random_state=0), callbacks=[("sizes", ValidSizes())]).fit(X, y)
+    assert dict(est.callbacks_)["sizes"].valid_sizes == [60, 60]
+
+
+def test_partial_fit_refuses_early_stopping(noisy):
+    X, y = noisy
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping=True"):
+        reg(early_stopping=True).partial_fit(X, y)
+
+
+def test_too_small_validation_set_raises(noisy):
+    X, y = noisy
+    with pytest.raises(ValueError, match="The validation set is too small"):
+        reg(early_stopping=True, validation_fraction=0.01).fit(X[:50], y[:50])
+
+
+@pytest.mark.parametrize(
+    "params, name",
+    [
+        ({"validation_fraction": 0.0}, "validation_fraction"),
+        ({"validation_fraction": 1.0}, "validation_fraction"),
+        ({"n_iter_no_change": 0}, "n_iter_no_change"),
+        ({"n_iter_no_change": 2.5}, "n_iter_no_change"),
+        ({"tol": -1e-3}, "tol"),
+        ({"tol": float("inf")}, "tol"),
+        ({"early_stopping": "yes"}, "early_stopping"),
+    ],
+)
+def test_bad_parameters_raise(noisy, params, name):
+    X, y = noisy
+    with pytest.raises(InvalidParameterError, match=f"The '{name}' parameter of SoftRegRegressor"):
+        reg(**params).fit(X, y)
+
+
+def test_save_and_load_keep_the_new_parameters_and_attributes(noisy, tmp_path, digits):
+    X, y = noisy
+    est = reg(early_stopping=True, n_iter_no_change=2, tol=0.01, validation_fraction=0.25).fit(X, y)
+    est.save(tmp_path / "reg.safetensors")
+    loaded = sk_softreg.load(tmp_path / "reg.safetensors")
+    for name in ("early_stopping", "n_iter_no_change", "tol", "validation_fraction"):
+        assert loaded.get_params()[name] == est.get_params()[name]
+    assert (loaded.n_iter_, loaded.best_epoch_) == (est.n_iter_, est.best_epoch_)
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+
+    Xd, yd = digits
+    clf = SoftRegCNNClassifier(class_weight={0: 2.0, 9: 0.5}, max_epochs=1, random_state=0,
+                               device="cpu", **TINY_CNN).fit(Xd[:100], yd[:100])
+    clf.save(tmp_path / "clf.safetensors")
+    assert sk_softreg.load(tmp_path / "clf.safetensors").class_weight == {0: 2.0, 9: 0.5}
