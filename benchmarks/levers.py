@@ -40,6 +40,29 @@ def _l1_by_norm(params):
     return torch.stack(torch._foreach_norm(params, 1)).sum()
 
 
+def _prox_by_foreach(params, thresholds):
+    """The previous proximal step: foreach minimum/maximum with the negated thresholds."""
+    with torch.no_grad():
+        clipped = torch._foreach_minimum(params, thresholds)
+        torch._foreach_maximum_(clipped, torch._foreach_neg(thresholds))
+        torch._foreach_sub_(params, clipped)
+
+
+def _thresholds_in_five_kernels(optimizer, params, lambda1):
+    """The previous Adam thresholds lr·λ1 / (sqrt(v / (1 - β2^k)) + eps), five kernels."""
+    with torch.no_grad():
+        states = [optimizer.state[p] for p in params]
+        group = optimizer.param_groups[0]
+        beta2 = group["betas"][1]
+        denoms = torch._foreach_div([s["exp_avg_sq"] for s in states],
+                                    [1.0 - beta2 ** float(s["step"]) for s in states])
+        torch._foreach_sqrt_(denoms)
+        torch._foreach_add_(denoms, group["eps"])
+        torch._foreach_reciprocal_(denoms)
+        torch._foreach_mul_(denoms, group["lr"] * lambda1)
+        return denoms
+
+
 def _skorch_set_training(self, training=True):
     NeuralNet._set_training(self, training)
 
@@ -55,9 +78,12 @@ UNDO = {
     "module.train() every batch": ({"_set_training": _skorch_set_training}, {}, {}),
     "lambda2 backpropagated": ({"train_step_single": _l2_through_loss}, {}, {}),
     "L1 value by 1-norm kernel": ({}, {}, {"l1_penalty": _l1_by_norm}),
+    "previous prox kernels": ({}, {}, {"prox_l1_": _prox_by_foreach,
+                                       "prox_thresholds": _thresholds_in_five_kernels}),
 }
 STEP_LEVERS = ("all levers on", "no fused Adam default", "module.train() every batch")
-PENALTY_LEVERS = ("all levers on", "lambda2 backpropagated", "L1 value by 1-norm kernel")
+PENALTY_LEVERS = ("all levers on", "lambda2 backpropagated", "L1 value by 1-norm kernel",
+                  "previous prox kernels")
 
 
 def variant_fit(cls, lever, X, y, epochs, **params):

@@ -170,8 +170,10 @@ def prox_l1_(params, thresholds):
     """Apply :func:`soft_threshold` in place to each tensor of ``params``.
 
     Uses the identity :math:`S_t(w) = w - \\operatorname{clip}(w, -t, t)`, which
-    gives exact zeros wherever :math:`|w| \\le t`, in three or four
-    ``torch._foreach_*`` kernels for the whole list.
+    gives exact zeros wherever :math:`|w| \\le t`: one ``clamp`` and one
+    in-place subtraction per tensor (plus the negated threshold for a
+    per-coordinate one), fewer passes over memory than ``torch._foreach_*``
+    minimum/maximum kernels on the CPU.
 
     Parameters
     ----------
@@ -181,19 +183,12 @@ def prox_l1_(params, thresholds):
         One threshold per tensor: a scalar, or a tensor of the tensor's shape
         (per-coordinate thresholds, as for Adam).
     """
-    if not params:
-        return
-    if any(torch.is_tensor(t) for t in thresholds):
-        upper = [
-            t if torch.is_tensor(t) else torch.full_like(p, float(t))
-            for p, t in zip(params, thresholds)
-        ]
-        clipped = torch._foreach_minimum(params, upper)
-        torch._foreach_maximum_(clipped, torch._foreach_neg(upper))
-    else:
-        clipped = torch._foreach_clamp_max(params, [float(t) for t in thresholds])
-        torch._foreach_clamp_min_(clipped, [-float(t) for t in thresholds])
-    torch._foreach_sub_(params, clipped)
+    for p, t in zip(params, thresholds):
+        if torch.is_tensor(t):
+            p.sub_(torch.clamp(p, min=-t, max=t))
+        else:
+            t = float(t)
+            p.sub_(p.clamp(-t, t))
 
 
 @torch.no_grad()
@@ -229,7 +224,7 @@ def prox_thresholds(optimizer, params, lambda1):
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     thresholds = []
     # per-coordinate (Adam-like) thresholds, computed with one foreach kernel per op
-    slots, vs, bias_corrections, eps, scales = [], [], [], [], []
+    slots, vs, shifts, scales = [], [], [], []
     for p in params:
         group = group_of.get(id(p))
         if group is None:  # not optimized: leave it alone
@@ -243,18 +238,16 @@ def prox_thresholds(optimizer, params, lambda1):
         if v is None:
             thresholds.append(lr * lambda1)
             continue
-        beta2 = group["betas"][1]
-        step = float(state["step"])
+        # sqrt(1 - beta2^k): t = lr·λ1·root / (sqrt(v) + eps·root), four passes over v
+        root = math.sqrt(1.0 - group["betas"][1] ** float(state["step"]))
         slots.append(len(thresholds))
         thresholds.append(None)
         vs.append(v)
-        bias_corrections.append(1.0 - beta2**step)
-        eps.append(float(group["eps"]))
-        scales.append(lr * lambda1)
+        shifts.append(float(group["eps"]) * root)
+        scales.append(lr * lambda1 * root)
     if vs:
-        denoms = torch._foreach_div(vs, bias_corrections)
-        torch._foreach_sqrt_(denoms)
-        torch._foreach_add_(denoms, eps)
+        denoms = torch._foreach_sqrt(vs)
+        torch._foreach_add_(denoms, shifts)
         torch._foreach_reciprocal_(denoms)
         torch._foreach_mul_(denoms, scales)
         for slot, denom in zip(slots, denoms):
