@@ -585,9 +585,13 @@ def _no_grad_if(condition):
 
 def _in_mode(module, training):
     """True if ``module.train(training)`` would change nothing: all flags set, no override."""
-    for m in module.modules():
+    pending = [module]
+    for m in pending:  # grows while iterating: the whole tree, without building names
+        if m is None:  # a submodule slot registered as None
+            continue
         if m.training != training or type(m).train is not torch.nn.Module.train:
             return False
+        pending.extend(m._modules.values())
     return True
 
 

@@ -222,3 +222,17 @@ def test_module_overriding_train_is_still_called(regression_data):
     ours = SoftRegRegressor(_FrozenDropout, batch_size=50, **FAST).fit(X, y).module_.seen
     assert ours == _SkorchModes(_FrozenDropout, batch_size=50, **FAST).fit(X, y).module_.seen
     assert ours[1:9] == [(True, False)] * 8  # 2 epochs of 4 batches, after the width probe
+
+
+class _WithEmptySlot(_Probe):
+    """A submodule slot registered as None (nn.Module allows it)."""
+
+    def __init__(self, n_features=1, n_outputs=1):
+        super().__init__(n_features, n_outputs)
+        self.register_module("unused", None)
+
+
+def test_module_with_empty_submodule_slot(regression_data):
+    X, y = regression_data
+    seen = SoftRegRegressor(_WithEmptySlot, batch_size=50, **FAST).fit(X, y).module_.seen
+    assert seen[1:9] == [(True, True)] * 8
