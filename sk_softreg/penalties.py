@@ -224,28 +224,31 @@ def prox_thresholds(optimizer, params, lambda1):
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     thresholds = []
     # per-coordinate (Adam-like) thresholds, computed with one foreach kernel per op
-    slots, vs, shifts, scales = [], [], [], []
+    slots, vs, groups, steps = [], [], [], []
     for p in params:
         group = group_of.get(id(p))
         if group is None:  # not optimized: leave it alone
             thresholds.append(0.0)
             continue
-        lr = float(group["lr"])
         state = optimizer.state.get(p, {})
         v = state.get("max_exp_avg_sq") if group.get("amsgrad") else None
         if v is None:
             v = state.get("exp_avg_sq")
         if v is None:
-            thresholds.append(lr * lambda1)
+            thresholds.append(float(group["lr"]) * lambda1)
             continue
-        # sqrt(1 - beta2^k): t = lr·λ1·root / (sqrt(v) + eps·root), four passes over v
-        root = math.sqrt(1.0 - group["betas"][1] ** float(state["step"]))
         slots.append(len(thresholds))
         thresholds.append(None)
         vs.append(v)
-        shifts.append(float(group["eps"]) * root)
-        scales.append(lr * lambda1 * root)
+        groups.append(group)
+        steps.append(state["step"])
     if vs:
+        shifts, scales = [], []
+        for group, step in zip(groups, _as_floats(steps)):
+            # t = lr·λ1·root / (sqrt(v) + eps·root), root = sqrt(1 - β2^k): four passes over v
+            root = math.sqrt(1.0 - group["betas"][1] ** step)
+            shifts.append(float(group["eps"]) * root)
+            scales.append(float(group["lr"]) * lambda1 * root)
         denoms = torch._foreach_sqrt(vs)
         torch._foreach_add_(denoms, shifts)
         torch._foreach_reciprocal_(denoms)
@@ -253,6 +256,26 @@ def prox_thresholds(optimizer, params, lambda1):
         for slot, denom in zip(slots, denoms):
             thresholds[slot] = denom
     return thresholds
+
+
+def _as_floats(values):
+    """Numbers or 0-d tensors as floats, reading tensors off an accelerator once per device.
+
+    Fused (and capturable) Adam keeps its step counts on the parameters' device;
+    reading them one by one would synchronize with the GPU once per tensor.
+    """
+    floats = [None] * len(values)
+    on_device = {}
+    for i, value in enumerate(values):
+        if torch.is_tensor(value) and value.device.type != "cpu":
+            on_device.setdefault(value.device, []).append(i)
+        else:
+            floats[i] = float(value)
+    for indices in on_device.values():
+        read = torch.stack([values[i] for i in indices]).tolist()
+        for i, value in zip(indices, read):
+            floats[i] = float(value)
+    return floats
 
 
 def kl_from_uniform(logits):
