@@ -22,7 +22,7 @@ import inspect
 import math
 import numbers
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from ._batching import (
 from ._exceptions import NonFiniteLossError
 from ._progress import EpochProgressBar
 from .penalties import (
+    add_l2_grad_,
     group_l2_penalty,
     input_layer,
     l1_penalty,
@@ -64,6 +65,10 @@ from .penalties import (
 
 _NON_NEGATIVE = Interval(numbers.Real, 0, None, closed="left")
 _HISTORY_TERMS = ("train_l1", "train_l2", "train_kl", "train_features")
+# fused Adam/AdamW kernels exist on these devices in every supported torch (>= 2.4)
+_FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+_FUSED_DEVICE_TYPES = frozenset({"cpu", "cuda"})
+_FUSED_OFF_KEYS = frozenset({"fused", "foreach", "differentiable"})
 
 
 def resolve_device(device):
@@ -138,6 +143,7 @@ class SoftRegMixin:
         state.pop("_batches_cache", None)
         state.pop("_penalized_cache", None)
         state.pop("_feature_cache", None)
+        state.pop("_step_state", None)
         return state
 
     def __setstate__(self, state):
@@ -439,14 +445,20 @@ class SoftRegMixin:
     # checking the recorded float adds no device sync.
     def on_batch_end(self, net, batch=None, training=False, **kwargs):
         super().on_batch_end(net, batch=batch, training=training, **kwargs)
-        if training:
-            batches = self.history[-1]["batches"]
-            loss = batches[-1].get("train_loss") if batches else None
-            if loss is not None and not math.isfinite(loss):
-                self._fail_non_finite(
-                    f"the training loss became {loss} at epoch {self.history[-1]['epoch']}, "
-                    f"batch {len(batches)}"
-                )
+        epoch = self.history[-1]
+        batches = epoch["batches"]
+        key = "train_loss" if training else "valid_loss"
+        loss = batches[-1].get(key) if batches else None
+        if loss is not None and not math.isfinite(loss):
+            number = sum(key in b for b in batches)  # the epoch's training or validation batch
+            where = f"at epoch {epoch['epoch']}, batch {number}"
+            if training:
+                self._fail_non_finite(f"diverged: the training loss became {loss} {where}")
+            self._fail_non_finite(
+                f"stopped: the validation loss became {loss} {where}",
+                hint="Check the validation data for NaN or infinite values. If they are "
+                "finite, the network diverged: try",
+            )
 
     def _check_finite_weights(self):
         for name in self._modules:
@@ -456,15 +468,15 @@ class SoftRegMixin:
             params = [p for p in module.parameters() if p.is_floating_point()]
             if params and not all(bool(torch.isfinite(p).all()) for p in params):
                 self._fail_non_finite(
-                    f"the weights of {name!r} became non-finite by the end of epoch "
+                    f"diverged: the weights of {name!r} became non-finite by the end of epoch "
                     f"{len(self.history)}"
                 )
 
-    def _fail_non_finite(self, what):
+    def _fail_non_finite(self, what, hint="Try"):
         # leave the net unfitted: predict raises NotFittedError instead of returning NaN
         self.initialized_ = False
         raise NonFiniteLossError(
-            f"Training of {type(self).__name__} diverged: {what}. Try a smaller learning "
+            f"Training of {type(self).__name__} {what}. {hint} a smaller learning "
             f"rate (lr={self.lr!r} now), standardized inputs or smaller penalty weights."
         )
 
@@ -548,7 +560,39 @@ class SoftRegMixin:
         params = super().get_params_for(prefix)
         if prefix == "iterator_train":
             params.setdefault("shuffle", True)
+        elif prefix == "optimizer" and self._fused_by_default(params):
+            params["fused"] = True
         return params
+
+    def _fused_by_default(self, optimizer_kwargs):
+        """Whether to build the optimizer with ``fused=True`` (one kernel per step).
+
+        Only for Adam and AdamW (exactly these classes) on a device where torch
+        has their fused kernels, and only when the user chose none of
+        ``optimizer__fused``, ``__foreach`` or ``__differentiable``: their
+        choice wins. Elsewhere torch's own default applies (foreach on CUDA).
+        """
+        if self.optimizer not in _FUSED_OPTIMIZERS:
+            return False
+        if not _FUSED_OFF_KEYS.isdisjoint(optimizer_kwargs):
+            return False
+        device = torch.device(self.device) if self.device is not None else torch.device("cpu")
+        return device.type in _FUSED_DEVICE_TYPES
+
+    def _set_training(self, training=True):
+        """Put the modules and criteria in train or eval mode, skipping those already there.
+
+        skorch calls this before every batch; ``module.train(mode)`` walks the
+        module tree and sets every flag through ``nn.Module.__setattr__``,
+        which costs as much as a small layer. It is skipped only when every
+        submodule already has ``training == mode`` and none overrides
+        ``train`` (an override may do more than set the flags), so the modes
+        after this call are exactly those skorch would set.
+        """
+        for name in self._modules + self._criteria:
+            module = getattr(self, name + "_")
+            if isinstance(module, torch.nn.Module) and not _in_mode(module, training):
+                module.train(training)
 
     # ------------------------------------------------------------------
     # fast path for in-memory arrays
@@ -655,6 +699,10 @@ class SoftRegMixin:
         stays comparable across λ and α. Under ``l1_method="proximal"`` the L1
         term is reported but carries no gradient: the proximal step in
         ``train_step`` applies it. The same holds, always, for the group term.
+        Called from ``train_step_single``, the λ2 term is likewise a plain
+        number: its gradient ``2·λ2·w`` is added to the weights' gradients right
+        after ``backward`` (the same gradient, without a backward pass through
+        the norm).
 
         In a weighted fit (``X`` carries the batch's sample weights) ``data`` and
         the KL mean are weighted means over the batch,
@@ -672,13 +720,12 @@ class SoftRegMixin:
         l1 = l2 = features = zero
         params = self._penalized_params() if (self.lambda1 or self.lambda2) else []
         if self.lambda1:
-            if self.l1_method == "proximal":
-                with torch.no_grad():
-                    l1 = self.lambda1 * l1_penalty(params)
-            else:
+            with _no_grad_if(self.l1_method == "proximal"):
                 l1 = self.lambda1 * l1_penalty(params)
+        state = getattr(self, "_step_state", None)
         if self.lambda2:
-            l2 = self.lambda2 * l2_penalty(params)
+            with _no_grad_if(state is not None and state.l2_grad_pending):
+                l2 = self.lambda2 * l2_penalty(params)
         if self.alpha:
             kl_i = self._kl_term(y_pred, y_true)
             kl = self.alpha * (kl_i.mean() if weights is None else weighted_mean(kl_i, weights))
@@ -687,8 +734,12 @@ class SoftRegMixin:
         if self.lambda_features:
             with torch.no_grad():
                 features = self.lambda_features * group_l2_penalty(self._feature_weight())
-        self._accumulate_terms(torch.stack([l1, l2, kl, features]).detach(), len(y_pred))
-        return data + l1 + l2 + kl + features
+        loss = data + l1 + l2 + kl + features
+        if state is not None and state.evaluations is not None:
+            # inside train_step: keep this evaluation's terms for history
+            terms = torch.stack([l1, l2, kl, features]).detach()
+            state.evaluations.append((loss, terms, len(y_pred)))
+        return loss
 
     def _data_loss(self, y_pred, y_true, X=None, training=False):
         return super().get_loss(y_pred, y_true, X=X, training=training)
@@ -709,11 +760,52 @@ class SoftRegMixin:
         finally:
             criterion.reduction = reduction
 
+    def train_step_single(self, batch, **fit_params):
+        """skorch's forward, loss and backward, then the λ2 gradient ``2·λ2·w``.
+
+        Adding ``2·λ2·w`` to the gradients in one foreach kernel is cheaper
+        than backpropagating through ``λ2·Σw²`` and gives the same gradient to
+        every optimizer (unlike ``weight_decay``, which AdamW decouples).
+        Callbacks' ``on_grad_computed`` (e.g. gradient clipping) see the full
+        gradient, as before.
+        """
+        if not self.lambda2:
+            return super().train_step_single(batch, **fit_params)
+        state = self._step_scratch()
+        state.l2_grad_pending = True
+        try:
+            step = super().train_step_single(batch, **fit_params)
+        finally:
+            state.l2_grad_pending = False
+        add_l2_grad_(self._penalized_params(), self.lambda2)
+        return step
+
     def train_step(self, batch, **fit_params):
-        """One optimizer step, then the proximal L1 and group-L1 steps."""
-        step = super().train_step(batch, **fit_params)
+        """One optimizer step, then the proximal L1 and group-L1 steps.
+
+        The penalty terms recorded in history are those of the loss evaluation
+        that skorch records as ``train_loss`` (the first one by default; LBFGS
+        evaluates the loss several times per step).
+        """
+        if not (self.lambda1 or self.lambda2 or self.alpha or self.lambda_features):
+            return super().train_step(batch, **fit_params)
+        state = self._step_scratch()
+        state.evaluations = evaluations = []
+        try:
+            step = super().train_step(batch, **fit_params)
+        finally:
+            state.evaluations = None
+        if evaluations:
+            chosen = next((e for e in evaluations if e[0] is step["loss"]), evaluations[0])
+            self._accumulate_terms(chosen[1], chosen[2])
         self._proximal_step()
         return step
+
+    def _step_scratch(self):
+        state = getattr(self, "_step_state", None)
+        if state is None:
+            state = self._step_state = _StepState()
+        return state
 
     def _proximal_step(self):
         """Soft-threshold the penalized weights; called right after the optimizer step."""
@@ -773,6 +865,36 @@ def _first_sample_shape(X, y, name, ndim, expected):
             f"has shape {shape}."
         )
     return shape
+
+
+class _StepState:
+    """Scratch space of the training step, kept on the net during a fit.
+
+    Setting attributes on this plain object costs far less than on the net,
+    whose ``__setattr__`` inspects every value for torch components.
+    """
+
+    __slots__ = ("l2_grad_pending", "evaluations")
+
+    def __init__(self):
+        self.l2_grad_pending = False  # get_loss leaves λ2 out of the graph
+        self.evaluations = None  # [(loss, terms, n)] of the current train_step
+
+
+def _no_grad_if(condition):
+    return torch.no_grad() if condition else nullcontext()
+
+
+def _in_mode(module, training):
+    """True if ``module.train(training)`` would change nothing: all flags set, no override."""
+    pending = [module]
+    for m in pending:  # grows while iterating: the whole tree, without building names
+        if m is None:  # a submodule slot registered as None
+            continue
+        if m.training != training or type(m).train is not torch.nn.Module.train:
+            return False
+        pending.extend(m._modules.values())
+    return True
 
 
 def _accepted_kwargs(factory):

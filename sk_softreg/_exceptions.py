@@ -4,10 +4,10 @@ __all__ = ["ModelFileError", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss or weight.
+    """Training produced a NaN or infinite training loss, validation loss or weight.
 
-    Raised by ``fit`` / ``partial_fit``. The message names the epoch and the
-    batch. The estimator is left unfitted, so it cannot silently predict NaN.
+    Raised by ``fit`` / ``partial_fit``. The message names the epoch (and, for
+    a loss, the training or validation batch). The estimator is left unfitted, so it cannot silently predict NaN.
     """
 
 

@@ -315,12 +315,17 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         """
         k = self.n_outputs_
         if y_pred.shape[-1] == 2 * k:
-            return y_pred[:, :k], clamp_log_var(y_pred[:, k:])
+            return self._means(y_pred), clamp_log_var(y_pred[:, k:])
         log_var = self.log_var_ if log_var is None else log_var
         return y_pred, clamp_log_var(log_var.log_var).expand_as(y_pred)
 
+    def _means(self, y_pred):
+        """The predicted means (n, n_outputs_), without the log-variances."""
+        k = self.n_outputs_
+        return y_pred[:, :k] if y_pred.shape[-1] == 2 * k else y_pred
+
     def _data_loss(self, y_pred, y_true, X=None, training=False):
-        mu, _ = self._split_output(y_pred)
+        mu = self._means(y_pred)
         y_true = to_tensor(y_true, device=self.device)
         return self.criterion_(mu, y_true.view_as(mu))
 

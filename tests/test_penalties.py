@@ -151,3 +151,19 @@ def test_select_penalized_excludes_biases_and_norms():
 
 def _only_linear(name, param):
     return name.startswith("3.") and param.ndim == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_prox_threshold_with_fused_adam_on_cuda():
+    # fused Adam keeps its step counts on the GPU; the thresholds are the same
+    p = nn.Parameter(torch.tensor([1.0, -1.0, 0.5], device="cuda"))
+    q = nn.Parameter(torch.tensor([[0.2, 0.4]], device="cuda"))
+    opt = torch.optim.Adam([p, q], lr=0.01, fused=True)
+    for _ in range(3):
+        p.grad, q.grad = torch.ones_like(p) * 0.3, torch.ones_like(q) * -0.2
+        opt.step()
+    assert opt.state[p]["step"].device.type == "cuda"
+    tp, tq = prox_thresholds(opt, [p, q], lambda1=0.5)
+    for param, t in ((p, tp), (q, tq)):
+        v_hat = opt.state[param]["exp_avg_sq"] / (1 - 0.999**3)
+        torch.testing.assert_close(t, 0.01 * 0.5 / (v_hat.sqrt() + 1e-8))

@@ -5,6 +5,8 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 from skorch.callbacks import Callback
+from skorch.dataset import Dataset
+from skorch.helper import predefined_split
 
 from sk_softreg import NonFiniteLossError, SoftRegCNNClassifier, SoftRegRegressor
 
@@ -37,6 +39,23 @@ def test_non_finite_loss_stops_training_clearly(est, X, y):
     # never a fitted model that predicts NaN
     with pytest.raises(NotFittedError):
         est.predict(X)
+
+
+def test_non_finite_validation_loss_stops_training_clearly():
+    # NaN in the validation inputs: the training loss stays finite, the
+    # validation loss does not; that must stop the fit as clearly.
+    X_valid = X_TAB[:16].astype(np.float32).copy()
+    X_valid[3, 1] = np.nan
+    y_valid = Y_REG[:16].astype(np.float32).reshape(-1, 1)
+    split = predefined_split(Dataset(X_valid, y_valid))
+    est = SoftRegRegressor(max_epochs=3, train_split=split, **FAST)
+    with pytest.raises(NonFiniteLossError, match=r"validation loss became nan at epoch 1, batch 1") as info:
+        est.fit(X_TAB, Y_REG)
+    assert "validation data" in str(info.value)
+    assert len(est.history) == 1
+    assert np.isfinite(est.history[-1, "batches", 0, "train_loss"])
+    with pytest.raises(NotFittedError):
+        est.predict(X_TAB)
 
 
 class _PoisonWeights(Callback):

@@ -1,0 +1,152 @@
+"""What each speed lever of the training step buys: the estimator with one lever undone.
+
+Run from the repository root::
+
+    python benchmarks/levers.py [--repeats 5] [--epochs 10]
+
+The workloads of ``benchmarks/run.py``:
+
+- the training step: ``SoftRegRegressor`` on 20000x20 (module 20-64-64 without
+  dropout) and ``SoftRegCNNClassifier`` on the digits, without penalties, against
+  the fastest hand-written loop (the faster of Adam and ``Adam(fused=True)``);
+- the penalties: ``SoftRegCNNClassifier`` on the digits with lambda1=lambda2=1e-4,
+  alpha=0.1, against the same estimator with every penalty at 0, at 1 and at 2
+  torch threads.
+
+Each variant undoes exactly one lever; all variants of a workload run
+interleaved (rotated order per repeat) and the table gives the median ratios.
+"""
+
+import argparse
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+from skorch import NeuralNet
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import run  # noqa: E402  (benchmarks/run.py: data, hand-written loops, timing)
+
+import sk_softreg._base as base  # noqa: E402
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor  # noqa: E402
+
+
+def _l1_by_norm(params):
+    """The previous L1 kernel: torch's 1-norm per tensor."""
+    return torch.stack(torch._foreach_norm(params, 1)).sum()
+
+
+def _prox_by_foreach(params, thresholds):
+    """The previous proximal step: foreach minimum/maximum with the negated thresholds."""
+    with torch.no_grad():
+        clipped = torch._foreach_minimum(params, thresholds)
+        torch._foreach_maximum_(clipped, torch._foreach_neg(thresholds))
+        torch._foreach_sub_(params, clipped)
+
+
+def _thresholds_in_five_kernels(optimizer, params, lambda1):
+    """The previous Adam thresholds lr·λ1 / (sqrt(v / (1 - β2^k)) + eps), five kernels."""
+    with torch.no_grad():
+        states = [optimizer.state[p] for p in params]
+        group = optimizer.param_groups[0]
+        beta2 = group["betas"][1]
+        denoms = torch._foreach_div([s["exp_avg_sq"] for s in states],
+                                    [1.0 - beta2 ** float(s["step"]) for s in states])
+        torch._foreach_sqrt_(denoms)
+        torch._foreach_add_(denoms, group["eps"])
+        torch._foreach_reciprocal_(denoms)
+        torch._foreach_mul_(denoms, group["lr"] * lambda1)
+        return denoms
+
+
+def _skorch_set_training(self, training=True):
+    NeuralNet._set_training(self, training)
+
+
+def _l2_through_loss(self, batch, **fit_params):
+    return NeuralNet.train_step_single(self, batch, **fit_params)
+
+
+#: lever -> (class attributes of the variant, estimator parameters, module patches)
+UNDO = {
+    "all levers on": ({}, {}, {}),
+    "no fused Adam default": ({}, {"optimizer__fused": False}, {}),
+    "module.train() every batch": ({"_set_training": _skorch_set_training}, {}, {}),
+    "lambda2 backpropagated": ({"train_step_single": _l2_through_loss}, {}, {}),
+    "L1 value by 1-norm kernel": ({}, {}, {"l1_penalty": _l1_by_norm}),
+    "previous prox kernels": ({}, {}, {"prox_l1_": _prox_by_foreach,
+                                       "prox_thresholds": _thresholds_in_five_kernels}),
+}
+STEP_LEVERS = ("all levers on", "no fused Adam default", "module.train() every batch")
+PENALTY_LEVERS = ("all levers on", "lambda2 backpropagated", "L1 value by 1-norm kernel",
+                  "previous prox kernels")
+
+
+def variant_fit(cls, lever, X, y, epochs, **params):
+    attrs, extra, patches = UNDO[lever]
+    est_cls = type(cls.__name__, (cls,), attrs) if attrs else cls
+    saved = {name: getattr(base, name) for name in patches}
+    for name, value in patches.items():
+        setattr(base, name, value)
+    try:
+        est = est_cls(**run.fixed_epochs(cls, epochs), batch_size=64, random_state=0,
+                      device="cpu", **params, **extra)
+        return run._check_epochs(est.fit(X, y), epochs)
+    finally:
+        for name, value in saved.items():
+            setattr(base, name, value)
+
+
+def _rows(lines, t, levers, reference, workload):
+    for lever in levers:
+        ratio = t[lever] / reference
+        change = ratio - t["all levers on"] / reference
+        lines.append(f"| {lever} | {workload} | {ratio:.3f} | {change:+.3f} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args(argv)
+    epochs, repeats = args.epochs, args.repeats
+    print(f"- load average at start: {run.load_average()}; {repeats} interleaved repeats, "
+          f"{epochs} epochs, medians")
+    lines = ["| lever undone | workload | ratio | change vs all levers on |", "|---|---|---|---|"]
+
+    # the estimator against the fastest hand-written loop, no penalties
+    Xr, yr = run.regression_data(20000)
+    X, y = run.digits_images()
+    mlp = {f"module__{k}": v for k, v in run.MLP.items()}
+    workloads = [
+        ("MLP 20-64-64", SoftRegRegressor, Xr, yr, mlp, run.hand_mlp_fit),
+        ("CNN digits", SoftRegCNNClassifier, X, y, {}, run.hand_cnn_fit),
+    ]
+    for name, cls, Xw, yw, params, hand_fit in workloads:
+        funcs = {lever: partial(variant_fit, cls, lever, Xw, yw, epochs, **params)
+                 for lever in STEP_LEVERS}
+        funcs["hand"] = partial(hand_fit, Xw, yw, epochs)
+        funcs["hand_fused"] = partial(hand_fit, Xw, yw, epochs, fused=True)
+        t = run.interleaved(funcs, repeats)
+        hand, label = run.fastest_hand(t)
+        _rows(lines, t, STEP_LEVERS, hand, f"{name} / fastest hand loop ({label})")
+
+    # penalties on / off
+    for n_threads in (1, 2):
+        with run.threads(n_threads):
+            funcs = {lever: partial(variant_fit, SoftRegCNNClassifier, lever, X, y, epochs,
+                                    **run.PENALTIES) for lever in PENALTY_LEVERS}
+            funcs["off"] = partial(variant_fit, SoftRegCNNClassifier, "all levers on", X, y, epochs)
+            t = run.interleaved(funcs, repeats)
+        _rows(lines, t, PENALTY_LEVERS, t["off"],
+              f"CNN digits, penalties on / off, {n_threads} thread(s)")
+    print(f"- load average at end: {run.load_average()}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
