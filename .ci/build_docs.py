@@ -82,15 +82,20 @@ class _HidingPathFinder(PathFinder):
 
 
 class _ErrorBoxes(HTMLParser):
-    """Collects the elements that render as an error box."""
+    """Collects the elements that render as an error box, and remote scripts."""
 
     def __init__(self):
         super().__init__()
         self.found = []
 
     def handle_starttag(self, tag, attrs):
-        classes = set((dict(attrs).get("class") or "").split())
-        if "system-message" in classes or "problematic" in classes:
+        attrs = dict(attrs)
+        classes = set((attrs.get("class") or "").split())
+        source = attrs.get("src") or ""
+        if tag == "script" and source.startswith(("http:", "https:", "//")):
+            # e.g. MathJax from a CDN: offline, formulas would show as raw TeX
+            self.found.append(f"<script src={source!r}> (remote script: renders only online)")
+        elif "system-message" in classes or "problematic" in classes:
             self.found.append(f"<{tag} class={' '.join(sorted(classes))!r}> (docutils error)")
         elif "contents" in classes and FURO_TOC_OK not in classes:
             self.found.append(f"<{tag} class={' '.join(sorted(classes))!r}> (furo's contents error)")

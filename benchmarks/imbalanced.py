@@ -7,10 +7,14 @@ Run from the repository root::
 Data: ``make_classification(n_samples=2000, n_features=20, n_informative=5,
 weights=[0.95, 0.05], flip_y=0.01, random_state=seed)``, standardized, split
 75/25 stratified. The default classifier (a 1 x 20 "image") is fit with
-``class_weight=None`` and ``class_weight="balanced"`` for seeds 0, 1, 2; the
-script prints test accuracy, balanced accuracy and the minority-class recall.
+``class_weight=None`` and ``class_weight="balanced"`` for seeds 0 .. N-1
+(``--seeds N``, default 10); the script prints test accuracy, balanced
+accuracy and the minority-class recall, their means, and on how many seeds
+"balanced" gave the higher balanced accuracy. With about 25 minority samples
+per test split, single seeds scatter by several points.
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -26,11 +30,14 @@ sys.path.insert(0, str(ROOT))
 from sk_softreg import SoftRegCNNClassifier  # noqa: E402
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10, help="number of seeds (0 .. N-1)")
+    args = parser.parse_args(argv)
     print("| seed | class_weight | accuracy | balanced accuracy | minority recall |")
     print("|---|---|---|---|---|")
     means = {None: [], "balanced": []}
-    for seed in range(3):
+    for seed in range(args.seeds):
         X, y = make_classification(
             n_samples=2000, n_features=20, n_informative=5, weights=[0.95, 0.05],
             flip_y=0.01, random_state=seed,
@@ -47,6 +54,8 @@ def main():
     for class_weight, rows in means.items():
         acc, bacc, rec = np.mean(rows, axis=0)
         print(f"| mean | {class_weight} | {acc:.4f} | {bacc:.4f} | {rec:.4f} |")
+    wins = sum(b[1] > n[1] for n, b in zip(means[None], means["balanced"]))
+    print(f"balanced accuracy higher with class_weight='balanced' on {wins}/{args.seeds} seeds")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    # ships MathJax with the built pages: formulas render offline, without a CDN
+    "sphinx-mathjax-offline",
     "numpydoc",
 ]
 

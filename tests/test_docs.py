@@ -1,6 +1,8 @@
 """Documentation checks: every public parameter is documented, HTML repr, show_versions."""
 
+import importlib.util
 import inspect
+from pathlib import Path
 
 import pytest
 from skorch import NeuralNet
@@ -68,3 +70,29 @@ def test_show_versions_prints_the_versions(capsys):
     for expected in (sk_softreg.__version__, torch.__version__, skorch.__version__,
                      sklearn.__version__, "CUDA", "available"):
         assert expected in out
+
+
+def _load_docs_check():
+    path = Path(__file__).resolve().parent.parent / ".ci" / "build_docs.py"
+    spec = importlib.util.spec_from_file_location("_build_docs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "html, problem",
+    [
+        ('<div class="system-message">x</div>', "docutils error"),
+        ('<nav class="contents">x</nav>', "furo's contents error"),
+        ('<script src="https://cdn.example.org/mathjax.js"></script>', "remote script"),
+        ('<script src="_static/mathjax/tex-chtml.js"></script><p>ok</p>', None),
+    ],
+)
+def test_docs_check_finds_error_boxes_and_remote_scripts(tmp_path, html, problem):
+    (tmp_path / "page.html").write_text(f"<html><body>{html}</body></html>", encoding="utf-8")
+    found = _load_docs_check().error_boxes(tmp_path)
+    if problem is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and problem in found[0][1]
