@@ -251,7 +251,7 @@ class SoftRegMixin:
         self
         """
         self._validate_hyperparameters()
-        if self.early_stopping:
+        if self.early_stopping and not isinstance(self.early_stopping, str):
             raise ValueError(
                 "partial_fit does not support early_stopping=True; use fit, or "
                 "set_params(early_stopping=False) before calling partial_fit."
@@ -261,9 +261,13 @@ class SoftRegMixin:
         X, y = self._validate_fit_data(
             X, y, reset=reset, classes=classes, sample_weight=sample_weight
         )
-        if reset:
-            self.initialize()
-        super().partial_fit(self._with_weights(X, sample_weight), y, **fit_params)
+        self._incremental = True  # early_stopping="auto" is off in partial_fit, as in sklearn
+        try:
+            if reset:
+                self.initialize()
+            super().partial_fit(self._with_weights(X, sample_weight), y, **fit_params)
+        finally:
+            self._incremental = False
         self._after_fit(X, y, sample_weight)
         return self
 
@@ -319,7 +323,7 @@ class SoftRegMixin:
     def get_split_datasets(self, X, y=None, **fit_params):
         """skorch's split; with ``early_stopping`` and no ``train_split``, hold out
         ``validation_fraction`` of the data (stratified for a classifier)."""
-        if not (self.early_stopping and self.train_split is None):
+        if not (self._early_stopping_active() and self.train_split is None):
             return super().get_split_datasets(X, y, **fit_params)
         random_state = self.random_state
         if random_state is not None and not isinstance(random_state, numbers.Integral):
@@ -337,8 +341,15 @@ class SoftRegMixin:
             )
         return dataset_train, dataset_valid
 
+    def _early_stopping_active(self):
+        """Whether this fit holds out ``validation_fraction`` and stops early.
+
+        ``early_stopping`` as a bool; the regressor also resolves ``"auto"``.
+        """
+        return bool(self.early_stopping)
+
     def _early_stopping_callback(self):
-        return EarlyStopping(
+        return _SwitchedEarlyStopping(
             monitor="valid_loss",
             patience=self.n_iter_no_change,
             threshold=self.tol,
@@ -865,6 +876,19 @@ def _first_sample_shape(X, y, name, ndim, expected):
             f"has shape {shape}."
         )
     return shape
+
+
+class _SwitchedEarlyStopping(EarlyStopping):
+    """skorch's ``EarlyStopping``, idle in the fits where the net's early stopping is off
+    (``early_stopping="auto"`` on small data or in ``partial_fit``)."""
+
+    def on_epoch_end(self, net, **kwargs):
+        if net._early_stopping_active():
+            super().on_epoch_end(net, **kwargs)
+
+    def on_train_end(self, net, **kwargs):
+        if net._early_stopping_active():
+            super().on_train_end(net, **kwargs)
 
 
 class _StepState:

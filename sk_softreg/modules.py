@@ -86,7 +86,9 @@ class GaussianMLP(nn.Module):
         Width of each hidden layer.
     dropout : float, default=0.5
         Dropout after each hidden layer (small tabular data sets overfit
-        easily; set 0 for large ones).
+        easily; less suits large ones). :class:`~sk_softreg.SoftRegRegressor`
+        sets it from the number of training rows unless ``module__dropout``
+        is given.
 
     Examples
     --------

@@ -6,7 +6,8 @@ from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
 
 ESTIMATORS = [
     SoftRegCNNClassifier(max_epochs=5, lr=5e-3, random_state=0, device="cpu"),
-    SoftRegRegressor(max_epochs=5, lr=5e-3, random_state=0, device="cpu"),
+    # 10 epochs at the default batch size (128 below 2,000 rows): 20 steps on 200 rows
+    SoftRegRegressor(max_epochs=10, lr=5e-3, random_state=0, device="cpu"),
 ]
 
 _SKORCH_INIT = (

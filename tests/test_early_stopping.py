@@ -69,10 +69,14 @@ def test_parameters_stay_as_given_and_build_skorch_callbacks(noisy):
 
 def test_without_early_stopping_every_epoch_runs(noisy):
     X, y = noisy
-    est = reg(max_epochs=3, callbacks=[("sizes", ValidSizes())]).fit(X, y)
+    est = reg(max_epochs=3, early_stopping=False, callbacks=[("sizes", ValidSizes())]).fit(X, y)
     assert est.n_iter_ == est.best_epoch_ == 3
     assert dict(est.callbacks_)["sizes"].valid_sizes == [None] * 3
     assert "early_stopping" not in dict(est.callbacks_)
+    # the regressor's default "auto" keeps its callback idle on 120 rows (12 held out < 30)
+    auto = reg(max_epochs=3, callbacks=[("sizes", ValidSizes())]).fit(X, y)
+    assert auto.n_iter_ == auto.best_epoch_ == 3
+    assert dict(auto.callbacks_)["sizes"].valid_sizes == [None] * 3
 
 
 def test_classifier_holds_out_a_stratified_seeded_fraction(digits):

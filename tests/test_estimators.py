@@ -329,7 +329,8 @@ def test_regressor_variance_tracks_noise():
     x = rng.uniform(-2, 2, size=(1000, 1))
     y = x[:, 0] + rng.normal(size=1000) * (0.05 + 0.5 * np.abs(x[:, 0]))
     est = SoftRegRegressor(
-        alpha=1.0, tau=0.05, max_epochs=40, module__dropout=0.0, random_state=0, device="cpu"
+        alpha=1.0, tau=0.05, max_epochs=40, module__dropout=0.0, batch_size=64, lr=1e-3,
+        early_stopping=False, random_state=0, device="cpu"
     ).fit(x, y)
     _, std = est.predict(np.array([[0.0], [1.8]]), return_std=True)
     assert std[1] > 2 * std[0]
@@ -376,9 +377,9 @@ class MeanOnly(nn.Module):
 
 def test_regressor_user_module_with_means_only_gets_learned_log_variance(regression_data):
     X, y = regression_data
-    untouched = reg(module=MeanOnly, alpha=0.0, max_epochs=20, lr=1e-2).fit(X, y)
+    untouched = reg(module=MeanOnly, alpha=0.0, max_epochs=20, lr=1e-2, batch_size=64).fit(X, y)
     assert untouched.log_var_.log_var.item() == 0.0  # no KL term: no gradient reaches it
-    est = reg(module=MeanOnly, alpha=0.5, max_epochs=20, lr=1e-2).fit(X, y)
+    est = reg(module=MeanOnly, alpha=0.5, max_epochs=20, lr=1e-2, batch_size=64).fit(X, y)
     assert est.log_var_.log_var.shape == (1,)
     mean, std = est.predict(X, return_std=True)
     assert np.unique(std).size == 1 and mean.shape == (200,)

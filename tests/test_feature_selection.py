@@ -203,6 +203,7 @@ FRIEDMAN_PARAMS = {
     "module__hidden_units": (64,), "module__dropout": 0.0, "alpha": 0.0, "lambda1": 0.0,
     "lambda2": 1e-3, "lr": 2e-3, "max_epochs": 150, "batch_size": 250,
     "optimizer": torch.optim.Adam, "normalize_y": True, "random_state": 0, "device": "cpu",
+    "early_stopping": False,
 }
 
 

@@ -9,7 +9,8 @@ from mapie.regression import ConformalizedQuantileRegressor, SplitConformalRegre
 from sk_softreg import SoftRegRegressor
 from sk_softreg.modules import PinballLoss
 
-PARAMS = dict(module__dropout=0.0, max_epochs=30, random_state=0, device="cpu")
+PARAMS = dict(module__dropout=0.0, max_epochs=30, batch_size=64, lr=1e-3, early_stopping=False,
+              random_state=0, device="cpu")
 
 
 def heteroscedastic(n, seed):

@@ -20,7 +20,7 @@ import sk_softreg
 from sk_softreg import ModelFileError, SoftRegCNNClassifier, SoftRegRegressor
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = {"batch_size": 16, "device": "cpu", "random_state": 0, "max_epochs": 2}
+FAST = {"batch_size": 16, "lr": 1e-3, "device": "cpu", "random_state": 0, "max_epochs": 2}
 TINY_CNN = {"module__channels": (4, 8), "module__hidden_units": 16}
 _rng = np.random.RandomState(0)
 X_IMG = _rng.rand(40, 1, 4, 4).astype(np.float32)
