@@ -555,6 +555,24 @@ class SoftRegMixin:
         self.module_ = self.initialized_instance(module, kwargs)
         return self
 
+    def initialize_optimizer(self, *args, **kwargs):
+        """skorch's, after choosing the memory format of the default module's weights.
+
+        On the CPU, with a ``torch.optim`` optimizer other than ``LBFGS``, the
+        default module's 4-D (convolution) weights are stored ``channels_last``:
+        oneDNN's convolutions are faster in that layout, and the default module
+        flattens with ``nn.Flatten``, which accepts it. ``LBFGS`` (and code that
+        calls ``.view(-1)`` on parameters or gradients) needs the default layout;
+        a user module, including ``module=SoftRegCNN`` passed explicitly, keeps
+        the layout it was built with.
+        """
+        if self.module is None and isinstance(self.module_, torch.nn.Module):
+            channels_last = _on_cpu(self.device) and _layout_agnostic(self.optimizer)
+            self.module_.to(
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format
+            )
+        return super().initialize_optimizer(*args, **kwargs)
+
     def get_default_callbacks(self):
         """skorch's defaults; with ``verbose >= 1`` a tqdm bar on stderr replaces the
         epoch table (``verbose >= 2`` keeps the table too)."""
@@ -903,6 +921,19 @@ class _StepState:
     def __init__(self):
         self.l2_grad_pending = False  # get_loss leaves λ2 out of the graph
         self.evaluations = None  # [(loss, terms, n)] of the current train_step
+
+
+def _on_cpu(device):
+    return device is None or torch.device(device).type == "cpu"
+
+
+def _layout_agnostic(optimizer):
+    """True for torch's own optimizers, which work on any memory layout (not LBFGS)."""
+    return (
+        isinstance(optimizer, type)
+        and optimizer.__module__.startswith("torch.optim.")
+        and optimizer is not torch.optim.LBFGS
+    )
 
 
 def _no_grad_if(condition):

@@ -225,3 +225,44 @@ def test_module_with_empty_submodule_slot(regression_data):
     X, y = regression_data
     seen = SoftRegRegressor(_WithEmptySlot, batch_size=50, **FAST).fit(X, y).module_.seen
     assert seen[1:9] == [(True, True)] * 8
+
+
+# ----------------------------------------------------------------------------
+# memory format of the default CNN on the CPU
+def _conv_weights(clf):
+    # more than one input channel: the two layouts differ
+    return [p for p in clf.module_.parameters() if p.ndim == 4 and p.shape[1] > 1]
+
+
+@pytest.mark.parametrize(
+    "params, channels_last",
+    [
+        ({}, True),
+        ({"optimizer": torch.optim.SGD}, True),
+        ({"optimizer": torch.optim.LBFGS}, False),  # LBFGS views gradients as flat vectors
+        ({"module": "SoftRegCNN"}, False),  # a module passed explicitly keeps its layout
+    ],
+)
+def test_default_cnn_weights_are_channels_last_on_cpu(digits, params, channels_last):
+    from sk_softreg.modules import SoftRegCNN
+
+    X, y = digits
+    params = {k: SoftRegCNN if v == "SoftRegCNN" else v for k, v in params.items()}
+    clf = SoftRegCNNClassifier(**{**FAST, "max_epochs": 1}, **TINY_CNN, lambda1=1e-3, **params)
+    clf.fit(X[:128], y[:128])
+    weights = _conv_weights(clf)
+    assert weights
+    for p in weights:
+        assert p.is_contiguous(memory_format=torch.channels_last) is channels_last
+        assert p.is_contiguous() is not channels_last
+
+
+def test_channels_last_module_computes_the_same_function(digits):
+    X, y = digits
+    clf = SoftRegCNNClassifier(**FAST, **TINY_CNN).fit(X[:128], y[:128])
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in _conv_weights(clf))
+    plain = copy.deepcopy(clf.module_).to(memory_format=torch.contiguous_format).eval()
+    clf.module_.eval()
+    Xt = torch.as_tensor(X[:64], dtype=torch.float32).reshape(-1, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(clf.module_(Xt), plain(Xt), rtol=1e-5, atol=1e-5)
