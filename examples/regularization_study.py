@@ -15,7 +15,8 @@ Protocol
   (``train_transform``, :data:`AUGMENT`) alone and with label smoothing
   α = 0.1; one combined setting chosen by ``GridSearchCV(cv=3)`` over
   :data:`CV_GRID` on the full training split only (the test split is never
-  used for a choice);
+  used for a choice), each candidate trained like the final model
+  (``final_epochs``, ``final_channels``);
 * metrics on the test split: accuracy, paired Δ accuracy vs none, NLL, ECE
   (15 equal-width bins of the top-class confidence) and ``sparsity_``;
 * calibration: each model of ``calibration_configs`` is trained on 80% of
@@ -134,10 +135,10 @@ CV_GRID = {
 # gives the 10% subset (3 batches per epoch) about 8x fewer optimizer steps
 # than the full split, which leaves even the unregularized model far from
 # converged; more epochs on the small subsets give every configuration a fair
-# chance. The CV search and the calibration fits use the full-split value.
-# "final_epochs" and "final_channels" are the CV-selected setting's final fits
-# on the full training split (goal a): a longer run of a wider network, fixed
-# in advance, not chosen on the test split.
+# chance. The calibration fits use the full-split value.
+# "final_epochs" and "final_channels" are the CV search's fits and the
+# CV-selected setting's final fits on the full training split (goal a): a
+# longer run of a wider network, fixed in advance, not chosen on the test split.
 MODES = {
     "full": {
         "seeds": 5,
@@ -250,15 +251,21 @@ def _evaluate(est, X_test, y_test):
     }
 
 
-def _select_combined(X_train, y_train, grid, settings):
-    """GridSearchCV(cv=3) over ``grid`` on the training split only."""
+def _select_combined(X_train, y_train, grid, final_params, n_jobs):
+    """GridSearchCV(cv=3) over ``grid`` on the training split only.
+
+    Every candidate trains as the final model will (``final_params``: its
+    ``max_epochs`` and ``module__channels``), so the choice ranks settings as
+    they will be used; a shorter CV budget penalizes the settings that need
+    longer training, such as augmentation.
+    """
     search = GridSearchCV(
-        SoftRegCNNClassifier(random_state=0, device="cpu", max_epochs=settings["epochs"][1.0]),
+        SoftRegCNNClassifier(random_state=0, device="cpu", **final_params),
         grid,
         cv=StratifiedKFold(3, shuffle=True, random_state=0),
         scoring="accuracy",
         refit=False,
-        n_jobs=settings["n_jobs"],
+        n_jobs=n_jobs,
     )
     search.fit(X_train, y_train)
     chosen = {k: v for k, v in search.best_params_.items() if v is not None and v != 0.0}
@@ -571,8 +578,12 @@ def main(argv=None):
     X_train, X_test, y_train, y_test = _load_split()
     n_by_subset = {f: len(_subset(X_train, y_train, f, 0)[1]) for f in settings["subsets"]}
 
-    # The combined setting, chosen on the training split only.
-    chosen, cv_score = _select_combined(X_train, y_train, spec["cv_grid"], settings)
+    # The combined setting, chosen on the training split only, each candidate
+    # trained like the final model.
+    train_like_final = {"max_epochs": final_epochs, "module__channels": channels}
+    chosen, cv_score = _select_combined(
+        X_train, y_train, spec["cv_grid"], train_like_final, n_jobs
+    )
     configs = settings["configs"] + [("cv-selected", "cv-selected", chosen)]
 
     keys, tasks = [], []
@@ -589,7 +600,7 @@ def main(argv=None):
                 tasks.append(delayed(_fit_evaluate)(fit_params, X_sub, y_sub, X_test, y_test))
     # Goal (a): the CV-selected setting, trained longer and wider, on the full
     # training split (same parallel batch).
-    final_params = {**chosen, "max_epochs": final_epochs, "module__channels": channels}
+    final_params = {**chosen, **train_like_final}
     tasks += [
         delayed(_fit_evaluate)(
             {**final_params, "random_state": seed}, X_train, y_train, X_test, y_test
@@ -636,8 +647,8 @@ def main(argv=None):
     )
     epochs = ", ".join(f"{f:.0%} subset {e}" for f, e in settings["epochs"].items())
     setup = (
-        f"Mode: {mode}; {len(seeds)} seeds; max_epochs: {epochs} (CV search and calibration "
-        f"fits: {settings['epochs'][1.0]}; CV-selected final fits: {final_epochs}, "
+        f"Mode: {mode}; {len(seeds)} seeds; max_epochs: {epochs} (calibration fits: "
+        f"{settings['epochs'][1.0]}; CV search and CV-selected final fits: {final_epochs}, "
         f"module__channels={channels}); test n={len(y_test)}; "
         f"run time {elapsed:.0f} s on {machine}."
     )
