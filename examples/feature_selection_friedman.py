@@ -58,6 +58,7 @@ PARAMS = {
     "normalize_y": True,
     "penalize": "weights",
     "train_split": None,
+    "early_stopping": False,  # all 200 epochs on all training rows
     "device": "cpu",
 }
 
