@@ -9,7 +9,7 @@ from the estimator's own prediction:
 - SoftRegRegressor on diabetes, 1-D y (mean and std, alpha=0.1);
 - SoftRegRegressor on make_regression, 2-D y (mean and std, alpha=0: residual std).
 
-Needs ``pip install "sk-softreg[onnx]"``. Run::
+Needs ``pip install -e ".[onnx]"``. Run::
 
     python examples/onnx_export.py --out docs/onnx
 """
