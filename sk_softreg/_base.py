@@ -358,6 +358,10 @@ class SoftRegMixin:
             load_best=True,
         )
 
+    def _torch_device(self):
+        """The resolved ``device`` as a ``torch.device`` (the CPU for ``device=None``)."""
+        return torch.device(self.device) if self.device is not None else torch.device("cpu")
+
     @contextmanager
     def _seeded(self):
         """Seed torch from ``random_state`` inside, and restore the global RNG after."""
@@ -368,7 +372,7 @@ class SoftRegMixin:
             seed = int(self.random_state)
         else:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        device = torch.device(self.device) if self.device is not None else torch.device("cpu")
+        device = self._torch_device()
         cuda_devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
@@ -567,7 +571,9 @@ class SoftRegMixin:
         the layout it was built with.
         """
         if self.module is None and isinstance(self.module_, torch.nn.Module):
-            channels_last = _on_cpu(self.device) and _layout_agnostic(self.optimizer)
+            channels_last = (
+                self._torch_device().type == "cpu" and _layout_agnostic(self.optimizer)
+            )
             self.module_.to(
                 memory_format=torch.channels_last if channels_last else torch.contiguous_format
             )
@@ -605,8 +611,7 @@ class SoftRegMixin:
             return False
         if not _FUSED_OFF_KEYS.isdisjoint(optimizer_kwargs):
             return False
-        device = torch.device(self.device) if self.device is not None else torch.device("cpu")
-        return device.type in _FUSED_DEVICE_TYPES
+        return self._torch_device().type in _FUSED_DEVICE_TYPES
 
     def _set_training(self, training=True):
         """Put the modules and criteria in train or eval mode, skipping those already there.
@@ -923,10 +928,6 @@ class _StepState:
         self.evaluations = None  # [(loss, terms, n)] of the current train_step
 
 
-def _on_cpu(device):
-    return device is None or torch.device(device).type == "cpu"
-
-
 def _layout_agnostic(optimizer):
     """True for torch's own optimizers, which work on any memory layout (not LBFGS)."""
     return (
@@ -961,7 +962,6 @@ def _accepted_kwargs(factory):
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
         return set()
     return set(signature.parameters)
-
 
 
 def _drop_lr_schedulers(state):

@@ -98,7 +98,6 @@ def test_grid_search_on_slice_dataset(digits200, y_kind):
     assert search.best_estimator_.predict(X_sl[:5]).shape == (5,)
 
 
-
 _ORDER = [3, 1, 4, 0, 5, 9, 2, 6, 8, 7]
 
 
