@@ -157,3 +157,28 @@ def test_shuffling_draws_like_dataloader():
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert torch.equal(after_ref, after_got)
     assert not torch.equal(torch.cat([b[1] for b in got]), y)  # it did shuffle
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_blocks_of_batches_match_dataloader(monkeypatch, shuffle, drop_last):
+    """Gathering several batches per block (here 2 of 3 rows, 120 bytes) gives the
+    DataLoader's batches, weights included, across block boundaries."""
+    import sk_softreg._batching as batching
+
+    monkeypatch.setattr(batching, "BLOCK_BYTES", 120)  # rows of 12 + 4 + 4 bytes
+    X = torch.arange(33.0).reshape(11, 3)
+    y = torch.arange(11.0)
+    w = torch.linspace(0.5, 1.5, 11)
+    assert batching.block_batches(3, (X, y, w)) == 2
+    torch.manual_seed(3)
+    ref = list(torch.utils.data.DataLoader(
+        Dataset(batching.pack_weights(X, w), y), batch_size=3, shuffle=shuffle,
+        drop_last=drop_last,
+    ))
+    torch.manual_seed(3)
+    got = list(TensorBatches(X, y, 3, shuffle, drop_last, sample_weight=w))
+    assert len(got) == len(ref) == (3 if drop_last else 4)
+    for (xa, ya), (xb, yb) in zip(ref, got):
+        assert torch.equal(xa["X"], xb["X"]) and torch.equal(ya, yb)
+        assert torch.equal(xa["sample_weight"], xb["sample_weight"])
