@@ -14,7 +14,10 @@ skorch's extension points:
 - ``get_default_callbacks`` / ``get_split_datasets`` add skorch's
   ``EarlyStopping`` and a ``ValidSplit`` when ``early_stopping=True``;
 - ``infer`` / ``get_loss`` keep sample weights away from the module and
-  weight the data loss and the KL term with them.
+  weight the data loss and the KL term with them;
+- ``notify``, ``run_single_epoch``, ``initialize_history`` and
+  ``_zero_grad_optimizer`` keep skorch's per-batch hooks and history at less
+  cost per batch (see :mod:`sk_softreg._batch_loop`).
 """
 
 import copy
@@ -40,6 +43,7 @@ from skorch.dataset import ValidSplit
 from skorch.helper import SliceDataset
 from skorch.utils import is_dataset
 
+from ._batch_loop import BATCH_HOOKS, BatchHistory, batch_length, implements, set_grads_to_none
 from ._batching import (
     FAST_ITERATOR_OPTIONS,
     TensorBatches,
@@ -144,6 +148,7 @@ class SoftRegMixin:
         state.pop("_penalized_cache", None)
         state.pop("_feature_cache", None)
         state.pop("_step_state", None)
+        state.pop("_hooked_callbacks", None)
         return state
 
     def __setstate__(self, state):
@@ -314,9 +319,16 @@ class SoftRegMixin:
         return pack_weights(X, sample_weight.astype(np.float32))
 
     def infer(self, x, **fit_params):
-        """skorch's ``infer``, giving the module only the data of a weighted batch."""
+        """skorch's ``infer``, giving the module only the data of a weighted batch.
+
+        A plain tensor goes straight to ``module_(x.to(device))``, which is
+        what skorch's ``to_tensor`` and ``infer`` do with it.
+        """
         x, _ = unpack_weights(x)
-        return super().infer(x, **fit_params)
+        if type(x) is not torch.Tensor:
+            return super().infer(x, **fit_params)
+        device = self.device
+        return self.module_(x if device is None else x.to(device), **fit_params)
 
     # ------------------------------------------------------------------
     # early stopping
@@ -377,6 +389,22 @@ class SoftRegMixin:
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
             yield
+
+    @contextmanager
+    def _large_eval_batches(self, rows=4096):
+        """Within: evaluation batches of the in-memory fast path hold at least ``rows`` rows,
+        unless ``iterator_valid__batch_size`` is set.
+
+        For the statistics that ``fit`` computes on the training rows at the
+        end (no gradients are kept, so the batch size only trades a little
+        memory for far fewer module calls).
+        """
+        state = self._step_scratch()
+        state.eval_rows = rows
+        try:
+            yield
+        finally:
+            state.eval_rows = 0
 
     def _after_fit(self, X, y, sample_weight=None):
         self._check_finite_weights()
@@ -460,7 +488,7 @@ class SoftRegMixin:
     # checking the recorded float adds no device sync.
     def on_batch_end(self, net, batch=None, training=False, **kwargs):
         super().on_batch_end(net, batch=batch, training=training, **kwargs)
-        epoch = self.history[-1]
+        epoch = list.__getitem__(self.history, -1)  # history[-1], without copying the list
         batches = epoch["batches"]
         key = "train_loss" if training else "valid_loss"
         loss = batches[-1].get(key) if batches else None
@@ -629,6 +657,67 @@ class SoftRegMixin:
                 module.train(training)
 
     # ------------------------------------------------------------------
+    # per-batch bookkeeping (see :mod:`sk_softreg._batch_loop`)
+    def initialize_history(self):
+        """skorch's, with a :class:`~sk_softreg._batch_loop.BatchHistory`."""
+        if isinstance(self.history_, BatchHistory):
+            self.history_.clear()
+        else:
+            self.history_ = BatchHistory()
+        return self
+
+    def notify(self, method_name, **cb_kwargs):
+        """skorch's ``notify``; during a fit, per-batch hooks skip no-op callbacks.
+
+        The net's own method runs first, then the callbacks' in order, as in
+        skorch. For ``on_batch_begin``, ``on_batch_end`` and
+        ``on_grad_computed``, callbacks that inherit skorch's empty
+        ``Callback`` method are left out (listed once per fit, at
+        ``on_train_begin``).
+        """
+        hooked = getattr(self, "_hooked_callbacks", None)
+        if hooked is None or method_name not in hooked:
+            return super().notify(method_name, **cb_kwargs)
+        getattr(self, method_name)(self, **cb_kwargs)
+        for cb in hooked[method_name]:
+            getattr(cb, method_name)(self, **cb_kwargs)
+
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        """skorch's loop over one epoch's batches, with the same hooks and history.
+
+        Per batch: ``on_batch_begin``, ``step_fn``, the loss and the batch size
+        recorded in history, ``on_batch_end``; then the batch count. A tensor
+        batch's size is read with ``len`` instead of skorch's ``get_len``
+        (:func:`~sk_softreg._batch_loop.batch_length`).
+        """
+        if iterator is None:
+            return
+        loss_key, size_key = prefix + "_loss", prefix + "_batch_size"
+        batch_count = 0
+        for batch in iterator:
+            self.notify("on_batch_begin", batch=batch, training=training)
+            step = step_fn(batch, **fit_params)
+            self.history.record_batch(loss_key, step["loss"].item())
+            Xi = batch[0] if isinstance(batch, (tuple, list)) else batch
+            self.history.record_batch(size_key, batch_length(Xi))
+            self.notify("on_batch_end", batch=batch, training=training, **step)
+            batch_count += 1
+        self.history.record(prefix + "_batch_count", batch_count)
+
+    def _zero_grad_optimizer(self, set_to_none=None):
+        """skorch's; torch optimizers' gradients are set to None directly
+        (:func:`~sk_softreg._batch_loop.set_grads_to_none`), as their
+        ``zero_grad()`` does by default."""
+        for name in self._optimizers:
+            optimizer = getattr(self, name + "_")
+            if set_to_none is None and set_grads_to_none(optimizer):
+                continue
+            if set_to_none is None:
+                optimizer.zero_grad()
+            else:
+                optimizer.zero_grad(set_to_none=set_to_none)
+
+    # ------------------------------------------------------------------
     # fast path for in-memory arrays
     def get_iterator(self, dataset, training=False):
         """Mini-batches of ``dataset``: tensor slices when possible, else skorch's DataLoader.
@@ -675,6 +764,9 @@ class SoftRegMixin:
             source = fast_batches_source(dataset)
         if source is None:
             return super().get_iterator(dataset, training=training)
+        state = getattr(self, "_step_state", None)
+        if state is not None and not training and "batch_size" not in kwargs:
+            batch_size = max(batch_size, state.eval_rows)
         cache = getattr(self, "_batches_cache", None)
         cached = cache.get(id(dataset)) if cache is not None else None
         if cached is not None and cached[0] is dataset:
@@ -699,6 +791,9 @@ class SoftRegMixin:
         # (e.g. by a scoring callback that predicts on the validation set)
         self._batches_cache = {}
         self._penalized_cache = ()
+        self._hooked_callbacks = {
+            hook: [cb for _, cb in self.callbacks_ if implements(cb, hook)] for hook in BATCH_HOOKS
+        }
         if self.lambda_features:
             try:
                 self._feature_weight()
@@ -707,6 +802,7 @@ class SoftRegMixin:
                 raise
 
     def on_train_end(self, net, X=None, y=None, **kwargs):
+        self._hooked_callbacks = None
         self._batches_cache = None
         self._penalized_cache = None
         self._feature_cache = None
@@ -921,11 +1017,12 @@ class _StepState:
     whose ``__setattr__`` inspects every value for torch components.
     """
 
-    __slots__ = ("l2_grad_pending", "evaluations")
+    __slots__ = ("l2_grad_pending", "evaluations", "eval_rows")
 
     def __init__(self):
         self.l2_grad_pending = False  # get_loss leaves λ2 out of the graph
         self.evaluations = None  # [(loss, terms, n)] of the current train_step
+        self.eval_rows = 0  # least rows per evaluation batch (see _large_eval_batches)
 
 
 def _layout_agnostic(optimizer):

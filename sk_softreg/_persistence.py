@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 import torch
 
+from ._batch_loop import BatchHistory
 from ._exceptions import ModelFileError
 
 __all__ = ["load", "save"]
@@ -312,9 +313,7 @@ def load(path, *, device=None, trusted_modules=()):
         except RuntimeError as exc:
             raise ModelFileError(f"The weights in {path!r} do not fit the network: {exc}") from None
     if config.get("history") is not None:
-        from skorch.history import History
-
-        est.history_ = History(config["history"])
+        est.history_ = BatchHistory(config["history"])
     return est
 
 

@@ -412,7 +412,11 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
 
     def _data_loss(self, y_pred, y_true, X=None, training=False):
         mu = self._means(y_pred)
-        y_true = to_tensor(y_true, device=self.device)
+        device = self.device
+        if type(y_true) is not torch.Tensor:
+            y_true = to_tensor(y_true, device=device)
+        elif device is not None:  # what to_tensor does with a tensor
+            y_true = y_true.to(device)
         return self.criterion_(mu, y_true.view_as(mu))
 
     def _kl_term(self, y_pred, y_true):
@@ -421,7 +425,8 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
 
     def _after_fit(self, X, y, sample_weight=None):
         super()._after_fit(X, y, sample_weight)
-        mu, _ = self._predict_standardized(X)
+        with self._large_eval_batches():
+            mu, _ = self._predict_standardized(X)
         residual = y.reshape(len(y), -1) - mu
         mse = np.average(residual.astype(np.float64) ** 2, axis=0, weights=sample_weight)
         self.residual_std_ = np.sqrt(mse) * self.y_scale_

@@ -1,0 +1,145 @@
+"""The lean per-batch bookkeeping against skorch's own (sk_softreg._batch_loop)."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_regression
+from skorch import NeuralNet
+from skorch.callbacks import Callback, EpochScoring
+from skorch.dataset import ValidSplit
+from skorch.history import History
+
+from sk_softreg import SoftRegRegressor
+from sk_softreg._base import SoftRegMixin
+from sk_softreg._batch_loop import BatchHistory, implements, set_grads_to_none
+
+
+class HookLog(Callback):
+    """Logs every per-batch hook it receives, and checks the gradients it is shown."""
+
+    def initialize(self):
+        self.calls = []
+        return self
+
+    def on_batch_begin(self, net, batch=None, training=None, **kwargs):
+        self.calls.append(("begin", training, len(batch[0])))
+
+    def on_grad_computed(self, net, named_parameters, **kwargs):
+        grads = [p.grad for _, p in named_parameters]
+        assert grads and all(g is not None for g in grads)
+        self.calls.append(("grad",))
+
+    def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
+        self.calls.append(("end", training, loss.item()))
+
+
+class Silent(Callback):
+    """Inherits every batch hook from skorch's Callback."""
+
+
+def _data():
+    X, y = make_regression(n_samples=150, n_features=5, noise=1.0, random_state=0)
+    return X.astype(np.float32), y.astype(np.float32)
+
+
+def _fit(skorch_loop, monkeypatch, **kwargs):
+    """A seeded fit with our loop, or with skorch's notify/run_single_epoch/zero_grad/history."""
+    if skorch_loop:
+        for name in ("notify", "run_single_epoch", "_zero_grad_optimizer", "initialize_history"):
+            monkeypatch.setattr(SoftRegMixin, name, getattr(NeuralNet, name))
+    log = HookLog()
+    per_instance = Silent()
+    per_instance.on_batch_end = lambda net, **kw: log.calls.append(("instance",))
+    params = dict(
+        lambda1=1e-3, lambda2=1e-3, alpha=0.1, max_epochs=3, batch_size=32, random_state=0,
+        train_split=ValidSplit(0.2, random_state=0), early_stopping=False,
+        callbacks=[("log", log), ("silent", Silent()), ("instance", per_instance),
+                   ("r2", EpochScoring("r2", lower_is_better=False))],
+    )
+    est = SoftRegRegressor(**{**params, **kwargs}).fit(*_data())
+    monkeypatch.undo()
+    return est, log.calls
+
+
+def _without_durations(history):
+    return [{k: v for k, v in row.items() if k != "dur"} for row in history]
+
+
+def test_same_history_hooks_and_weights_as_skorchs_loop(monkeypatch):
+    ours, ours_calls = _fit(False, monkeypatch)
+    ref, ref_calls = _fit(True, monkeypatch)
+    assert type(ours.history_) is BatchHistory and type(ref.history_) is History
+    assert _without_durations(ours.history_) == _without_durations(ref.history_)
+    assert ours_calls == ref_calls
+    # 3 epochs of 4 training (120 rows) and 1 validation batches; training batches
+    # also see the gradients; the instance-level hook runs after each batch
+    n_train = sum(1 for c in ours_calls if c[:2] == ("begin", True))
+    assert n_train == 12 and ours_calls.count(("grad",)) == 12
+    assert ours_calls.count(("instance",)) == 15
+    for a, b in zip(ours.module_.parameters(), ref.module_.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_no_op_hooks_are_recognized():
+    log, silent = HookLog(), Silent()
+    assert implements(log, "on_batch_end") and not implements(silent, "on_batch_end")
+    silent.on_batch_begin = lambda net, **kw: None
+    assert implements(silent, "on_batch_begin") and not implements(silent, "on_grad_computed")
+
+
+def test_set_grads_to_none_only_for_torchs_zero_grad():
+    w = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([w], lr=0.1)
+    w.grad = torch.ones(3)
+    assert set_grads_to_none(optimizer) and w.grad is None
+
+    class KeepsGrads(torch.optim.SGD):
+        def zero_grad(self, set_to_none=True):
+            pass
+
+    custom = KeepsGrads([w], lr=0.1)
+    w.grad = torch.ones(3)
+    assert not set_grads_to_none(custom) and w.grad is not None
+
+
+def test_custom_zero_grad_is_still_called():
+    calls = []
+
+    class CountingSGD(torch.optim.SGD):
+        def zero_grad(self, set_to_none=True):
+            calls.append(set_to_none)
+            super().zero_grad(set_to_none)
+
+    est = SoftRegRegressor(optimizer=CountingSGD, max_epochs=2, batch_size=50, random_state=0,
+                           early_stopping=False)
+    est.fit(*_data())
+    assert len(calls) == 2 * 3
+
+
+def test_batch_history_is_a_history():
+    rows = []
+    for cls in (History, BatchHistory):
+        history = cls()
+        history.new_epoch()
+        history.new_batch()
+        history.record_batch("train_loss", 0.5)
+        history.new_batch()
+        history.record_batch("train_loss", 0.25)
+        history.record("epoch", 1)
+        rows.append(history.to_list())
+        restored = pickle.loads(pickle.dumps(history))
+        assert type(restored) is cls and restored.to_list() == history.to_list()
+        assert history[-1, "batches", :, "train_loss"] == [0.5, 0.25]
+    assert rows[0] == rows[1]
+
+
+@pytest.mark.parametrize("batch_size", [16, 4096])
+def test_residual_std_does_not_depend_on_the_evaluation_batches(batch_size):
+    """_after_fit evaluates the training rows in large batches; predict uses batch_size."""
+    X, y = _data()
+    est = SoftRegRegressor(max_epochs=3, batch_size=batch_size, random_state=0,
+                           early_stopping=False).fit(X, y)
+    resid = y - est.predict(X)
+    np.testing.assert_allclose(est.residual_std_[0], np.sqrt(np.mean(resid**2)), rtol=1e-5)
