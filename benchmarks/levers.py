@@ -19,6 +19,7 @@ interleaved (rotated order per repeat) and the table gives the median ratios.
 
 import argparse
 import sys
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import run  # noqa: E402  (benchmarks/run.py: data, hand-written loops, timing)
 
 import sk_softreg._base as base  # noqa: E402
+import sk_softreg._batching as batching  # noqa: E402
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor  # noqa: E402
 
 
@@ -71,17 +73,37 @@ def _l2_through_loss(self, batch, **fit_params):
     return NeuralNet.train_step_single(self, batch, **fit_params)
 
 
-#: lever -> (class attributes of the variant, estimator parameters, module patches)
+@contextmanager
+def _fit_batch_size(self):
+    yield
+
+
+#: skorch's own per-batch bookkeeping (sk_softreg._batch_loop undone)
+_SKORCH_BOOKKEEPING = {
+    name: getattr(NeuralNet, name)
+    for name in ("notify", "run_single_epoch", "initialize_history")
+}
+
+#: lever -> (class attributes of the variant, estimator parameters,
+#: patches {(module, name): value})
 UNDO = {
     "all levers on": ({}, {}, {}),
     "no fused Adam default": ({}, {"optimizer__fused": False}, {}),
     "module.train() every batch": ({"_set_training": _skorch_set_training}, {}, {}),
+    "skorch's notify, history rows, get_len": (_SKORCH_BOOKKEEPING, {}, {}),
+    "optimizer.zero_grad()": (
+        {"_zero_grad_optimizer": NeuralNet._zero_grad_optimizer}, {}, {}),
+    "one gather per batch": ({}, {}, {(batching, "BLOCK_BYTES"): 0}),
+    "end-of-fit residuals in fit's batches": ({"_large_eval_batches": _fit_batch_size}, {}, {}),
     "lambda2 backpropagated": ({"train_step_single": _l2_through_loss}, {}, {}),
-    "L1 value by 1-norm kernel": ({}, {}, {"l1_penalty": _l1_by_norm}),
-    "previous prox kernels": ({}, {}, {"prox_l1_": _prox_by_foreach,
-                                       "prox_thresholds": _thresholds_in_five_kernels}),
+    "L1 value by 1-norm kernel": ({}, {}, {(base, "l1_penalty"): _l1_by_norm}),
+    "previous prox kernels": ({}, {}, {(base, "prox_l1_"): _prox_by_foreach,
+                                       (base, "prox_thresholds"): _thresholds_in_five_kernels}),
 }
-STEP_LEVERS = ("all levers on", "no fused Adam default", "module.train() every batch")
+STEP_LEVERS = ("all levers on", "no fused Adam default", "module.train() every batch",
+               "skorch's notify, history rows, get_len", "optimizer.zero_grad()",
+               "one gather per batch")
+MLP_LEVERS = ("end-of-fit residuals in fit's batches",)
 PENALTY_LEVERS = ("all levers on", "lambda2 backpropagated", "L1 value by 1-norm kernel",
                   "previous prox kernels")
 
@@ -89,16 +111,16 @@ PENALTY_LEVERS = ("all levers on", "lambda2 backpropagated", "L1 value by 1-norm
 def variant_fit(cls, lever, X, y, epochs, **params):
     attrs, extra, patches = UNDO[lever]
     est_cls = type(cls.__name__, (cls,), attrs) if attrs else cls
-    saved = {name: getattr(base, name) for name in patches}
-    for name, value in patches.items():
-        setattr(base, name, value)
+    saved = {target: getattr(*target) for target in patches}
+    for (module, name), value in patches.items():
+        setattr(module, name, value)
     try:
         est = est_cls(**run.fixed_epochs(cls, epochs), batch_size=64, random_state=0,
                       device="cpu", **params, **extra)
         return run._check_epochs(est.fit(X, y), epochs)
     finally:
-        for name, value in saved.items():
-            setattr(base, name, value)
+        for (module, name), value in saved.items():
+            setattr(module, name, value)
 
 
 def _rows(lines, t, levers, reference, workload):
@@ -123,17 +145,18 @@ def main(argv=None):
     X, y = run.digits_images()
     mlp = {f"module__{k}": v for k, v in run.MLP.items()}
     workloads = [
-        ("MLP 20-64-64", SoftRegRegressor, Xr, yr, mlp, run.hand_mlp_fit),
-        ("CNN digits", SoftRegCNNClassifier, X, y, {}, run.hand_cnn_fit),
+        ("MLP 20-64-64", SoftRegRegressor, Xr, yr, mlp, run.hand_mlp_fit,
+         STEP_LEVERS + MLP_LEVERS),
+        ("CNN digits", SoftRegCNNClassifier, X, y, {}, run.hand_cnn_fit, STEP_LEVERS),
     ]
-    for name, cls, Xw, yw, params, hand_fit in workloads:
+    for name, cls, Xw, yw, params, hand_fit, levers in workloads:
         funcs = {lever: partial(variant_fit, cls, lever, Xw, yw, epochs, **params)
-                 for lever in STEP_LEVERS}
+                 for lever in levers}
         funcs["hand"] = partial(hand_fit, Xw, yw, epochs)
         funcs["hand_fused"] = partial(hand_fit, Xw, yw, epochs, fused=True)
         t = run.interleaved(funcs, repeats)
         hand, label = run.fastest_hand(t)
-        _rows(lines, t, STEP_LEVERS, hand, f"{name} / fastest hand loop ({label})")
+        _rows(lines, t, levers, hand, f"{name} / fastest hand loop ({label})")
 
     # penalties on / off
     for n_threads in (1, 2):

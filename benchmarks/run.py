@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 import warnings
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -98,13 +100,15 @@ def hand_fit(module, X, y, loss_fn, lr, epochs, batch_size=64, fused=False, devi
     Xt, yt = torch.as_tensor(X, device=device), torch.as_tensor(y, device=device)
     if channels_last:
         Xt = Xt.contiguous(memory_format=torch.channels_last)
+    # the autocast context only where it is used: entered per batch it costs time
+    autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16) if autocast_bf16 else nullcontext
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(Xt), device=device)
         for start in range(0, len(Xt), batch_size):
             idx = order[start:start + batch_size]
             optimizer.zero_grad()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
+            with autocast():
                 loss = loss_fn(model(Xt[idx]), yt[idx])
             loss.backward()
             optimizer.step()
