@@ -43,7 +43,13 @@ from skorch.dataset import ValidSplit
 from skorch.helper import SliceDataset
 from skorch.utils import is_dataset
 
-from ._batch_loop import BATCH_HOOKS, BatchHistory, batch_length, implements, set_grads_to_none
+from ._batch_loop import (
+    BATCH_HOOKS,
+    BatchHistory,
+    batch_length,
+    hook_calls,
+    set_grads_to_none,
+)
 from ._batching import (
     FAST_ITERATOR_OPTIONS,
     TensorBatches,
@@ -667,20 +673,20 @@ class SoftRegMixin:
         return self
 
     def notify(self, method_name, **cb_kwargs):
-        """skorch's ``notify``; during a fit, per-batch hooks skip no-op callbacks.
+        """skorch's ``notify``; during a fit, per-batch hooks skip empty methods.
 
         The net's own method runs first, then the callbacks' in order, as in
         skorch. For ``on_batch_begin``, ``on_batch_end`` and
-        ``on_grad_computed``, callbacks that inherit skorch's empty
-        ``Callback`` method are left out (listed once per fit, at
-        ``on_train_begin``).
+        ``on_grad_computed``, methods that are skorch's empty ones
+        (``Callback``'s, ``NeuralNet``'s) are left out; the calls are listed
+        once per fit, at ``on_train_begin``
+        (:func:`~sk_softreg._batch_loop.hook_calls`).
         """
         hooked = getattr(self, "_hooked_callbacks", None)
         if hooked is None or method_name not in hooked:
             return super().notify(method_name, **cb_kwargs)
-        getattr(self, method_name)(self, **cb_kwargs)
-        for cb in hooked[method_name]:
-            getattr(cb, method_name)(self, **cb_kwargs)
+        for method in hooked[method_name]:
+            method(self, **cb_kwargs)
 
     def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
         """skorch's loop over one epoch's batches, with the same hooks and history.
@@ -791,9 +797,7 @@ class SoftRegMixin:
         # (e.g. by a scoring callback that predicts on the validation set)
         self._batches_cache = {}
         self._penalized_cache = ()
-        self._hooked_callbacks = {
-            hook: [cb for _, cb in self.callbacks_ if implements(cb, hook)] for hook in BATCH_HOOKS
-        }
+        self._hooked_callbacks = {hook: hook_calls(self, hook) for hook in BATCH_HOOKS}
         if self.lambda_features:
             try:
                 self._feature_weight()

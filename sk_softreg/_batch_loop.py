@@ -18,6 +18,7 @@ only work that changes nothing:
 """
 
 import torch
+from skorch import NeuralNet
 from skorch.callbacks import Callback
 from skorch.dataset import get_len
 from skorch.history import History
@@ -26,12 +27,15 @@ __all__ = [
     "BATCH_HOOKS",
     "BatchHistory",
     "batch_length",
+    "hook_calls",
     "implements",
     "set_grads_to_none",
 ]
 
 #: The callback methods that skorch calls once per batch.
 BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_grad_computed")
+#: Those whose ``NeuralNet`` method is empty (skorch 1.4: ``pass``).
+_EMPTY_NET_HOOKS = ("on_batch_end", "on_grad_computed")
 
 
 class BatchHistory(History):
@@ -64,6 +68,19 @@ def implements(callback, hook):
     return getattr(type(callback), hook, None) is not getattr(Callback, hook)
 
 
+def hook_calls(net, hook):
+    """The bound methods that ``net.notify(hook, ...)`` has to call, in skorch's order.
+
+    The net's own method first, unless it is ``NeuralNet``'s empty one, then
+    each callback that :func:`implements` the hook.
+    """
+    calls = []
+    if hook not in _EMPTY_NET_HOOKS or getattr(type(net), hook) is not getattr(NeuralNet, hook):
+        calls.append(getattr(net, hook))
+    calls += [getattr(cb, hook) for _, cb in net.callbacks_ if implements(cb, hook)]
+    return calls
+
+
 def batch_length(Xi):
     """The number of rows of a batch's ``Xi``: ``len`` for a tensor, else skorch's ``get_len``."""
     if type(Xi) is torch.Tensor:
@@ -90,3 +107,4 @@ def set_grads_to_none(optimizer):
         for p in group["params"]:
             p.grad = None
     return True
+

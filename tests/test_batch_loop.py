@@ -13,7 +13,12 @@ from skorch.history import History
 
 from sk_softreg import SoftRegRegressor
 from sk_softreg._base import SoftRegMixin
-from sk_softreg._batch_loop import BatchHistory, implements, set_grads_to_none
+from sk_softreg._batch_loop import (
+    BatchHistory,
+    hook_calls,
+    implements,
+    set_grads_to_none,
+)
 
 
 class HookLog(Callback):
@@ -87,6 +92,22 @@ def test_no_op_hooks_are_recognized():
     assert implements(log, "on_batch_end") and not implements(silent, "on_batch_end")
     silent.on_batch_begin = lambda net, **kw: None
     assert implements(silent, "on_batch_begin") and not implements(silent, "on_grad_computed")
+
+
+def test_hook_calls_leave_out_empty_methods_only():
+    est = SoftRegRegressor(callbacks=[("log", HookLog()), ("silent", Silent())], max_epochs=1,
+                           early_stopping=False).fit(*_data())
+    log = dict(est.callbacks_)["log"]
+    # NeuralNet.on_batch_begin records the batch row; our on_batch_end checks the loss
+    assert hook_calls(est, "on_batch_begin") == [est.on_batch_begin, log.on_batch_begin]
+    assert hook_calls(est, "on_batch_end") == [est.on_batch_end, log.on_batch_end]
+    assert hook_calls(est, "on_grad_computed") == [log.on_grad_computed]
+
+
+def test_lbfgs_fits():
+    est = SoftRegRegressor(optimizer=torch.optim.LBFGS, lr=0.5, max_epochs=2, batch_size=150,
+                           random_state=0, early_stopping=False).fit(*_data())
+    assert np.isfinite(est.history_[-1, "train_loss"])
 
 
 def test_set_grads_to_none_only_for_torchs_zero_grad():
