@@ -38,15 +38,17 @@ from sklearn.utils._param_validation import (
     validate_parameter_constraints,
 )
 from sklearn.utils.validation import _check_sample_weight, check_consistent_length
+from skorch import NeuralNet
 from skorch.callbacks import EarlyStopping
 from skorch.dataset import ValidSplit
 from skorch.helper import SliceDataset
-from skorch.utils import is_dataset
+from skorch.utils import TeeGenerator, is_dataset
 
 from ._batch_loop import (
     BATCH_HOOKS,
     BatchHistory,
     batch_length,
+    closure_free,
     hook_calls,
     set_grads_to_none,
 )
@@ -922,17 +924,51 @@ class SoftRegMixin:
         evaluates the loss several times per step).
         """
         if not (self.lambda1 or self.lambda2 or self.alpha or self.lambda_features):
-            return super().train_step(batch, **fit_params)
+            return self._optimizer_step(batch, **fit_params)
         state = self._step_scratch()
         state.evaluations = evaluations = []
         try:
-            step = super().train_step(batch, **fit_params)
+            step = self._optimizer_step(batch, **fit_params)
         finally:
             state.evaluations = None
         if evaluations:
             chosen = next((e for e in evaluations if e[0] is step["loss"]), evaluations[0])
             self._accumulate_terms(chosen[1], chosen[2])
         self._proximal_step()
+        return step
+
+    def _optimizer_step(self, batch, **fit_params):
+        """skorch's ``NeuralNet.train_step``, without the closure where it changes nothing.
+
+        skorch hands a closure (zero_grad, ``train_step_single``,
+        ``on_grad_computed``) to ``optimizer.step``. A sole ``torch.optim``
+        optimizer other than LBFGS calls it once, first, under
+        ``torch.enable_grad()``; here the closure's work runs that way and then
+        ``optimizer.step()``: the same operations in the same order
+        (:func:`~sk_softreg._batch_loop.closure_free`). ``on_grad_computed`` is
+        notified when anything implements it. Several optimizers, LBFGS,
+        other optimizers, step pre-hooks and an overridden
+        ``get_train_step_accumulator`` take skorch's own ``train_step``.
+        """
+        optimizer = None
+        if len(self._optimizers) == 1 and (
+            type(self).get_train_step_accumulator is NeuralNet.get_train_step_accumulator
+        ):
+            optimizer = getattr(self, self._optimizers[0] + "_")
+        if optimizer is None or not closure_free(optimizer):
+            return super().train_step(batch, **fit_params)
+        with torch.enable_grad():
+            self._zero_grad_optimizer()
+            step = self.train_step_single(batch, **fit_params)
+            hooked = getattr(self, "_hooked_callbacks", None)
+            if hooked is None or hooked["on_grad_computed"]:
+                self.notify(
+                    "on_grad_computed",
+                    named_parameters=TeeGenerator(self.get_all_learnable_params()),
+                    batch=batch,
+                    training=True,
+                )
+        optimizer.step()
         return step
 
     def _step_scratch(self):

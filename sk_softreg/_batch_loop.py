@@ -14,7 +14,10 @@ only work that changes nothing:
 - :func:`batch_length` reads a tensor batch's length with ``len``;
 - :func:`set_grads_to_none` is ``optimizer.zero_grad()`` without torch's
   profiler and compiler wrappers, for optimizers that keep torch's own
-  ``zero_grad``.
+  ``zero_grad``;
+- :func:`closure_free` tells when ``optimizer.step(closure)`` may be replaced
+  by the closure's work and then ``optimizer.step()``: the same operations in
+  the same order.
 """
 
 import torch
@@ -22,11 +25,13 @@ from skorch import NeuralNet
 from skorch.callbacks import Callback
 from skorch.dataset import get_len
 from skorch.history import History
+from torch.optim.optimizer import _global_optimizer_pre_hooks
 
 __all__ = [
     "BATCH_HOOKS",
     "BatchHistory",
     "batch_length",
+    "closure_free",
     "hook_calls",
     "implements",
     "set_grads_to_none",
@@ -108,3 +113,19 @@ def set_grads_to_none(optimizer):
             p.grad = None
     return True
 
+
+
+def closure_free(optimizer):
+    """Whether ``optimizer.step(closure)`` equals the closure's work, then ``optimizer.step()``.
+
+    True for an optimizer of ``torch.optim`` other than ``LBFGS`` (they call
+    the closure once, first, under ``torch.enable_grad()``) when no step
+    pre-hook is registered (a pre-hook runs before the closure in the one
+    order and after it in the other).
+    """
+    return (
+        type(optimizer).__module__.startswith("torch.optim.")
+        and not isinstance(optimizer, torch.optim.LBFGS)
+        and not getattr(optimizer, "_optimizer_step_pre_hooks", None)
+        and not _global_optimizer_pre_hooks
+    )

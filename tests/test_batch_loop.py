@@ -10,11 +10,13 @@ from skorch import NeuralNet
 from skorch.callbacks import Callback, EpochScoring
 from skorch.dataset import ValidSplit
 from skorch.history import History
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from sk_softreg import SoftRegRegressor
 from sk_softreg._base import SoftRegMixin
 from sk_softreg._batch_loop import (
     BatchHistory,
+    closure_free,
     hook_calls,
     implements,
     set_grads_to_none,
@@ -54,6 +56,7 @@ def _fit(skorch_loop, monkeypatch, **kwargs):
     if skorch_loop:
         for name in ("notify", "run_single_epoch", "_zero_grad_optimizer", "initialize_history"):
             monkeypatch.setattr(SoftRegMixin, name, getattr(NeuralNet, name))
+        monkeypatch.setattr(SoftRegMixin, "_optimizer_step", NeuralNet.train_step)
     log = HookLog()
     per_instance = Silent()
     per_instance.on_batch_end = lambda net, **kw: log.calls.append(("instance",))
@@ -102,6 +105,36 @@ def test_hook_calls_leave_out_empty_methods_only():
     assert hook_calls(est, "on_batch_begin") == [est.on_batch_begin, log.on_batch_begin]
     assert hook_calls(est, "on_batch_end") == [est.on_batch_end, log.on_batch_end]
     assert hook_calls(est, "on_grad_computed") == [log.on_grad_computed]
+
+
+def test_closure_free_optimizers():
+    w = torch.nn.Parameter(torch.ones(3))
+    assert closure_free(torch.optim.Adam([w])) and closure_free(torch.optim.SGD([w], lr=0.1))
+    assert not closure_free(torch.optim.LBFGS([w]))
+    hooked = torch.optim.Adam([w])
+    handle = hooked.register_step_pre_hook(lambda opt, args, kwargs: None)
+    assert not closure_free(hooked)
+    handle.remove()
+    assert closure_free(hooked)
+
+    class Custom(torch.optim.Optimizer):  # defined outside torch.optim: may need the closure
+        def step(self, closure):
+            return closure()
+
+    assert not closure_free(Custom([w], {}))
+
+
+def test_step_pre_hook_sees_skorchs_order():
+    """With a step pre-hook the step takes skorch's closure: the hook runs before backward."""
+    seen = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append(opt.param_groups[0]["params"][0].grad))
+    try:
+        SoftRegRegressor(max_epochs=1, batch_size=150, random_state=0,
+                         early_stopping=False).fit(*_data())
+    finally:
+        handle.remove()
+    assert seen == [None]  # inside step(closure): zero_grad ran, backward had not yet
 
 
 def test_lbfgs_fits():
