@@ -73,6 +73,10 @@ def _l2_through_loss(self, batch, **fit_params):
     return NeuralNet.train_step_single(self, batch, **fit_params)
 
 
+def _skorch_train_step(self, batch, **fit_params):
+    return NeuralNet.train_step(self, batch, **fit_params)
+
+
 @contextmanager
 def _fit_batch_size(self):
     yield
@@ -94,6 +98,7 @@ UNDO = {
     "optimizer.zero_grad()": (
         {"_zero_grad_optimizer": NeuralNet._zero_grad_optimizer}, {}, {}),
     "one gather per batch": ({}, {}, {(batching, "BLOCK_BYTES"): 0}),
+    "skorch's train_step (closure)": ({"_optimizer_step": _skorch_train_step}, {}, {}),
     "end-of-fit residuals in fit's batches": ({"_large_eval_batches": _fit_batch_size}, {}, {}),
     "lambda2 backpropagated": ({"train_step_single": _l2_through_loss}, {}, {}),
     "L1 value by 1-norm kernel": ({}, {}, {(base, "l1_penalty"): _l1_by_norm}),
@@ -102,7 +107,7 @@ UNDO = {
 }
 STEP_LEVERS = ("all levers on", "no fused Adam default", "module.train() every batch",
                "skorch's notify, history rows, get_len", "optimizer.zero_grad()",
-               "one gather per batch")
+               "one gather per batch", "skorch's train_step (closure)")
 MLP_LEVERS = ("end-of-fit residuals in fit's batches",)
 PENALTY_LEVERS = ("all levers on", "lambda2 backpropagated", "L1 value by 1-norm kernel",
                   "previous prox kernels")
