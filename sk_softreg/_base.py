@@ -55,6 +55,7 @@ from ._batch_loop import (
 from ._batching import (
     FAST_ITERATOR_OPTIONS,
     TensorBatches,
+    block_batches,
     fast_batches_source,
     pack_weights,
     prepare_tensors,
@@ -400,8 +401,9 @@ class SoftRegMixin:
 
     @contextmanager
     def _large_eval_batches(self, rows=4096):
-        """Within: evaluation batches of the in-memory fast path hold at least ``rows`` rows,
-        unless ``iterator_valid__batch_size`` is set.
+        """Within: evaluation batches of the in-memory fast path hold up to ``rows`` rows
+        (and at most :data:`~sk_softreg._batching.BLOCK_BYTES` of data), never fewer
+        than ``batch_size``, unless ``iterator_valid__batch_size`` is set.
 
         For the statistics that ``fit`` computes on the training rows at the
         end (no gradients are kept, so the batch size only trades a little
@@ -772,9 +774,6 @@ class SoftRegMixin:
             source = fast_batches_source(dataset)
         if source is None:
             return super().get_iterator(dataset, training=training)
-        state = getattr(self, "_step_state", None)
-        if state is not None and not training and "batch_size" not in kwargs:
-            batch_size = max(batch_size, state.eval_rows)
         cache = getattr(self, "_batches_cache", None)
         cached = cache.get(id(dataset)) if cache is not None else None
         if cached is not None and cached[0] is dataset:
@@ -783,6 +782,11 @@ class SoftRegMixin:
             tensors = prepare_tensors(*source, device=self.device)
             if cache is not None:
                 cache[id(dataset)] = (dataset, tensors)
+        state = getattr(self, "_step_state", None)
+        if state is not None and state.eval_rows and not training and "batch_size" not in kwargs:
+            # _large_eval_batches: up to eval_rows rows, within BLOCK_BYTES of data
+            rows = min(state.eval_rows, block_batches(1, tensors))
+            batch_size = max(batch_size, rows)
         X, y, sample_weight = tensors
         return TensorBatches(
             X,

@@ -23,7 +23,9 @@ import torch
 from skorch.dataset import Dataset
 
 __all__ = [
+    "BLOCK_BYTES",
     "TensorBatches",
+    "block_batches",
     "fast_batches_source",
     "pack_weights",
     "prepare_tensors",

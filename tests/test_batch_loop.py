@@ -197,3 +197,20 @@ def test_residual_std_does_not_depend_on_the_evaluation_batches(batch_size):
                            early_stopping=False).fit(X, y)
     resid = y - est.predict(X)
     np.testing.assert_allclose(est.residual_std_[0], np.sqrt(np.mean(resid**2)), rtol=1e-5)
+
+
+def test_large_eval_batches_are_bounded_in_rows_and_bytes(monkeypatch):
+    import sk_softreg._batching as batching
+
+    X, y = _data()  # 5 float32 features (no target when predicting): 20 bytes per row
+    est = SoftRegRegressor(max_epochs=1, batch_size=16, random_state=0,
+                           early_stopping=False).fit(X, y)
+    dataset = est.get_dataset(X)
+    with est._large_eval_batches(rows=100):
+        assert est.get_iterator(dataset, training=False).batch_size == 100
+        assert est.get_iterator(dataset, training=True).batch_size == 16
+        monkeypatch.setattr(batching, "BLOCK_BYTES", 20 * 40)
+        assert est.get_iterator(dataset, training=False).batch_size == 40
+        monkeypatch.setattr(batching, "BLOCK_BYTES", 20)
+        assert est.get_iterator(dataset, training=False).batch_size == 16  # never below
+    assert est.get_iterator(dataset, training=False).batch_size == 16
