@@ -17,7 +17,9 @@ skorch's extension points:
   weight the data loss and the KL term with them;
 - ``notify``, ``run_single_epoch``, ``initialize_history`` and
   ``_zero_grad_optimizer`` keep skorch's per-batch hooks and history at less
-  cost per batch (see :mod:`sk_softreg._batch_loop`).
+  cost per batch, and ``train_step`` steps a sole torch optimizer after the
+  closure's work rather than through the closure (see
+  :mod:`sk_softreg._batch_loop`).
 """
 
 import copy
