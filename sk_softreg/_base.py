@@ -44,7 +44,7 @@ from skorch import NeuralNet
 from skorch.callbacks import EarlyStopping
 from skorch.dataset import ValidSplit
 from skorch.helper import SliceDataset
-from skorch.utils import TeeGenerator, is_dataset
+from skorch.utils import TeeGenerator, is_dataset, to_tensor
 
 from ._batch_loop import (
     BATCH_HOOKS,
@@ -338,8 +338,15 @@ class SoftRegMixin:
         x, _ = unpack_weights(x)
         if type(x) is not torch.Tensor:
             return super().infer(x, **fit_params)
+        return self.module_(self._on_device(x), **fit_params)
+
+    def _on_device(self, x):
+        """skorch's ``to_tensor(x, device=self.device)``; a plain tensor takes the short way,
+        ``x.to(device)``, which is what ``to_tensor`` does with it."""
         device = self.device
-        return self.module_(x if device is None else x.to(device), **fit_params)
+        if type(x) is not torch.Tensor:
+            return to_tensor(x, device=device)
+        return x if device is None else x.to(device)
 
     # ------------------------------------------------------------------
     # early stopping

@@ -13,7 +13,6 @@ from sklearn.utils.validation import (
     validate_data,
 )
 from skorch import NeuralNetRegressor
-from skorch.utils import to_tensor
 
 from ._base import SoftRegMixin, _first_sample_shape, _is_dataset
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
@@ -412,11 +411,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
 
     def _data_loss(self, y_pred, y_true, X=None, training=False):
         mu = self._means(y_pred)
-        device = self.device
-        if type(y_true) is not torch.Tensor:
-            y_true = to_tensor(y_true, device=device)
-        elif device is not None:  # what to_tensor does with a tensor
-            y_true = y_true.to(device)
+        y_true = self._on_device(y_true)
         return self.criterion_(mu, y_true.view_as(mu))
 
     def _kl_term(self, y_pred, y_true):
