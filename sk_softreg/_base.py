@@ -865,28 +865,33 @@ class SoftRegMixin:
             data = weighted_mean(self._per_sample_data_loss(y_pred, y_true, X, training), weights)
         if not training or not (self.lambda1 or self.lambda2 or self.alpha or self.lambda_features):
             return data
-        zero = data.new_zeros(())
-        l1 = l2 = features = zero
+        state = getattr(self, "_step_state", None)
+        l1 = l2 = kl = features = None
         params = self._penalized_params() if (self.lambda1 or self.lambda2) else []
         if self.lambda1:
             with _no_grad_if(self.l1_method == "proximal"):
                 l1 = self.lambda1 * l1_penalty(params)
-        state = getattr(self, "_step_state", None)
         if self.lambda2:
             with _no_grad_if(state is not None and state.l2_grad_pending):
                 l2 = self.lambda2 * l2_penalty(params)
-        if self.alpha:
+        if self.alpha:  # the KL mean; α scales it as it enters the loss
             kl_i = self._kl_term(y_pred, y_true)
-            kl = self.alpha * (kl_i.mean() if weights is None else weighted_mean(kl_i, weights))
-        else:
-            kl = zero
+            kl = kl_i.mean() if weights is None else weighted_mean(kl_i, weights)
         if self.lambda_features:
             with torch.no_grad():
                 features = self.lambda_features * group_l2_penalty(self._feature_weight())
-        loss = data + l1 + l2 + kl + features
+        # The λ terms are summed first, mostly outside the graph, and the KL
+        # mean enters scaled by α: two nodes in the graph whatever is active.
+        lambdas = [t for t in (l1, l2, features) if t is not None]
+        loss = data + sum(lambdas[1:], lambdas[0]) if lambdas else data
+        if kl is not None:
+            loss = torch.add(loss, kl, alpha=self.alpha)
         if state is not None and state.evaluations is not None:
             # inside train_step: keep this evaluation's terms for history
-            terms = torch.stack([l1, l2, kl, features]).detach()
+            with torch.no_grad():
+                zero = data.new_zeros(())
+                kl = zero if kl is None else kl * self.alpha
+                terms = torch.stack([zero if t is None else t for t in (l1, l2, kl, features)])
             state.evaluations.append((loss, terms, len(y_pred)))
         return loss
 
@@ -1012,7 +1017,7 @@ class SoftRegMixin:
         if getattr(self, "_epoch_terms", None) is None:
             self._epoch_terms = [terms * n, n]
         else:
-            self._epoch_terms[0] += terms * n
+            self._epoch_terms[0].add_(terms, alpha=n)
             self._epoch_terms[1] += n
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):

@@ -16,7 +16,9 @@ from skorch.helper import predefined_split
 from torch import nn
 
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
+from sk_softreg._batching import pack_weights
 from sk_softreg.modules import SoftRegCNN
+from sk_softreg.penalties import kl_from_uniform, kl_to_uniform, weighted_mean
 
 FAST = dict(max_epochs=2, random_state=0, device="cpu")
 
@@ -166,6 +168,31 @@ def test_get_loss_adds_penalties_only_in_training(small_digits):
         lp = torch.log_softmax(logits, dim=1)
         kl = (-lp.mean(dim=1) - np.log(10)).mean()
     torch.testing.assert_close(trained, plain + l1 + l2 + kl, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"criterion__label_smoothing": 0.1},
+        {"criterion__weight": torch.linspace(0.5, 2.0, 10)},
+        {"kl": "confidence_penalty"},
+    ],
+)
+def test_training_loss_is_the_criterion_plus_alpha_kl(small_digits, params):
+    X, y = small_digits
+    est = clf(alpha=0.7, max_epochs=1, **params).fit(X, y)
+    logits = est.forward(X[:40].reshape(-1, 1, 8, 8).astype(np.float32))
+    target = torch.as_tensor(y[:40])
+    kl = {"label_smoothing": kl_from_uniform, "confidence_penalty": kl_to_uniform}[est.kl]
+    expected = est.criterion_(logits, target) + 0.7 * kl(logits).mean()
+    torch.testing.assert_close(est.get_loss(logits, target, training=True), expected)
+    weights = torch.rand(40)
+    weighted = est.get_loss(logits, target, X=pack_weights(X[:40], weights), training=True)
+    est.criterion_.reduction = "none"
+    per_sample = est.criterion_(logits, target)
+    expected = weighted_mean(per_sample, weights) + 0.7 * weighted_mean(kl(logits), weights)
+    torch.testing.assert_close(weighted, expected)
 
 
 def test_proximal_l1_gives_exact_zeros_and_spares_biases(small_digits):
