@@ -416,6 +416,7 @@ def main(argv=None):
     softreg_cnn_fit(X28[:256], y28[:256], 1)
     t = interleaved({
         "softreg": lambda: softreg_cnn_fit(X28, y28, epochs28),
+        "softreg_penalties": lambda: softreg_cnn_fit(X28, y28, epochs28, **PENALTIES),
         "hand": lambda: hand_cnn_fit(X28, y28, epochs28),
         "hand_fused": lambda: hand_cnn_fit(X28, y28, epochs28, fused=True),
         "channels_last": lambda: hand_cnn_fit(X28, y28, epochs28, fused=True, channels_last=True),
@@ -431,6 +432,10 @@ def main(argv=None):
         n_images / t["channels_last"], n_images / t["hand_fused"], unit="img/s")
     row("4c. same: images/s with bfloat16 autocast / float32 (changes the numerics)",
         n_images / t["bf16"], n_images / t["hand_fused"], unit="img/s")
+    # the penalties' cost grows with the number of weights, not with the images:
+    # row 3's ratio on a CNN whose batches carry more work per weight
+    row("4d. same images, SoftRegCNNClassifier: lambda1=lambda2=1e-4, alpha=0.1 / all zero",
+        t["softreg_penalties"], t["softreg"], note="default torch threads; compare row 3")
 
     # d. GridSearchCV parallel speedup
     Xg, yg = regression_data(2000 if quick else 5000)
