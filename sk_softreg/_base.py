@@ -729,12 +729,10 @@ class SoftRegMixin:
         ``zero_grad()`` does by default."""
         for name in self._optimizers:
             optimizer = getattr(self, name + "_")
-            if set_to_none is None and set_grads_to_none(optimizer):
-                continue
-            if set_to_none is None:
-                optimizer.zero_grad()
-            else:
+            if set_to_none is not None:
                 optimizer.zero_grad(set_to_none=set_to_none)
+            elif not set_grads_to_none(optimizer):
+                optimizer.zero_grad()
 
     # ------------------------------------------------------------------
     # fast path for in-memory arrays
@@ -829,6 +827,10 @@ class SoftRegMixin:
 
     # ------------------------------------------------------------------
     # the objective
+    def _penalties_active(self):
+        """True if any of λ1, λ2, α and λf is non-zero."""
+        return bool(self.lambda1 or self.lambda2 or self.alpha or self.lambda_features)
+
     def _penalized_params(self):
         # Cached while a fit runs (get_loss and train_step ask once per batch):
         # filled lazily, so after callbacks such as Freezer ran on_train_begin.
@@ -863,7 +865,7 @@ class SoftRegMixin:
             data = self._data_loss(y_pred, y_true, X=X, training=training)
         else:
             data = weighted_mean(self._per_sample_data_loss(y_pred, y_true, X, training), weights)
-        if not training or not (self.lambda1 or self.lambda2 or self.alpha or self.lambda_features):
+        if not training or not self._penalties_active():
             return data
         state = getattr(self, "_step_state", None)
         l1 = l2 = kl = features = None
@@ -882,8 +884,10 @@ class SoftRegMixin:
                 features = self.lambda_features * group_l2_penalty(self._feature_weight())
         # The λ terms are summed first, mostly outside the graph, and the KL
         # mean enters scaled by α: two nodes in the graph whatever is active.
+        loss = data
         lambdas = [t for t in (l1, l2, features) if t is not None]
-        loss = data + sum(lambdas[1:], lambdas[0]) if lambdas else data
+        if lambdas:
+            loss = loss + sum(lambdas[1:], lambdas[0])
         if kl is not None:
             loss = torch.add(loss, kl, alpha=self.alpha)
         if state is not None and state.evaluations is not None:
@@ -941,7 +945,7 @@ class SoftRegMixin:
         that skorch records as ``train_loss`` (the first one by default; LBFGS
         evaluates the loss several times per step).
         """
-        if not (self.lambda1 or self.lambda2 or self.alpha or self.lambda_features):
+        if not self._penalties_active():
             return self._optimizer_step(batch, **fit_params)
         state = self._step_scratch()
         state.evaluations = evaluations = []
