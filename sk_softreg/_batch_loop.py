@@ -114,7 +114,6 @@ def set_grads_to_none(optimizer):
     return True
 
 
-
 def closure_free(optimizer):
     """Whether ``optimizer.step(closure)`` equals the closure's work, then ``optimizer.step()``.
 
