@@ -64,6 +64,7 @@ from ._batching import (
     unpack_weights,
 )
 from ._exceptions import NonFiniteLossError
+from ._flat import flatten_
 from ._progress import EpochProgressBar
 from .penalties import (
     add_l2_grad_,
@@ -84,6 +85,9 @@ _HISTORY_TERMS = ("train_l1", "train_l2", "train_kl", "train_features")
 _FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 _FUSED_DEVICE_TYPES = frozenset({"cpu", "cuda"})
 _FUSED_OFF_KEYS = frozenset({"fused", "foreach", "differentiable"})
+#: devices where the penalized weights live in one flat buffer during a fit
+#: (sk_softreg._flat); measured on the CPU only
+_FLAT_DEVICE_TYPES = frozenset({"cpu"})
 
 
 def resolve_device(device):
@@ -118,6 +122,9 @@ class SoftRegMixin:
     # subclasses whose engine needs real DataLoaders (Accelerate) switch off
     # the tensor-slicing fast path of ``get_iterator``
     _use_fast_path = True
+    # keep the penalized weights in one flat buffer during a fit (sk_softreg._flat);
+    # subclasses whose engine wraps the module or the optimizer (Accelerate) switch it off
+    _flatten_penalized = True
 
     # ------------------------------------------------------------------
     # device="auto": the parameter is stored as given; skorch reads the
@@ -870,12 +877,20 @@ class SoftRegMixin:
         state = getattr(self, "_step_state", None)
         l1 = l2 = kl = features = None
         params = self._penalized_params() if (self.lambda1 or self.lambda2) else []
+        # values without a gradient are taken over the flat buffer when there is one
+        flat = state.flat if state is not None else None
+        if flat is not None and flat.params is params and flat.intact():
+            values = [flat.weights]
+        else:
+            values = params
         if self.lambda1:
-            with _no_grad_if(self.l1_method == "proximal"):
-                l1 = self.lambda1 * l1_penalty(params)
+            proximal = self.l1_method == "proximal"
+            with _no_grad_if(proximal):
+                l1 = self.lambda1 * l1_penalty(values if proximal else params)
         if self.lambda2:
-            with _no_grad_if(state is not None and state.l2_grad_pending):
-                l2 = self.lambda2 * l2_penalty(params)
+            pending = state is not None and state.l2_grad_pending
+            with _no_grad_if(pending):
+                l2 = self.lambda2 * l2_penalty(values if pending else params)
         if self.alpha:  # the KL mean; α scales it as it enters the loss
             kl_i = self._kl_term(y_pred, y_true)
             kl = kl_i.mean() if weights is None else weighted_mean(kl_i, weights)
@@ -1000,12 +1015,59 @@ class SoftRegMixin:
         return state
 
     def _proximal_step(self):
-        """Soft-threshold the penalized weights; called right after the optimizer step."""
+        """Soft-threshold the penalized weights; called right after the optimizer step.
+
+        The first call of a fit moves the penalized weights into one flat
+        buffer where :func:`~sk_softreg._flat.flatten_` applies; the step is
+        then one threshold and one clamp over the buffer, with the same result
+        per coordinate as tensor by tensor.
+        """
         if self.lambda1 and self.l1_method == "proximal":
-            params = self._penalized_params()
-            prox_l1_(params, prox_thresholds(self.optimizer_, params, self.lambda1))
+            flat = self._flat_weights()
+            thresholds = flat.thresholds(self.lambda1) if flat is not None else None
+            if thresholds is not None:
+                prox_l1_([flat.weights], [thresholds])
+            else:
+                params = self._penalized_params()
+                prox_l1_(params, prox_thresholds(self.optimizer_, params, self.lambda1))
         if self.lambda_features:
             self._prox_features()
+
+    def _flat_weights(self):
+        """The fit's :class:`~sk_softreg._flat.FlatWeights`, built on the first call of a
+        fit (after the optimizer's first step), or None where it does not apply.
+
+        Dropped, with every tensor given its own storage back, once the
+        parameters, the module or the optimizer no longer match it.
+        """
+        state = self._step_scratch()
+        flat = state.flat
+        if flat is None:
+            if state.flat_tried:
+                return None
+            state.flat_tried = True
+            if self._flatten_penalized and self._torch_device().type in _FLAT_DEVICE_TYPES:
+                state.flat = flat = flatten_(self._penalized_params(), self.optimizer_)
+            return flat
+        if flat.params is self._penalized_params() and flat.intact(self.optimizer_):
+            return flat
+        self._restore_flat()
+        return None
+
+    def _restore_flat(self):
+        state = getattr(self, "_step_state", None)
+        if state is not None and state.flat is not None:
+            state.flat.restore_()
+            state.flat = None
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        """skorch's ``fit_loop``; the penalized weights get their own storage back at its
+        end, also when it raises (see :meth:`_flat_weights`)."""
+        self._step_scratch().flat_tried = False
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        finally:
+            self._restore_flat()
 
     def _prox_features(self):
         """Group soft-threshold of the input layer's columns (after the L1 prox: the
@@ -1079,12 +1141,14 @@ class _StepState:
     whose ``__setattr__`` inspects every value for torch components.
     """
 
-    __slots__ = ("l2_grad_pending", "evaluations", "eval_rows")
+    __slots__ = ("l2_grad_pending", "evaluations", "eval_rows", "flat", "flat_tried")
 
     def __init__(self):
         self.l2_grad_pending = False  # get_loss leaves λ2 out of the graph
         self.evaluations = None  # [(loss, terms, n)] of the current train_step
         self.eval_rows = 0  # least rows per evaluation batch (see _large_eval_batches)
+        self.flat = None  # the fit's FlatWeights (see _flat_weights)
+        self.flat_tried = False  # flatten_ was called in this fit
 
 
 def _layout_agnostic(optimizer):

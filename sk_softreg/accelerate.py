@@ -58,6 +58,9 @@ class _SoftRegAccelerateMixin(AccelerateMixin):
     # Accelerate must see real DataLoaders: it shards them across processes and
     # flushes a partial gradient accumulation at the end of each one.
     _use_fast_path = False
+    # Accelerate wraps the module and the optimizer (DDP, mixed precision): the
+    # penalized weights keep their own storage
+    _flatten_penalized = False
 
     def _optimizer_stepped(self):
         if not self.accelerator.sync_gradients:

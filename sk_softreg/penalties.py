@@ -32,6 +32,8 @@ __all__ = [
     "soft_threshold",
     "prox_l1_",
     "prox_thresholds",
+    "adam_threshold_coefficients",
+    "thresholds_from_moments",
     "input_layer",
     "group_l2_penalty",
     "prox_group_l2_",
@@ -252,18 +254,64 @@ def prox_thresholds(optimizer, params, lambda1):
         groups.append(group)
         steps.append(state["step"])
     if vs:
-        shifts, scales = [], []
-        for group, step in zip(groups, _as_floats(steps)):
-            # t = lr·λ1·root / (sqrt(v) + eps·root), root = sqrt(1 - β2^k): four passes over v
-            root = math.sqrt(1.0 - group["betas"][1] ** step)
-            shifts.append(float(group["eps"]) * root)
-            scales.append(float(group["lr"]) * lambda1 * root)
-        denoms = torch._foreach_sqrt(vs)
-        torch._foreach_add_(denoms, shifts)
-        torch._foreach_reciprocal_(denoms)
-        torch._foreach_mul_(denoms, scales)
-        for slot, denom in zip(slots, denoms):
-            thresholds[slot] = denom
+        coefficients = [
+            adam_threshold_coefficients(group, step, lambda1)
+            for group, step in zip(groups, _as_floats(steps))
+        ]
+        for slot, threshold in zip(slots, thresholds_from_moments(vs, coefficients)):
+            thresholds[slot] = threshold
+    return thresholds
+
+
+def adam_threshold_coefficients(group, step, lambda1):
+    """The scalars ``(scale, shift)`` of the Adam threshold ``t = scale / (sqrt(v) + shift)``.
+
+    With :math:`r = \\sqrt{1 - \\beta_2^{k}}`,
+
+    .. math:: \\frac{\\eta \\lambda_1}{\\sqrt{v / r^2} + \\epsilon}
+              = \\frac{\\eta \\lambda_1 r}{\\sqrt{v} + \\epsilon r},
+
+    so the bias correction costs no pass over ``v``.
+
+    Parameters
+    ----------
+    group : dict
+        The optimizer's parameter group (``lr``, ``betas``, ``eps``).
+    step : float
+        The step count ``k`` of the tensors' state.
+    lambda1 : float
+
+    Returns
+    -------
+    scale, shift : float
+    """
+    root = math.sqrt(1.0 - group["betas"][1] ** step)
+    return float(group["lr"]) * lambda1 * root, float(group["eps"]) * root
+
+
+@torch.no_grad()
+def thresholds_from_moments(moments, coefficients):
+    """Per-coordinate thresholds ``scale / (sqrt(v) + shift)`` for each tensor ``v``.
+
+    Four ``torch._foreach_*`` passes for the whole list: sqrt, add, reciprocal,
+    multiply; each coordinate gets the same operations whatever the list.
+
+    Parameters
+    ----------
+    moments : list of torch.Tensor
+        Second-moment estimates ``v`` (Adam's ``exp_avg_sq``).
+    coefficients : list of (float, float)
+        ``(scale, shift)`` per tensor, from :func:`adam_threshold_coefficients`.
+
+    Returns
+    -------
+    thresholds : list of torch.Tensor
+    """
+    scales, shifts = zip(*coefficients)
+    thresholds = torch._foreach_sqrt(moments)
+    torch._foreach_add_(thresholds, list(shifts))
+    torch._foreach_reciprocal_(thresholds)
+    torch._foreach_mul_(thresholds, list(scales))
     return thresholds
 
 
