@@ -877,20 +877,24 @@ class SoftRegMixin:
         state = getattr(self, "_step_state", None)
         l1 = l2 = kl = features = None
         params = self._penalized_params() if (self.lambda1 or self.lambda2) else []
-        # values without a gradient are taken over the flat buffer when there is one
+        # values without a gradient: under the proximal step (L1) and when the λ2
+        # gradient is added after backward (L2); over the flat buffer when there is one
+        proximal = bool(self.lambda1) and self.l1_method == "proximal"
+        pending = bool(self.lambda2) and state is not None and state.l2_grad_pending
+        sum_abs = sum_squares = None
         flat = state.flat if state is not None else None
-        if flat is not None and flat.params is params and flat.intact():
-            values = [flat.weights]
-        else:
-            values = params
+        if (proximal or pending) and flat is not None and flat.params is params and flat.intact():
+            sum_abs, sum_squares = flat.penalty_values(l1=proximal, l2=pending)
         if self.lambda1:
-            proximal = self.l1_method == "proximal"
-            with _no_grad_if(proximal):
-                l1 = self.lambda1 * l1_penalty(values if proximal else params)
+            if sum_abs is None:
+                with _no_grad_if(proximal):
+                    sum_abs = l1_penalty(params)
+            l1 = self.lambda1 * sum_abs
         if self.lambda2:
-            pending = state is not None and state.l2_grad_pending
-            with _no_grad_if(pending):
-                l2 = self.lambda2 * l2_penalty(values if pending else params)
+            if sum_squares is None:
+                with _no_grad_if(pending):
+                    sum_squares = l2_penalty(params)
+            l2 = self.lambda2 * sum_squares
         if self.alpha:  # the KL mean; α scales it as it enters the loss
             kl_i = self._kl_term(y_pred, y_true)
             kl = kl_i.mean() if weights is None else weighted_mean(kl_i, weights)
@@ -1024,10 +1028,7 @@ class SoftRegMixin:
         """
         if self.lambda1 and self.l1_method == "proximal":
             flat = self._flat_weights()
-            thresholds = flat.thresholds(self.lambda1) if flat is not None else None
-            if thresholds is not None:
-                prox_l1_([flat.weights], [thresholds])
-            else:
+            if flat is None or not flat.prox_l1_(self.lambda1):
                 params = self._penalized_params()
                 prox_l1_(params, prox_thresholds(self.optimizer_, params, self.lambda1))
         if self.lambda_features:

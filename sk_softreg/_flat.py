@@ -6,7 +6,8 @@ kernel per tensor and operation, and on the CPU torch splits an elementwise
 kernel over threads only above 32,768 elements, which most of a small
 network's tensors are not. :func:`flatten_` stores the penalized weights, and
 the optimizer's second moments that the Adam thresholds read, as views of one
-buffer each; the same work is then one kernel over each buffer.
+buffer each; the same work is then one kernel over each buffer (or, with
+numba installed, one compiled loop: :mod:`sk_softreg._fused`).
 
 Each coordinate goes through the same operations as before, so the trained
 weights are bit-identical; only the sums reported in history are added up in
@@ -21,7 +22,15 @@ tensor's storage moves once, at the first proximal step, so a reference to
 
 import torch
 
-from .penalties import _as_floats, adam_threshold_coefficients, thresholds_from_moments
+from . import _fused
+from .penalties import (
+    _as_floats,
+    adam_threshold_coefficients,
+    l1_penalty,
+    l2_penalty,
+    prox_l1_,
+    thresholds_from_moments,
+)
 
 
 class FlatWeights:
@@ -80,12 +89,56 @@ class FlatWeights:
         """
         if self.key is None:
             return float(self.group["lr"]) * lambda1
+        coefficients = self._coefficients(lambda1)
+        if coefficients is None:
+            return None
+        return thresholds_from_moments([self.moments], [coefficients])[0]
+
+    @torch.no_grad()
+    def prox_l1_(self, lambda1):
+        """Soft-threshold ``weights`` in place with the thresholds of :meth:`thresholds`.
+
+        Where :func:`sk_softreg._fused.applies`, the Adam step after the square
+        root is one compiled loop, with the same result per coordinate.
+
+        Returns
+        -------
+        bool
+            False, and nothing changed, where :meth:`thresholds` is None.
+        """
+        if self.key is None:
+            prox_l1_([self.weights], [self.thresholds(lambda1)])
+            return True
+        coefficients = self._coefficients(lambda1)
+        if coefficients is None:
+            return False
+        if _fused.applies(self.weights):
+            _fused.soft_threshold_scaled_(self.weights, torch.sqrt(self.moments), *coefficients)
+        else:
+            prox_l1_([self.weights], thresholds_from_moments([self.moments], [coefficients]))
+        return True
+
+    def penalty_values(self, l1=True, l2=True):
+        """``Σ|w|`` and ``Σw²`` over ``weights``, without gradient (None where not asked).
+
+        Where :func:`sk_softreg._fused.applies`, both come from one compiled
+        loop, summed in float64 (asked for or not: the second sum is nearly free).
+        """
+        if _fused.applies(self.weights):
+            sum_abs, sum_squares = _fused.abs_and_square_sums(self.weights)
+        else:
+            with torch.no_grad():
+                sum_abs = l1_penalty([self.weights]) if l1 else None
+                sum_squares = l2_penalty([self.weights]) if l2 else None
+        return (sum_abs if l1 else None), (sum_squares if l2 else None)
+
+    def _coefficients(self, lambda1):
+        """``(scale, shift)`` of the Adam threshold, or None where step counts differ."""
         state = self.optimizer.state
         steps = set(_as_floats([state[p]["step"] for p in self.params]))
         if len(steps) != 1:
             return None
-        coefficients = adam_threshold_coefficients(self.group, steps.pop(), lambda1)
-        return thresholds_from_moments([self.moments], [coefficients])[0]
+        return adam_threshold_coefficients(self.group, steps.pop(), lambda1)
 
     @torch.no_grad()
     def restore_(self):

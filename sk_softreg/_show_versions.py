@@ -16,6 +16,7 @@ _DEPENDENCIES = {
     "scipy": "scipy",
     "torchvision": "torchvision",
     "matplotlib": "matplotlib",
+    "numba": "numba",
 }
 
 

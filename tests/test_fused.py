@@ -1,0 +1,181 @@
+"""The compiled loops over the flat buffer (sk_softreg._fused, numba where installed).
+
+They are a speed device only: the soft-threshold must give the weights that
+torch's kernels give, bit for bit, and the sums torch's values up to rounding.
+Where numba is missing the tests skip, and the fits keep torch's kernels
+(covered by test_flat_weights.py).
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor, _fused
+from sk_softreg.penalties import (
+    adam_threshold_coefficients,
+    l1_penalty,
+    l2_penalty,
+    prox_l1_,
+    thresholds_from_moments,
+)
+
+numba = pytest.importorskip("numba")
+
+ADAM_GROUP = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
+FAST = dict(max_epochs=2, batch_size=32, random_state=0, device="cpu")
+PENALTIES = dict(lambda1=1e-3, lambda2=1e-3, alpha=0.1)
+
+
+@pytest.fixture
+def torch_kernels(monkeypatch):
+    """Run without the compiled loops, as where numba is not installed."""
+    monkeypatch.setattr(_fused, "_kernels", False)
+
+
+def _bits(t):
+    return t.view(torch.int32 if t.element_size() == 4 else torch.int64)
+
+
+def _buffers(dtype, n=20_000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.randn(n, generator=g, dtype=dtype) * 0.05
+    moments = torch.rand(n, generator=g, dtype=dtype) * 1e-4
+    # a zero moment (the largest threshold), an infinite one (threshold 0), a tiny one
+    moments[:3] = torch.tensor([0.0, float("inf"), 1e-30], dtype=dtype)
+    return weights, moments
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("step", [1, 50])
+def test_soft_threshold_is_bit_identical_to_torch_kernels(dtype, step):
+    weights, moments = _buffers(dtype)
+    scale, shift = adam_threshold_coefficients(ADAM_GROUP, step, 0.3)
+    thresholds = thresholds_from_moments([moments], [(scale, shift)])[0]
+    # weights exactly at the threshold, just inside and just outside it, and -0.0
+    weights[3:7] = thresholds[3:7] * torch.tensor([1, -1, 1, -1], dtype=dtype)
+    weights[7] = torch.nextafter(thresholds[7], torch.zeros((), dtype=dtype))
+    weights[8] = -torch.nextafter(thresholds[8], torch.full((), 1.0, dtype=dtype))
+    weights[9] = -0.0
+    expected = weights.clone()
+    prox_l1_([expected], [thresholds])
+
+    got = weights.clone()
+    _fused.soft_threshold_scaled_(got, torch.sqrt(moments), scale, shift)
+
+    assert torch.equal(_bits(got), _bits(expected))
+    assert 0 < int((got == 0).sum()) < len(got)  # some coordinates zeroed, not all
+    assert torch.equal(got[:7] == 0, expected[:7] == 0)
+
+
+def test_soft_threshold_keeps_nan_weights_nan():
+    weights, moments = _buffers(torch.float32, n=64)
+    weights[10] = float("nan")
+    _fused.soft_threshold_scaled_(weights, torch.sqrt(moments), 1e-6, 1e-9)
+    assert torch.isnan(weights[10]) and int(torch.isnan(weights).sum()) == 1
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+def test_sums_are_torchs_values_up_to_rounding(dtype, rtol):
+    weights, _ = _buffers(dtype)
+    sum_abs, sum_squares = _fused.abs_and_square_sums(weights)
+    assert sum_abs.dtype == sum_squares.dtype == dtype
+    assert sum_abs.dim() == sum_squares.dim() == 0
+    torch.testing.assert_close(sum_abs, l1_penalty([weights]), rtol=rtol, atol=0)
+    torch.testing.assert_close(sum_squares, l2_penalty([weights]), rtol=rtol, atol=0)
+
+
+def test_applies_only_where_the_loops_can_work():
+    weights = torch.zeros(8)
+    assert _fused.applies(weights) and _fused.applies(weights.double())
+    assert not _fused.applies(weights.bfloat16())
+    assert not _fused.applies(weights.half())
+    assert not _fused.applies(torch.zeros(8, 2)[:, 0])  # not contiguous
+    assert not _fused.applies(torch.zeros(2, 4))
+    assert not _fused.applies(torch.zeros(8, requires_grad=True))
+    assert not _fused.applies(torch.zeros(8, device="meta"))
+
+
+def test_no_loops_without_numba_or_with_its_jit_disabled(monkeypatch, torch_kernels):
+    assert not _fused.applies(torch.zeros(8))
+    monkeypatch.setattr(_fused, "_kernels", None)
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
+    assert not _fused.applies(torch.zeros(8))
+
+
+def test_loops_compile_in_memory_where_numba_cannot_cache(monkeypatch):
+    njit = numba.njit
+
+    def njit_without_cache_directory(**options):
+        if options.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")
+        return njit(**options)
+
+    monkeypatch.setattr(numba, "njit", njit_without_cache_directory)
+    monkeypatch.setattr(_fused, "_kernels", None)
+    weights, moments = _buffers(torch.float32, n=256)
+    expected = weights.clone()
+    prox_l1_([expected], thresholds_from_moments([moments], [(1e-6, 1e-9)]))
+    assert _fused.applies(weights)
+    _fused.soft_threshold_scaled_(weights, torch.sqrt(moments), 1e-6, 1e-9)
+    assert torch.equal(weights, expected)
+
+
+class _Counting:
+    """Counts calls of a function it wraps."""
+
+    def __init__(self, function):
+        self.function, self.calls = function, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.function(*args, **kwargs)
+
+
+CASES = {
+    "CNN, Adam": (SoftRegCNNClassifier, dict(module__channels=(4, 8), module__hidden_units=16)),
+    "CNN, AdamW amsgrad": (
+        SoftRegCNNClassifier,
+        dict(module__channels=(4, 8), module__hidden_units=16,
+             optimizer=torch.optim.AdamW, optimizer__amsgrad=True),
+    ),
+    "regressor": (SoftRegRegressor, {}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fit_with_the_loops_trains_the_weights_of_torch_kernels(
+    case, digits, regression_data, monkeypatch
+):
+    cls, params = CASES[case]
+    if cls is SoftRegRegressor:
+        X, y = regression_data
+    else:
+        X, y = digits[0][:256].reshape(-1, 1, 8, 8).astype(np.float32), digits[1][:256]
+    prox = _Counting(_fused.soft_threshold_scaled_)
+    sums = _Counting(_fused.abs_and_square_sums)
+    monkeypatch.setattr(_fused, "soft_threshold_scaled_", prox)
+    monkeypatch.setattr(_fused, "abs_and_square_sums", sums)
+    compiled = cls(**FAST, **PENALTIES, **params).fit(X, y)
+    steps = sum("train_loss" in batch for row in compiled.history for batch in row["batches"])
+    assert prox.calls == steps  # every training step
+    assert sums.calls == steps - 1  # every batch's values but the first (no buffer yet)
+
+    monkeypatch.setattr(_fused, "_kernels", False)
+    eager = cls(**FAST, **PENALTIES, **params).fit(X, y)
+    assert (prox.calls, sums.calls) == (steps, steps - 1)  # no more calls without the loops
+
+    for (name, a), b in zip(compiled.module_.named_parameters(), eager.module_.parameters()):
+        assert torch.equal(a, b), name
+    for key in ("train_loss", "train_l1", "train_l2"):
+        np.testing.assert_allclose(
+            compiled.history[:, key], eager.history[:, key], rtol=1e-6, err_msg=key
+        )
+
+
+def test_importing_sk_softreg_leaves_numba_unimported():
+    """numba is imported at the first penalized CPU fit, not with the package."""
+    code = "import sys, sk_softreg; assert 'numba' not in sys.modules, 'numba imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
