@@ -38,6 +38,7 @@ import run  # noqa: E402  (benchmarks/run.py: data, hand-written loops, timing)
 
 import sk_softreg._base as base  # noqa: E402
 import sk_softreg._batching as batching  # noqa: E402
+import sk_softreg._fused as fused  # noqa: E402
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor  # noqa: E402
 
 
@@ -128,6 +129,7 @@ UNDO = {
     "skorch's train_step (closure)": ({"_optimizer_step": _skorch_train_step}, {}, {}),
     "end-of-fit residuals in fit's batches": ({"_large_eval_batches": _fit_batch_size}, {}, {}),
     "lambda2 backpropagated": ({"train_step_single": _l2_through_loss}, {}, {}),
+    "compiled loops (numba)": ({}, {}, {(fused, "_kernels"): False}),
     "per-tensor penalty steps": (_PER_TENSOR, {}, {}),
     "L1 value by 1-norm kernel": (_PER_TENSOR, {}, {(base, "l1_penalty"): _l1_by_norm}),
     "previous prox kernels": (_PER_TENSOR, {}, {(base, "prox_l1_"): _prox_by_foreach,
@@ -138,9 +140,9 @@ STEP_LEVERS = ("all levers on", "no fused Adam default", "module.train() every b
                "skorch's notify, history rows, get_len", "optimizer.zero_grad()",
                "one gather per batch", "skorch's train_step (closure)")
 MLP_LEVERS = ("end-of-fit residuals in fit's batches",)
-PENALTY_LEVERS = ("all levers on", "lambda2 backpropagated", "per-tensor penalty steps",
-                  "L1 value by 1-norm kernel", "previous prox kernels",
-                  "penalty terms by four additions")
+PENALTY_LEVERS = ("all levers on", "lambda2 backpropagated", "compiled loops (numba)",
+                  "per-tensor penalty steps", "L1 value by 1-norm kernel",
+                  "previous prox kernels", "penalty terms by four additions")
 #: variant -> the variant it is compared with, where that is not "all levers on"
 BASE = {"L1 value by 1-norm kernel": "per-tensor penalty steps",
         "previous prox kernels": "per-tensor penalty steps"}
@@ -177,6 +179,11 @@ def main(argv=None):
     epochs, repeats = args.epochs, args.repeats
     print(f"- load average at start: {run.load_average()}; {repeats} interleaved repeats, "
           f"{epochs} epochs, medians")
+    penalty_levers = PENALTY_LEVERS
+    if not fused._compiled():  # compiled once here, so that no variant pays for it
+        print("- numba is not installed: the compiled-loops lever is left out")
+        penalty_levers = tuple(lever for lever in PENALTY_LEVERS
+                               if lever != "compiled loops (numba)")
     lines = ["| lever undone | workload | ratio | change |", "|---|---|---|---|"]
 
     # the estimator against the fastest hand-written loop, no penalties
@@ -201,10 +208,10 @@ def main(argv=None):
     for n_threads in (1, 2):
         with run.threads(n_threads):
             funcs = {lever: partial(variant_fit, SoftRegCNNClassifier, lever, X, y, epochs,
-                                    **run.PENALTIES) for lever in PENALTY_LEVERS}
+                                    **run.PENALTIES) for lever in penalty_levers}
             funcs["off"] = partial(variant_fit, SoftRegCNNClassifier, "all levers on", X, y, epochs)
             t = run.interleaved(funcs, repeats)
-        _rows(lines, t, PENALTY_LEVERS, t["off"],
+        _rows(lines, t, penalty_levers, t["off"],
               f"CNN digits, penalties on / off, {n_threads} thread(s)")
     print(f"- load average at end: {run.load_average()}")
     print("\n".join(lines))

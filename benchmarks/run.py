@@ -40,7 +40,7 @@ from skorch import NeuralNetRegressor
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor  # noqa: E402
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor, _fused  # noqa: E402
 from sk_softreg.modules import GaussianMLP, HalfMSELoss, SoftRegCNN  # noqa: E402
 
 PENALTIES = {"lambda1": 1e-4, "lambda2": 1e-4, "alpha": 0.1}
@@ -321,8 +321,16 @@ def machine_info():
             platform.python_version(), torch.__version__,
             __import__("skorch").__version__, __import__("sklearn").__version__,
         ]),
+        "numba (compiled penalty loops, sk_softreg[fast])": _version_or("numba", "not installed"),
         "load average at start (1, 5, 15 min)": load_average(),
     }
+
+
+def _version_or(module, missing):
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return missing
 
 
 def main(argv=None):
@@ -403,7 +411,9 @@ def main(argv=None):
                 "hand_off": lambda: hand_penalized_cnn_fit(X, y, epochs),
             }, repeats)
         row(f"3. same CNN, {n_threads} torch thread(s): lambda1=lambda2=1e-4, alpha=0.1 / "
-            "all zero", t["on"], t["off"], target=1.05)
+            "all zero", t["on"], t["off"], target=1.05,
+            note="prox and penalty values in numba's compiled loops" if _fused._compiled()
+            else "numba not installed: prox and penalty values in torch kernels")
         row(f"3f. floor: hand-written loop, same CNN and penalties in eager torch, {n_threads} "
             "thread(s): on / off", t["hand_on"], t["hand_off"],
             note="lambda2 in fused Adam's weight_decay, KL on the CE's log-softmax, "
