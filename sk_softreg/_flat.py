@@ -106,16 +106,16 @@ class FlatWeights:
         bool
             False, and nothing changed, where :meth:`thresholds` is None.
         """
-        if self.key is None:
-            prox_l1_([self.weights], [self.thresholds(lambda1)])
-            return True
-        coefficients = self._coefficients(lambda1)
-        if coefficients is None:
-            return False
-        if _fused.applies(self.weights):
+        if self.key is not None and _fused.applies(self.weights):
+            coefficients = self._coefficients(lambda1)
+            if coefficients is None:
+                return False
             _fused.soft_threshold_scaled_(self.weights, torch.sqrt(self.moments), *coefficients)
-        else:
-            prox_l1_([self.weights], thresholds_from_moments([self.moments], [coefficients]))
+            return True
+        thresholds = self.thresholds(lambda1)
+        if thresholds is None:
+            return False
+        prox_l1_([self.weights], [thresholds])
         return True
 
     def penalty_values(self, l1=True, l2=True):
