@@ -100,10 +100,11 @@ def _loss_by_four_adds(self, y_pred, y_true, X=None, training=False):
         l1 = self.lambda1 * base.l1_penalty(params) if self.lambda1 else zero
     with torch.no_grad() if state.l2_grad_pending else torch.enable_grad():
         l2 = self.lambda2 * base.l2_penalty(params) if self.lambda2 else zero
-    kl = self.alpha * self._kl_term(y_pred, y_true).mean() if self.alpha else zero
+    kl_mean = self._kl_term(y_pred, y_true).mean() if self.alpha else zero
+    kl = self.alpha * kl_mean if self.alpha else zero
     loss = data + l1 + l2 + kl + zero
     if state.evaluations is not None:
-        state.evaluations.append((loss, torch.stack([l1, l2, kl, zero]).detach(), len(y_pred)))
+        state.evaluations.append((loss, (l1, l2, kl_mean, zero), len(y_pred)))
     return loss
 
 

@@ -901,8 +901,9 @@ class SoftRegMixin:
         if self.lambda_features:
             with torch.no_grad():
                 features = self.lambda_features * group_l2_penalty(self._feature_weight())
-        # The λ terms are summed first, mostly outside the graph, and the KL
-        # mean enters scaled by α: two nodes in the graph whatever is active.
+        # The λ terms are summed first, mostly outside the graph (Python floats
+        # where the compiled loops gave the values), and the KL mean enters
+        # scaled by α: at most two nodes in the graph whatever is active.
         loss = data
         lambdas = [t for t in (l1, l2, features) if t is not None]
         if lambdas:
@@ -911,11 +912,7 @@ class SoftRegMixin:
             loss = torch.add(loss, kl, alpha=self.alpha)
         if state is not None and state.evaluations is not None:
             # inside train_step: keep this evaluation's terms for history
-            with torch.no_grad():
-                zero = data.new_zeros(())
-                kl = zero if kl is None else kl * self.alpha
-                terms = torch.stack([zero if t is None else t for t in (l1, l2, kl, features)])
-            state.evaluations.append((loss, terms, len(y_pred)))
+            state.evaluations.append((loss, (l1, l2, kl, features), len(y_pred)))
         return loss
 
     def _data_loss(self, y_pred, y_true, X=None, training=False):
@@ -1081,11 +1078,21 @@ class SoftRegMixin:
     # ------------------------------------------------------------------
     # history: penalty terms summed on the device, read once per epoch
     def _accumulate_terms(self, terms, n):
-        if getattr(self, "_epoch_terms", None) is None:
-            self._epoch_terms = [terms * n, n]
-        else:
-            self._epoch_terms[0].add_(terms, alpha=n)
-            self._epoch_terms[1] += n
+        """Add ``n`` times this evaluation's ``(l1, l2, kl, features)`` to the epoch's sums.
+
+        A term is None (inactive), a float or a 0-d tensor; tensors are added in
+        place without a graph, so nothing is read off the device per batch. The
+        KL term is the unscaled mean and enters history scaled by α.
+        """
+        totals = getattr(self, "_epoch_terms", None)
+        if totals is None:
+            totals = self._epoch_terms = [0.0] * len(_HISTORY_TERMS) + [0]
+        scales = (n, n, n * self.alpha, n)
+        with torch.no_grad():
+            for i, (value, scale) in enumerate(zip(terms, scales)):
+                if value is not None:
+                    totals[i] = _add_scaled(totals[i], value, scale)
+        totals[-1] += n
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
@@ -1093,10 +1100,9 @@ class SoftRegMixin:
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         terms = getattr(self, "_epoch_terms", None)
-        # no terms were accumulated when no penalty is active: they are all 0
-        values = (terms[0] / terms[1]).tolist() if terms is not None else [0.0] * len(_HISTORY_TERMS)
-        for name, value in zip(_HISTORY_TERMS, values):
-            self.history.record(name, value)
+        for i, name in enumerate(_HISTORY_TERMS):
+            # no terms were accumulated when no penalty is active: they are all 0
+            self.history.record(name, float(terms[i]) / terms[-1] if terms is not None else 0.0)
         self._epoch_terms = None
         super().on_epoch_end(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
 
@@ -1159,6 +1165,16 @@ def _layout_agnostic(optimizer):
         and optimizer.__module__.startswith("torch.optim.")
         and optimizer is not torch.optim.LBFGS
     )
+
+
+def _add_scaled(total, value, scale):
+    """``total + scale * value`` for a float or 0-d tensor ``value``; in place once
+    ``total`` is a tensor (call under ``torch.no_grad()``)."""
+    if not isinstance(value, torch.Tensor):
+        return total + scale * value
+    if isinstance(total, torch.Tensor):
+        return total.add_(value, alpha=scale)
+    return torch.mul(value, scale).add_(total)
 
 
 def _no_grad_if(condition):

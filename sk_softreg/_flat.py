@@ -122,7 +122,8 @@ class FlatWeights:
         """``Σ|w|`` and ``Σw²`` over ``weights``, without gradient (None where not asked).
 
         Where :func:`sk_softreg._fused.applies`, both come from one compiled
-        loop, summed in float64 (asked for or not: the second sum is nearly free).
+        loop, summed in float64, as Python floats (asked for or not: the second
+        sum is nearly free); otherwise they are 0-d tensors from torch's kernels.
         """
         if _fused.applies(self.weights):
             sum_abs, sum_squares = _fused.abs_and_square_sums(self.weights)

@@ -13,8 +13,8 @@ square root is one compiled loop, and both values one more:
   torch kernel: torch's CPU ``sqrt`` is not always the correctly rounded one
   that numba computes, and the two would part by one unit in the last place.
 - :func:`abs_and_square_sums` adds up ``|w|`` and ``w²`` in float64, in
-  whatever order vectorizes; torch adds them in another order, so the history
-  values agree up to rounding.
+  whatever order vectorizes, and returns Python floats; torch adds them in
+  another order, so the history values agree up to rounding.
 
 Without numba (or with ``NUMBA_DISABLE_JIT=1``) :func:`applies` is False and
 the callers keep torch's kernels.
@@ -68,9 +68,11 @@ def soft_threshold_scaled_(weights, root_moments, scale, shift):
     )
 
 
-@torch.no_grad()
 def abs_and_square_sums(weights):
-    """``(Σ|w|, Σw²)`` over ``weights``, summed in float64, as 0-d tensors of its dtype.
+    """``(Σ|w|, Σw²)`` over ``weights``, summed in float64, as Python floats.
+
+    Floats, not tensors: the caller's arithmetic on them then costs no torch
+    operation per batch.
 
     Parameters
     ----------
@@ -79,10 +81,10 @@ def abs_and_square_sums(weights):
 
     Returns
     -------
-    l1, l2 : torch.Tensor
+    l1, l2 : float
     """
     _, sums = _compiled()
-    return torch.tensor(sums(weights.numpy()), dtype=weights.dtype).unbind()
+    return sums(weights.numpy())
 
 
 _NUMPY_TYPE = {torch.float32: np.float32, torch.float64: np.float64}

@@ -53,8 +53,10 @@ def test_matches_plain_classifier_without_accumulation(digits200, lambda2):
             assert acc.history[:, key] == pytest.approx(plain.history[:, key], rel=1e-5)
         np.testing.assert_allclose(acc.predict_proba(X), plain.predict_proba(X), atol=1e-5)
         return
+    # Same weights bit for bit; the history's penalty values may be summed in
+    # another order (the plain fit's compiled loops, sk_softreg._fused).
     for key in ("train_loss", "train_l1", "train_l2", "train_kl"):
-        assert acc.history[:, key] == plain.history[:, key]
+        assert acc.history[:, key] == pytest.approx(plain.history[:, key], rel=1e-6)
     np.testing.assert_array_equal(acc.predict_proba(X), plain.predict_proba(X))
     assert acc.sparsity_ == plain.sparsity_
     np.testing.assert_array_equal(acc.predict(X[:5]), plain.predict(X[:5]))
