@@ -1,0 +1,103 @@
+"""Row 3 of ``run.py`` (penalties on / off, digits CNN) for two commits, side by side.
+
+On a shared machine the cost of a change of 1-2% is below the run-to-run noise
+of separate benchmark runs. This script imports the package of a git revision
+(``git archive`` into a temporary folder, under another name) next to the
+working tree's, and interleaves short fits of both, penalties on and off, in one
+process: each round runs the four fits in a rotated order, so a slow phase of
+the machine hits all of them alike. It prints medians, minima and the median
+of the per-round ratios, and checks that both revisions train the same weights.
+
+Run from the repository root::
+
+    python benchmarks/ab.py HEAD~1              # 1 torch thread, 40 rounds of 2 epochs
+    python benchmarks/ab.py HEAD~1 --threads 2 --rounds 60
+"""
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run import PENALTIES, digits_images, fixed_epochs  # noqa: E402
+
+from sk_softreg import SoftRegCNNClassifier  # noqa: E402
+
+#: the name the other revision's package is imported under
+OTHER = "sk_softreg_other"
+
+
+def import_revision(rev, folder):
+    """Import ``sk_softreg`` as of git revision ``rev`` under the name ``OTHER``."""
+    archive = subprocess.run(
+        ["git", "archive", rev, "sk_softreg"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    (Path(folder) / "sk_softreg").rename(Path(folder) / OTHER)
+    sys.path.insert(0, folder)
+    return __import__(OTHER)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rev", help="the git revision to compare the working tree with")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    X, y = digits_images()
+
+    def fit(cls, **params):
+        est = cls(**fixed_epochs(cls, args.epochs), batch_size=64, random_state=0,
+                  device="cpu", **params)
+        return est.fit(X, y)
+
+    with tempfile.TemporaryDirectory() as folder:
+        other = import_revision(args.rev, folder).SoftRegCNNClassifier
+        ours = SoftRegCNNClassifier
+        a, b = fit(ours, **PENALTIES), fit(other, **PENALTIES)
+        same = all(torch.equal(p, q) for p, q in zip(a.module_.parameters(),
+                                                      b.module_.parameters()))
+        print(f"same weights after a penalized fit: {same}")
+        funcs = {
+            "ours_on": lambda: fit(ours, **PENALTIES), "ours_off": lambda: fit(ours),
+            "other_on": lambda: fit(other, **PENALTIES), "other_off": lambda: fit(other),
+        }
+        names = list(funcs)
+        times = {name: [] for name in names}
+        for r in range(args.rounds):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                funcs[name]()
+                times[name].append(time.perf_counter() - start)
+
+    batches = args.epochs * -(-len(X) // 64)
+    print(f"{args.rounds} rounds, {args.epochs} epochs ({batches} batches) per fit, "
+          f"{args.threads} torch thread(s); working tree vs {args.rev}")
+    for stat in (statistics.median, min):
+        t = {name: stat(ts) for name, ts in times.items()}
+        for side in ("ours", "other"):
+            on, off = t[f"{side}_on"], t[f"{side}_off"]
+            print(f"  {stat.__name__:6s} {side:5s}: on/off {on / off:.3f}, penalties "
+                  f"{1e6 * (on - off) / batches:5.0f} us per batch, off "
+                  f"{1e6 * off / batches:5.0f} us per batch")
+    for side in ("ours", "other"):
+        ratios = [a / b for a, b in zip(times[f"{side}_on"], times[f"{side}_off"])]
+        print(f"  median of per-round on/off, {side}: {statistics.median(ratios):.3f}")
+    ratios = [a / b for a, b in zip(times["ours_on"], times["other_on"])]
+    print(f"  median of per-round ours_on/other_on: {statistics.median(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()
