@@ -7,7 +7,9 @@ Run from the repository root::
 
 Every comparison runs all its sides in this one process, interleaved (each
 repeat runs every side once, in a rotated order), and reports the median wall
-time of each side and the ratio of the medians. Every fit runs exactly the
+time of each side and the ratio of the medians (row 3 also notes the median
+of the per-repeat ratios, which a slow phase of a shared machine disturbs
+less; ``benchmarks/ab.py`` compares two revisions that way). Every fit runs exactly the
 stated number of epochs (checked after each fit). The "fastest hand-written
 loop" is the faster (by median) of the same loop with ``torch.optim.Adam``
 and with ``Adam(fused=True)``. Peak memory (e) is measured in fresh child
@@ -244,8 +246,11 @@ def grid_search_fit(X, y, n_jobs, epochs):
 
 # ----------------------------------------------------------------------
 # timing helpers
-def interleaved(funcs, repeats):
-    """Median seconds of each callable; each repeat runs them all, in a rotated order."""
+def interleaved(funcs, repeats, record=None):
+    """Median seconds of each callable; each repeat runs them all, in a rotated order.
+
+    ``record``, a dict, receives each callable's list of times, repeat by repeat.
+    """
     names = list(funcs)
     times = {name: [] for name in names}
     for r in range(repeats):
@@ -254,7 +259,15 @@ def interleaved(funcs, repeats):
             start = time.perf_counter()
             funcs[name]()
             times[name].append(time.perf_counter() - start)
+    if record is not None:
+        record.update(times)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def paired_ratio(times, a, b):
+    """Median over repeats of ``a``'s time / ``b``'s time in the same repeat: a slow
+    phase of the machine that spans one repeat cancels out."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
 def fastest_hand(t):
@@ -403,21 +416,24 @@ def main(argv=None):
     # 3. penalties on vs off, at 1 and 2 torch threads
     # with, as a floor, the same penalties in a hand-written loop (no history values)
     for n_threads in (1, 2):
+        times = {}
         with threads(n_threads):
             t = interleaved({
                 "on": lambda: softreg_cnn_fit(X, y, epochs, **PENALTIES),
                 "off": lambda: softreg_cnn_fit(X, y, epochs),
                 "hand_on": lambda: hand_penalized_cnn_fit(X, y, epochs, **PENALTIES),
                 "hand_off": lambda: hand_penalized_cnn_fit(X, y, epochs),
-            }, repeats)
+            }, repeats, record=times)
+        kernels = ("prox and penalty values in numba's compiled loops" if _fused._compiled()
+                   else "numba not installed: prox and penalty values in torch kernels")
         row(f"3. same CNN, {n_threads} torch thread(s): lambda1=lambda2=1e-4, alpha=0.1 / "
             "all zero", t["on"], t["off"], target=1.05,
-            note="prox and penalty values in numba's compiled loops" if _fused._compiled()
-            else "numba not installed: prox and penalty values in torch kernels")
+            note=f"{kernels}; median of per-repeat ratios {paired_ratio(times, 'on', 'off'):.2f}")
         row(f"3f. floor: hand-written loop, same CNN and penalties in eager torch, {n_threads} "
             "thread(s): on / off", t["hand_on"], t["hand_off"],
             note="lambda2 in fused Adam's weight_decay, KL on the CE's log-softmax, "
-            "prox in foreach kernels, no penalty values for history")
+            "prox in foreach kernels, no penalty values for history; median of per-repeat "
+            f"ratios {paired_ratio(times, 'hand_on', 'hand_off'):.2f}")
 
     # 4. the default SoftRegCNN on 4,000 single-channel 28x28 images: images/s
     X28, y28 = images_28(4000)
