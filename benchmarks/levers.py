@@ -14,7 +14,10 @@ The workloads of ``benchmarks/run.py``:
   torch threads.
 
 Each variant undoes exactly one lever; all variants of a workload run
-interleaved (rotated order per repeat) and the table gives the median ratios.
+interleaved (rotated order per repeat) and the table gives the median ratios,
+and, less disturbed by a slow phase of a shared machine, the median over repeats
+of the variant's time over its base variant's time in the same repeat (above 1:
+the lever pays).
 The kernel variants of the per-tensor penalty step ("L1 value by 1-norm
 kernel", "previous prox kernels") are measured with the penalized tensors in
 their own storage and compared with "per-tensor penalty steps", the variant
@@ -164,12 +167,14 @@ def variant_fit(cls, lever, X, y, epochs, **params):
             setattr(module, name, value)
 
 
-def _rows(lines, t, levers, reference, workload):
+def _rows(lines, t, times, levers, reference, workload):
     for lever in levers:
         ratio = t[lever] / reference
         base_lever = BASE.get(lever, "all levers on")
         change = ratio - t[base_lever] / reference
-        lines.append(f"| {lever} | {workload} | {ratio:.3f} | {change:+.3f} vs {base_lever} |")
+        paired = run.paired_ratio(times, lever, base_lever)
+        lines.append(f"| {lever} | {workload} | {ratio:.3f} | {change:+.3f} vs {base_lever} "
+                     f"| {paired:.3f} |")
 
 
 def main(argv=None):
@@ -185,7 +190,8 @@ def main(argv=None):
         print("- numba is not installed: the compiled-loops lever is left out")
         penalty_levers = tuple(lever for lever in PENALTY_LEVERS
                                if lever != "compiled loops (numba)")
-    lines = ["| lever undone | workload | ratio | change |", "|---|---|---|---|"]
+    lines = ["| lever undone | workload | ratio | change | per-repeat time / base's |",
+             "|---|---|---|---|---|"]
 
     # the estimator against the fastest hand-written loop, no penalties
     Xr, yr = run.regression_data(20000)
@@ -201,9 +207,10 @@ def main(argv=None):
                  for lever in levers}
         funcs["hand"] = partial(hand_fit, Xw, yw, epochs)
         funcs["hand_fused"] = partial(hand_fit, Xw, yw, epochs, fused=True)
-        t = run.interleaved(funcs, repeats)
+        times = {}
+        t = run.interleaved(funcs, repeats, record=times)
         hand, label = run.fastest_hand(t)
-        _rows(lines, t, levers, hand, f"{name} / fastest hand loop ({label})")
+        _rows(lines, t, times, levers, hand, f"{name} / fastest hand loop ({label})")
 
     # penalties on / off
     for n_threads in (1, 2):
@@ -211,8 +218,9 @@ def main(argv=None):
             funcs = {lever: partial(variant_fit, SoftRegCNNClassifier, lever, X, y, epochs,
                                     **run.PENALTIES) for lever in penalty_levers}
             funcs["off"] = partial(variant_fit, SoftRegCNNClassifier, "all levers on", X, y, epochs)
-            t = run.interleaved(funcs, repeats)
-        _rows(lines, t, penalty_levers, t["off"],
+            times = {}
+            t = run.interleaved(funcs, repeats, record=times)
+        _rows(lines, t, times, penalty_levers, t["off"],
               f"CNN digits, penalties on / off, {n_threads} thread(s)")
     print(f"- load average at end: {run.load_average()}")
     print("\n".join(lines))
