@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import PENALTIES, digits_images, fixed_epochs  # noqa: E402
+from run import PENALTIES, digits_images, fixed_epochs, interleaved, paired_ratio  # noqa: E402
 
 from sk_softreg import SoftRegCNNClassifier  # noqa: E402
 
@@ -73,14 +72,8 @@ def main(argv=None):
             "ours_on": lambda: fit(ours, **PENALTIES), "ours_off": lambda: fit(ours),
             "other_on": lambda: fit(other, **PENALTIES), "other_off": lambda: fit(other),
         }
-        names = list(funcs)
-        times = {name: [] for name in names}
-        for r in range(args.rounds):
-            shift = r % len(names)
-            for name in names[shift:] + names[:shift]:
-                start = time.perf_counter()
-                funcs[name]()
-                times[name].append(time.perf_counter() - start)
+        times = {}
+        interleaved(funcs, args.rounds, record=times)
 
     batches = args.epochs * -(-len(X) // 64)
     print(f"{args.rounds} rounds, {args.epochs} epochs ({batches} batches) per fit, "
@@ -93,10 +86,10 @@ def main(argv=None):
                   f"{1e6 * (on - off) / batches:5.0f} us per batch, off "
                   f"{1e6 * off / batches:5.0f} us per batch")
     for side in ("ours", "other"):
-        ratios = [a / b for a, b in zip(times[f"{side}_on"], times[f"{side}_off"])]
-        print(f"  median of per-round on/off, {side}: {statistics.median(ratios):.3f}")
-    ratios = [a / b for a, b in zip(times["ours_on"], times["other_on"])]
-    print(f"  median of per-round ours_on/other_on: {statistics.median(ratios):.3f}")
+        print(f"  median of per-round on/off, {side}: "
+              f"{paired_ratio(times, f'{side}_on', f'{side}_off'):.3f}")
+    print(f"  median of per-round ours_on/other_on: "
+          f"{paired_ratio(times, 'ours_on', 'other_on'):.3f}")
 
 
 if __name__ == "__main__":
