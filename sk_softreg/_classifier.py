@@ -17,6 +17,7 @@ from sklearn.utils.validation import (
 )
 from skorch import NeuralNet, NeuralNetClassifier
 
+from . import _fused
 from ._base import SoftRegMixin, _first_sample_shape, _is_dataset
 from ._batching import pack_weights, unpack_weights
 from ._torchvision import TorchvisionClassifierNet
@@ -512,6 +513,28 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
 
     def _kl_term(self, y_pred, y_true):
         return _KL_TERMS[self.kl](y_pred)
+
+    def _data_loss_with_kl(self, y_pred, y_true):
+        """Cross-entropy and label-smoothing KL in one compiled node (numba, CPU).
+
+        Only for a plain ``torch.nn.CrossEntropyLoss`` (no class weights, mean
+        reduction, no label smoothing of its own) and ``kl="label_smoothing"``;
+        otherwise, and where :func:`sk_softreg._fused.cross_entropy_with_kl`
+        does not apply, None: torch's kernels compute the two terms.
+        """
+        criterion = self.criterion_
+        if (
+            self.kl != "label_smoothing"
+            or type(criterion) is not torch.nn.CrossEntropyLoss
+            or criterion.weight is not None
+            or criterion.reduction != "mean"
+            or criterion.label_smoothing != 0.0
+            or not (torch.is_tensor(y_pred) and torch.is_tensor(y_true))
+        ):
+            return None
+        return _fused.cross_entropy_with_kl(
+            y_pred, y_true, self.alpha, ignore_index=criterion.ignore_index
+        )
 
     # ------------------------------------------------------------------
     # prediction

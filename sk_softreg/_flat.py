@@ -98,8 +98,10 @@ class FlatWeights:
     def prox_l1_(self, lambda1):
         """Soft-threshold ``weights`` in place with the thresholds of :meth:`thresholds`.
 
-        Where :func:`sk_softreg._fused.applies`, the Adam step after the square
-        root is one compiled loop, with the same result per coordinate.
+        Where :func:`sk_softreg._fused.applies`, the Adam step is one compiled
+        loop, with the same result per coordinate up to the rounding of the
+        square root (the loop's is correctly rounded, torch's CPU kernel's not
+        always).
 
         Returns
         -------
@@ -110,7 +112,7 @@ class FlatWeights:
             coefficients = self._coefficients(lambda1)
             if coefficients is None:
                 return False
-            _fused.soft_threshold_scaled_(self.weights, torch.sqrt(self.moments), *coefficients)
+            _fused.soft_threshold_scaled_(self.weights, self.moments, *coefficients)
             return True
         thresholds = self.thresholds(lambda1)
         if thresholds is None:

@@ -3,30 +3,45 @@
 In eager torch the Adam-scaled proximal L1 step over the flat buffer
 (:mod:`sk_softreg._flat`) is seven passes over memory (sqrt, add, reciprocal,
 multiply, neg, clamp, subtract) and the history's two penalty values two more.
-With numba installed (``pip install "sk-softreg[fast]"``) the step after the
-square root is one compiled loop, and both values one more:
+With numba installed (``pip install "sk-softreg[fast]"``) the whole step is
+one compiled loop, and both values one more:
 
 - :func:`soft_threshold_scaled_` runs, per coordinate, the operations of
   :func:`~sk_softreg.penalties.thresholds_from_moments` and
   :func:`~sk_softreg.penalties.prox_l1_` in the same order and the buffer's
-  dtype, so the weights are bit-identical to torch's. The square root stays a
-  torch kernel: torch's CPU ``sqrt`` is not always the correctly rounded one
-  that numba computes, and the two would part by one unit in the last place.
+  dtype. Its square root is the correctly rounded one (IEEE 754); torch's CPU
+  ``sqrt`` kernel is not always: on the project's benchmark VM (torch 2.14.1)
+  it is one unit in the last place off for about 17% of float32 inputs and 1%
+  of float64 ones. So a threshold can differ from torch's kernels' by that unit,
+  and the weights are bit-identical to torch's kernels fed a correctly rounded
+  square root. Taking the root in the loop spares a pass over the moments and
+  a buffer allocated per step (about 100 µs per batch of the digits CNN).
 - :func:`abs_and_square_sums` adds up ``|w|`` and ``w²`` in float64, in
   whatever order vectorizes, and returns Python floats; torch adds them in
   another order, so the history values agree up to rounding.
+
+The classifier's loss under ``alpha > 0`` is the other per-batch cost of the
+penalties: cross-entropy plus ``α·KL(u ‖ p)`` is, in eager torch, a dozen small
+kernels and autograd nodes for an ``(n, K)`` block of logits.
+:func:`cross_entropy_with_kl` computes its value in one compiled loop and its
+gradient, ``((1 + α)·p − α/K − onehot(y)) / n``, in another: one autograd node.
 
 Without numba (or with ``NUMBA_DISABLE_JIT=1``) :func:`applies` is False and
 the callers keep torch's kernels.
 """
 
+import math
+from collections import namedtuple
+
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 #: dtypes the loops are compiled for; other dtypes keep torch's kernels
 _DTYPES = (torch.float32, torch.float64)
 
-_kernels = None  # (soft threshold, sums) once compiled; False where numba is unavailable
+_Kernels = namedtuple("_Kernels", "soft_threshold sums ce_kl_forward ce_kl_backward")
+_kernels = None  # a _Kernels once compiled; False where numba is unavailable
 
 
 def applies(buffer):
@@ -43,8 +58,8 @@ def applies(buffer):
 
 
 @torch.no_grad()
-def soft_threshold_scaled_(weights, root_moments, scale, shift):
-    """Soft-threshold ``weights`` in place with thresholds ``scale / (root_moments + shift)``.
+def soft_threshold_scaled_(weights, moments, scale, shift):
+    """Soft-threshold ``weights`` in place with thresholds ``scale / (sqrt(moments) + shift)``.
 
     .. math:: w \\leftarrow w - \\operatorname{clip}(w, -t, t), \\qquad
               t = \\mathrm{scale} \\cdot \\frac{1}{\\sqrt{v} + \\mathrm{shift}}
@@ -56,15 +71,15 @@ def soft_threshold_scaled_(weights, root_moments, scale, shift):
     ----------
     weights : torch.Tensor
         1-D; :func:`applies` must hold. Modified in place.
-    root_moments : torch.Tensor
-        ``sqrt(v)``, laid out like ``weights``.
+    moments : torch.Tensor
+        The second moments ``v``, laid out like ``weights``; the square root
+        is correctly rounded.
     scale, shift : float
         Rounded to the buffer's dtype, as torch rounds a Python scalar.
     """
-    soft_threshold, _ = _compiled()
     cast = _NUMPY_TYPE[weights.dtype]
-    soft_threshold(
-        weights.numpy(), root_moments.numpy(), cast(scale), cast(shift), cast(1.0)
+    _compiled().soft_threshold(
+        weights.numpy(), moments.numpy(), cast(scale), cast(shift), cast(1.0)
     )
 
 
@@ -83,17 +98,95 @@ def abs_and_square_sums(weights):
     -------
     l1, l2 : float
     """
-    _, sums = _compiled()
-    return sums(weights.numpy())
+    return _compiled().sums(weights.numpy())
+
+
+def cross_entropy_with_kl(logits, target, alpha, ignore_index=-100):
+    """Mean cross-entropy plus ``alpha`` times the mean KL from uniform, in one node.
+
+    .. math:: L = \\frac1n \\sum_i \\Big[-\\log p_{i y_i}
+              + \\alpha\\,\\mathrm{KL}(u \\,\\|\\, p_i)\\Big], \\qquad
+              \\frac{\\partial L}{\\partial z_{ik}}
+              = \\frac1n \\Big[(1 + \\alpha)\\,p_{ik} - \\frac{\\alpha}{K}
+              - [k = y_i]\\Big]
+
+    with ``p_i = softmax(z_i)`` and
+    :func:`~sk_softreg.penalties.kl_from_uniform` as the KL: the value of
+    ``F.cross_entropy(z, y) + alpha * kl_from_uniform(z).mean()`` and its
+    gradient, computed in float64 per row and rounded to the logits' dtype
+    (torch's kernels round each step to that dtype, so the two agree up to
+    rounding, not bit for bit).
+
+    Parameters
+    ----------
+    logits : torch.Tensor of shape (n, K)
+        Contiguous float32 or float64 CPU tensor.
+    target : torch.Tensor of shape (n,)
+        int64 class indices on the CPU.
+    alpha : float
+    ignore_index : int, default=-100
+        The criterion's ``ignore_index``: a batch with such a target returns
+        None (torch's kernels then leave those rows out of the mean).
+
+    Returns
+    -------
+    (loss, kl) or None
+        ``loss``, a 0-d tensor of the logits' dtype, differentiable once with
+        respect to ``logits``; ``kl``, the mean KL as a Python float. None,
+        with nothing computed, where numba is unavailable, a tensor is not as
+        described above, or a target is outside ``[0, K)`` or equal to
+        ``ignore_index``: the caller then takes torch's kernels (and their
+        errors).
+    """
+    if not (
+        logits.device.type == "cpu"
+        and logits.dtype in _DTYPES
+        and logits.dim() == 2
+        and logits.is_contiguous()
+        and target.device.type == "cpu"
+        and target.dtype == torch.int64
+        and target.shape == logits.shape[:1]
+        and bool(_compiled())
+    ):
+        return None
+    probs = torch.empty_like(logits)
+    ce, kl, valid = _compiled().ce_kl_forward(
+        logits.detach().numpy(), target.numpy(), probs.numpy(), ignore_index
+    )
+    if not valid:
+        return None
+    return _CrossEntropyWithKL.apply(logits, probs, target, ce + alpha * kl, alpha), kl
+
+
+class _CrossEntropyWithKL(torch.autograd.Function):
+    """The node of :func:`cross_entropy_with_kl`: its value is computed beforehand."""
+
+    @staticmethod
+    def forward(ctx, logits, probs, target, value, alpha):
+        ctx.save_for_backward(probs, target)
+        ctx.alpha = alpha
+        return torch.tensor(value, dtype=logits.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        probs, target = ctx.saved_tensors
+        grad = torch.empty_like(probs)
+        _compiled().ce_kl_backward(
+            probs.numpy(), target.numpy(), ctx.alpha, float(grad_output) / len(probs),
+            grad.numpy(),
+        )
+        return grad, None, None, None, None
 
 
 _NUMPY_TYPE = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-def _soft_threshold_loop(w, root_v, scale, shift, one):
+def _soft_threshold_loop(w, v, scale, shift, one):
     # every operand has the buffer's dtype, so each operation rounds as torch's does
+    # (np.sqrt: the correctly rounded root, in that dtype)
     for i in range(w.shape[0]):
-        t = one / (root_v[i] + shift)
+        t = one / (np.sqrt(v[i]) + shift)
         t = t * scale
         x = w[i]
         w[i] = x - min(max(x, -t), t)
@@ -107,6 +200,44 @@ def _sums_loop(w):
         l1 += abs(x)
         l2 += x * x
     return l1, l2
+
+
+def _ce_kl_forward_loop(z, y, probs, ignore_index):
+    # per row, in float64: log-sum-exp, the softmax into probs, -log p_y and the
+    # sum of log p over the classes; (ce, kl) are the batch means
+    n, k = z.shape
+    ce = 0.0
+    sum_log_p = 0.0
+    for i in range(n):
+        c = y[i]
+        if c < 0 or c >= k or c == ignore_index:
+            return 0.0, 0.0, False
+        top = np.float64(z[i, 0])
+        for j in range(1, k):
+            top = max(top, np.float64(z[i, j]))
+        total = 0.0
+        for j in range(k):
+            total += math.exp(np.float64(z[i, j]) - top)
+        log_total = math.log(total)
+        row = 0.0
+        for j in range(k):
+            shifted = np.float64(z[i, j]) - top
+            probs[i, j] = math.exp(shifted) / total
+            row += shifted - log_total
+        ce -= np.float64(z[i, c]) - top - log_total
+        sum_log_p += row
+    return ce / n, -sum_log_p / (n * k) - math.log(k), True
+
+
+def _ce_kl_backward_loop(probs, y, alpha, scale, grad):
+    # scale * ((1 + alpha) * p - alpha / K - onehot), in float64 per element
+    n, k = probs.shape
+    for i in range(n):
+        for j in range(k):
+            g = (1.0 + alpha) * np.float64(probs[i, j]) - alpha / k
+            if j == y[i]:
+                g -= 1.0
+            grad[i, j] = scale * g
 
 
 def _compiled():
@@ -133,7 +264,10 @@ def _jit(numba, cache):
         reassociated = numba.njit(
             nogil=True, cache=cache, error_model="numpy", fastmath={"reassoc", "nsz"}
         )
-        return exact(_soft_threshold_loop), reassociated(_sums_loop)
+        return _Kernels(
+            exact(_soft_threshold_loop), reassociated(_sums_loop),
+            exact(_ce_kl_forward_loop), exact(_ce_kl_backward_loop),
+        )
     except RuntimeError:  # numba found no writable cache directory: compile in memory
         if not cache:
             raise

@@ -45,20 +45,17 @@ def test_matches_plain_classifier_without_accumulation(digits200, lambda2):
     acc = AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(), **kw).fit(X, y)
     assert acc.get_params()["device"] is None
     assert all(v > 0 for v in acc.history[:, "train_l1"])
-    if lambda2:
-        # The plain estimator adds the λ2 gradient 2·λ2·w after backward, the
-        # Accelerate variant backpropagates λ2·Σw² (loss scaling and gradient
-        # accumulation need it in the loss): the same gradient up to rounding.
-        for key in ("train_loss", "train_l1", "train_l2", "train_kl"):
-            assert acc.history[:, key] == pytest.approx(plain.history[:, key], rel=1e-5)
-        np.testing.assert_allclose(acc.predict_proba(X), plain.predict_proba(X), atol=1e-5)
-        return
-    # Same weights bit for bit; the history's penalty values may be summed in
-    # another order (the plain fit's compiled loops, sk_softreg._fused).
+    # The same objective and steps, computed in part by other kernels: the plain
+    # CPU fit takes the cross-entropy and KL in one compiled node and the
+    # correctly rounded square root in the compiled proximal step
+    # (sk_softreg._fused), and adds the λ2 gradient 2·λ2·w after backward; the
+    # Accelerate variant keeps torch's kernels and backpropagates λ2·Σw² (loss
+    # scaling and gradient accumulation need it in the loss). So the two agree
+    # up to rounding.
     for key in ("train_loss", "train_l1", "train_l2", "train_kl"):
-        assert acc.history[:, key] == pytest.approx(plain.history[:, key], rel=1e-6)
-    np.testing.assert_array_equal(acc.predict_proba(X), plain.predict_proba(X))
-    assert acc.sparsity_ == plain.sparsity_
+        assert acc.history[:, key] == pytest.approx(plain.history[:, key], rel=1e-5)
+    np.testing.assert_allclose(acc.predict_proba(X), plain.predict_proba(X), atol=1e-5)
+    assert acc.sparsity_ == pytest.approx(plain.sparsity_, abs=0.005)
     np.testing.assert_array_equal(acc.predict(X[:5]), plain.predict(X[:5]))
 
 

@@ -3,6 +3,10 @@
 The buffer is a speed device only: a fit with it must train bit-identical
 weights to a fit that keeps every tensor in its own storage, fall back when
 anything replaces the tensors mid-fit, and leave no shared storage behind.
+The fits that compare the two run on torch's kernels (``torch_kernels``):
+numba's loops, which only the buffer uses, round the square root of the
+proximal step correctly and torch's CPU kernel not always; test_fused.py
+compares those loops with torch's kernels.
 """
 
 import copy
@@ -13,13 +17,19 @@ import torch
 from skorch.callbacks import Callback
 from torch import nn
 
-from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor, _fused
 from sk_softreg._flat import flatten_
 from sk_softreg.penalties import prox_thresholds, select_penalized
 
 FAST = dict(max_epochs=2, batch_size=32, random_state=0, device="cpu")
 TINY_CNN = dict(module__channels=(4, 8), module__hidden_units=16)
 PENALTIES = dict(lambda1=1e-3, lambda2=1e-3, alpha=0.1)
+
+
+@pytest.fixture
+def torch_kernels(monkeypatch):
+    """Run without numba's compiled loops, as where numba is not installed."""
+    monkeypatch.setattr(_fused, "_kernels", False)
 
 
 def _per_tensor(cls):
@@ -73,7 +83,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_flat_buffer_trains_bit_identical_weights(case, digits, regression_data):
+def test_flat_buffer_trains_bit_identical_weights(case, digits, regression_data, torch_kernels):
     cls, params = CASES[case]
     X, y = regression_data if cls is SoftRegRegressor else _images(digits)
     spy = _FlatSpy()
@@ -137,7 +147,7 @@ class _Replace(Callback):
 
 
 @pytest.mark.parametrize("what", ["parameter", "optimizer state"])
-def test_replaced_tensors_mid_fit_fall_back_to_per_tensor_steps(digits, what):
+def test_replaced_tensors_mid_fit_fall_back_to_per_tensor_steps(digits, what, torch_kernels):
     X, y = _images(digits)
     spy = _FlatSpy()
     flat = SoftRegCNNClassifier(
