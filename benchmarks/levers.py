@@ -133,6 +133,7 @@ UNDO = {
     "skorch's train_step (closure)": ({"_optimizer_step": _skorch_train_step}, {}, {}),
     "end-of-fit residuals in fit's batches": ({"_large_eval_batches": _fit_batch_size}, {}, {}),
     "lambda2 backpropagated": ({"train_step_single": _l2_through_loss}, {}, {}),
+    # numba's prox, sums and the classifier's cross-entropy + KL node, all three
     "compiled loops (numba)": ({}, {}, {(fused, "_kernels"): False}),
     "per-tensor penalty steps": (_PER_TENSOR, {}, {}),
     "L1 value by 1-norm kernel": (_PER_TENSOR, {}, {(base, "l1_penalty"): _l1_by_norm}),

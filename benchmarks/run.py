@@ -424,8 +424,9 @@ def main(argv=None):
                 "hand_on": lambda: hand_penalized_cnn_fit(X, y, epochs, **PENALTIES),
                 "hand_off": lambda: hand_penalized_cnn_fit(X, y, epochs),
             }, repeats, record=times)
-        kernels = ("prox and penalty values in numba's compiled loops" if _fused._compiled()
-                   else "numba not installed: prox and penalty values in torch kernels")
+        kernels = ("prox, penalty values and CE + KL in numba's compiled loops"
+                   if _fused._compiled()
+                   else "numba not installed: prox, penalty values and CE + KL in torch kernels")
         row(f"3. same CNN, {n_threads} torch thread(s): lambda1=lambda2=1e-4, alpha=0.1 / "
             "all zero", t["on"], t["off"], target=1.05,
             note=f"{kernels}; median of per-repeat ratios {paired_ratio(times, 'on', 'off'):.2f}")
