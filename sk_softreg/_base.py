@@ -1102,10 +1102,9 @@ class SoftRegMixin:
         if totals is None:
             totals = self._epoch_terms = [0.0] * len(_HISTORY_TERMS) + [0]
         scales = (n, n, n * self.alpha, n)
-        with torch.no_grad():
-            for i, (value, scale) in enumerate(zip(terms, scales)):
-                if value is not None:
-                    totals[i] = _add_scaled(totals[i], value, scale)
+        for i, (value, scale) in enumerate(zip(terms, scales)):
+            if value is not None:
+                totals[i] = _add_scaled(totals[i], value, scale)
         totals[-1] += n
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
@@ -1182,13 +1181,14 @@ def _layout_agnostic(optimizer):
 
 
 def _add_scaled(total, value, scale):
-    """``total + scale * value`` for a float or 0-d tensor ``value``; in place once
-    ``total`` is a tensor (call under ``torch.no_grad()``)."""
+    """``total + scale * value`` for a float or 0-d tensor ``value``; in place, without
+    a graph, once ``total`` is a tensor (floats cost no torch operation)."""
     if not isinstance(value, torch.Tensor):
         return total + scale * value
-    if isinstance(total, torch.Tensor):
-        return total.add_(value, alpha=scale)
-    return torch.mul(value, scale).add_(total)
+    with torch.no_grad():
+        if isinstance(total, torch.Tensor):
+            return total.add_(value, alpha=scale)
+        return torch.mul(value, scale).add_(total)
 
 
 def _no_grad_if(condition):

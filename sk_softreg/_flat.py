@@ -24,7 +24,6 @@ import torch
 
 from . import _fused
 from .penalties import (
-    _as_floats,
     adam_threshold_coefficients,
     l1_penalty,
     l2_penalty,
@@ -47,7 +46,10 @@ class FlatWeights:
         without them, such as SGD), laid out like ``weights``.
     """
 
-    __slots__ = ("params", "weights", "moments", "optimizer", "group", "key", "_views", "_ptrs")
+    __slots__ = (
+        "params", "weights", "moments", "optimizer", "group", "key", "_views", "_ptrs",
+        "_compiled",
+    )
 
     def __init__(self, params, weights, moments, optimizer, group, key, views):
         self.params = params
@@ -58,6 +60,8 @@ class FlatWeights:
         self.key = key
         self._views = views
         self._ptrs = [p.data_ptr() for p in params]
+        # asked once: the buffer keeps its device, dtype and layout while it lives
+        self._compiled = _fused.applies(weights)
 
     def intact(self, optimizer=None):
         """True while every parameter still lives in ``weights`` and, when
@@ -94,7 +98,6 @@ class FlatWeights:
             return None
         return thresholds_from_moments([self.moments], [coefficients])[0]
 
-    @torch.no_grad()
     def prox_l1_(self, lambda1):
         """Soft-threshold ``weights`` in place with the thresholds of :meth:`thresholds`.
 
@@ -108,16 +111,17 @@ class FlatWeights:
         bool
             False, and nothing changed, where :meth:`thresholds` is None.
         """
-        if self.key is not None and _fused.applies(self.weights):
+        if self.key is not None and self._compiled:
             coefficients = self._coefficients(lambda1)
             if coefficients is None:
                 return False
             _fused.soft_threshold_scaled_(self.weights, self.moments, *coefficients)
             return True
-        thresholds = self.thresholds(lambda1)
-        if thresholds is None:
-            return False
-        prox_l1_([self.weights], [thresholds])
+        with torch.no_grad():
+            thresholds = self.thresholds(lambda1)
+            if thresholds is None:
+                return False
+            prox_l1_([self.weights], [thresholds])
         return True
 
     def penalty_values(self, l1=True, l2=True):
@@ -127,7 +131,7 @@ class FlatWeights:
         loop, summed in float64, as Python floats (asked for or not: the second
         sum is nearly free); otherwise they are 0-d tensors from torch's kernels.
         """
-        if _fused.applies(self.weights):
+        if self._compiled:
             sum_abs, sum_squares = _fused.abs_and_square_sums(self.weights)
         else:
             with torch.no_grad():
@@ -138,7 +142,9 @@ class FlatWeights:
     def _coefficients(self, lambda1):
         """``(scale, shift)`` of the Adam threshold, or None where step counts differ."""
         state = self.optimizer.state
-        steps = set(_as_floats([state[p]["step"] for p in self.params]))
+        # fits build the buffers on the CPU only (_base._FLAT_DEVICE_TYPES): reading a
+        # CPU step count with float() costs no device synchronization
+        steps = {float(state[p]["step"]) for p in self.params}
         if len(steps) != 1:
             return None
         return adam_threshold_coefficients(self.group, steps.pop(), lambda1)

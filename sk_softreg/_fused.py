@@ -57,7 +57,6 @@ def applies(buffer):
     )
 
 
-@torch.no_grad()
 def soft_threshold_scaled_(weights, moments, scale, shift):
     """Soft-threshold ``weights`` in place with thresholds ``scale / (sqrt(moments) + shift)``.
 
@@ -138,19 +137,20 @@ def cross_entropy_with_kl(logits, target, alpha, ignore_index=-100):
         ``ignore_index``: the caller then takes torch's kernels (and their
         errors).
     """
+    kernels = _compiled()
     if not (
-        logits.device.type == "cpu"
+        kernels
+        and logits.is_cpu
         and logits.dtype in _DTYPES
         and logits.dim() == 2
         and logits.is_contiguous()
-        and target.device.type == "cpu"
+        and target.is_cpu
         and target.dtype == torch.int64
         and target.shape == logits.shape[:1]
-        and bool(_compiled())
     ):
         return None
     probs = torch.empty_like(logits)
-    ce, kl, valid = _compiled().ce_kl_forward(
+    ce, kl, valid = kernels.ce_kl_forward(
         logits.detach().numpy(), target.numpy(), probs.numpy(), ignore_index
     )
     if not valid:
@@ -165,7 +165,7 @@ class _CrossEntropyWithKL(torch.autograd.Function):
     def forward(ctx, logits, probs, target, value, alpha):
         ctx.save_for_backward(probs, target)
         ctx.alpha = alpha
-        return torch.tensor(value, dtype=logits.dtype)
+        return torch.scalar_tensor(value, dtype=logits.dtype)
 
     @staticmethod
     @once_differentiable
