@@ -206,6 +206,7 @@ def _ce_kl_forward_loop(z, y, probs, ignore_index):
     # per row, in float64: log-sum-exp, the softmax into probs, -log p_y and the
     # sum of log p over the classes; (ce, kl) are the batch means
     n, k = z.shape
+    exps = np.empty(k)  # one row's exp(z - max), in float64
     ce = 0.0
     sum_log_p = 0.0
     for i in range(n):
@@ -217,13 +218,13 @@ def _ce_kl_forward_loop(z, y, probs, ignore_index):
             top = max(top, np.float64(z[i, j]))
         total = 0.0
         for j in range(k):
-            total += math.exp(np.float64(z[i, j]) - top)
+            exps[j] = math.exp(np.float64(z[i, j]) - top)
+            total += exps[j]
         log_total = math.log(total)
         row = 0.0
         for j in range(k):
-            shifted = np.float64(z[i, j]) - top
-            probs[i, j] = math.exp(shifted) / total
-            row += shifted - log_total
+            probs[i, j] = exps[j] / total
+            row += np.float64(z[i, j]) - top - log_total
         ce -= np.float64(z[i, c]) - top - log_total
         sum_log_p += row
     return ce / n, -sum_log_p / (n * k) - math.log(k), True
