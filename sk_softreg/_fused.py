@@ -23,8 +23,9 @@ one compiled loop, and both values one more:
 The classifier's loss under ``alpha > 0`` is the other per-batch cost of the
 penalties: cross-entropy plus ``α·KL(u ‖ p)`` is, in eager torch, a dozen small
 kernels and autograd nodes for an ``(n, K)`` block of logits.
-:func:`cross_entropy_with_kl` computes its value in one compiled loop and its
-gradient, ``((1 + α)·p − α/K − onehot(y)) / n``, in another: one autograd node.
+:func:`cross_entropy_with_kl` computes its value and its gradient,
+``((1 + α)·p − α/K − onehot(y)) / n``, in one compiled loop: one autograd node
+whose backward hands the gradient on (scaled where the incoming one is not 1).
 
 Without numba (or with ``NUMBA_DISABLE_JIT=1``) :func:`applies` is False and
 the callers keep torch's kernels.
@@ -35,12 +36,11 @@ from collections import namedtuple
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 #: dtypes the loops are compiled for; other dtypes keep torch's kernels
 _DTYPES = (torch.float32, torch.float64)
 
-_Kernels = namedtuple("_Kernels", "soft_threshold sums ce_kl_forward ce_kl_backward")
+_Kernels = namedtuple("_Kernels", "soft_threshold sums cross_entropy_kl")
 _kernels = None  # a _Kernels once compiled; False where numba is unavailable
 
 
@@ -131,7 +131,8 @@ def cross_entropy_with_kl(logits, target, alpha, ignore_index=-100):
     -------
     (loss, kl) or None
         ``loss``, a 0-d tensor of the logits' dtype, differentiable once with
-        respect to ``logits``; ``kl``, the mean KL as a Python float. None,
+        respect to ``logits`` (a backward pass with ``create_graph=True``
+        raises); ``kl``, the mean KL as a Python float. None,
         with nothing computed, where numba is unavailable, a tensor is not as
         described above, or a target is outside ``[0, K)`` or equal to
         ``ignore_index``: the caller then takes torch's kernels (and their
@@ -149,34 +150,33 @@ def cross_entropy_with_kl(logits, target, alpha, ignore_index=-100):
         and target.shape == logits.shape[:1]
     ):
         return None
-    probs = torch.empty_like(logits)
-    ce, kl, valid = kernels.ce_kl_forward(
-        logits.detach().numpy(), target.numpy(), probs.numpy(), ignore_index
+    grad = torch.empty_like(logits)
+    ce, kl, valid = kernels.cross_entropy_kl(
+        logits.detach().numpy(), target.numpy(), alpha, ignore_index, grad.numpy()
     )
     if not valid:
         return None
-    return _CrossEntropyWithKL.apply(logits, probs, target, ce + alpha * kl, alpha), kl
+    return _CrossEntropyWithKL.apply(logits, grad, ce + alpha * kl), kl
 
 
 class _CrossEntropyWithKL(torch.autograd.Function):
-    """The node of :func:`cross_entropy_with_kl`: its value is computed beforehand."""
+    """The node of :func:`cross_entropy_with_kl`: value and gradient come computed."""
 
     @staticmethod
-    def forward(ctx, logits, probs, target, value, alpha):
-        ctx.save_for_backward(probs, target)
-        ctx.alpha = alpha
+    def forward(ctx, logits, grad, value):
+        ctx.save_for_backward(grad)
         return torch.scalar_tensor(value, dtype=logits.dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
-        probs, target = ctx.saved_tensors
-        grad = torch.empty_like(probs)
-        _compiled().ce_kl_backward(
-            probs.numpy(), target.numpy(), ctx.alpha, float(grad_output) / len(probs),
-            grad.numpy(),
-        )
-        return grad, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True: the gradient has no graph
+            raise RuntimeError(
+                "cross_entropy_with_kl is differentiable once: its gradient was computed "
+                "without a graph, so it cannot be differentiated again"
+            )
+        (grad,) = ctx.saved_tensors
+        scale = float(grad_output)
+        return (grad if scale == 1.0 else grad * scale), None, None
 
 
 _NUMPY_TYPE = {torch.float32: np.float32, torch.float64: np.float64}
@@ -202,11 +202,12 @@ def _sums_loop(w):
     return l1, l2
 
 
-def _ce_kl_forward_loop(z, y, probs, ignore_index):
-    # per row, in float64: log-sum-exp, the softmax into probs, -log p_y and the
-    # sum of log p over the classes; (ce, kl) are the batch means
+def _cross_entropy_kl_loop(z, y, alpha, ignore_index, grad):
+    # per row, in float64: log-sum-exp, -log p_y, the sum of log p over the
+    # classes, and the gradient ((1 + alpha) p - alpha / K - onehot) / n into
+    # grad; returns the batch means (ce, kl) and whether every target was valid
     n, k = z.shape
-    exps = np.empty(k)  # one row's exp(z - max), in float64
+    exps = np.empty(k)  # one row's exp(z - max)
     ce = 0.0
     sum_log_p = 0.0
     for i in range(n):
@@ -223,22 +224,14 @@ def _ce_kl_forward_loop(z, y, probs, ignore_index):
         log_total = math.log(total)
         row = 0.0
         for j in range(k):
-            probs[i, j] = exps[j] / total
+            g = (1.0 + alpha) * (exps[j] / total) - alpha / k
+            if j == c:
+                g -= 1.0
+            grad[i, j] = g / n
             row += np.float64(z[i, j]) - top - log_total
         ce -= np.float64(z[i, c]) - top - log_total
         sum_log_p += row
     return ce / n, -sum_log_p / (n * k) - math.log(k), True
-
-
-def _ce_kl_backward_loop(probs, y, alpha, scale, grad):
-    # scale * ((1 + alpha) * p - alpha / K - onehot), in float64 per element
-    n, k = probs.shape
-    for i in range(n):
-        for j in range(k):
-            g = (1.0 + alpha) * np.float64(probs[i, j]) - alpha / k
-            if j == y[i]:
-                g -= 1.0
-            grad[i, j] = scale * g
 
 
 def _compiled():
@@ -266,8 +259,7 @@ def _jit(numba, cache):
             nogil=True, cache=cache, error_model="numpy", fastmath={"reassoc", "nsz"}
         )
         return _Kernels(
-            exact(_soft_threshold_loop), reassociated(_sums_loop),
-            exact(_ce_kl_forward_loop), exact(_ce_kl_backward_loop),
+            exact(_soft_threshold_loop), reassociated(_sums_loop), exact(_cross_entropy_kl_loop)
         )
     except RuntimeError:  # numba found no writable cache directory: compile in memory
         if not cache:

@@ -248,6 +248,13 @@ def test_cross_entropy_with_kl_passes_gradcheck_and_scales_with_the_incoming_gra
     torch.testing.assert_close(scaled, -2.5 * once)
 
 
+def test_cross_entropy_with_kl_refuses_a_second_derivative():
+    logits = torch.randn(5, 3, requires_grad=True)
+    loss, _ = _fused.cross_entropy_with_kl(logits, torch.tensor([0, 1, 2, 0, 1]), 0.1)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(loss, logits, create_graph=True)
+
+
 def test_cross_entropy_with_kl_of_nan_logits_is_nan():
     logits = torch.zeros(4, 3)
     logits[1, 2] = float("nan")
