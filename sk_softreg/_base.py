@@ -868,22 +868,26 @@ class SoftRegMixin:
         in validation too; the λ terms do not change.
         """
         X, weights = unpack_weights(X)
-        # where one compiled node gives both, `data` has α·KL in it already
-        with_kl = None
+        kl = None  # the KL mean, once α·KL is in `data`
         if training and self.alpha and weights is None:
-            with_kl = self._data_loss_with_kl(y_pred, y_true)
-        if with_kl is not None:
-            data, kl = with_kl
-        elif weights is None:
-            data = self._data_loss(y_pred, y_true, X=X, training=training)
-        else:
-            data = weighted_mean(self._per_sample_data_loss(y_pred, y_true, X, training), weights)
+            fused = self._data_loss_with_kl(y_pred, y_true)  # one node for both, or None
+            if fused is not None:
+                data, kl = fused
+        if kl is None:
+            if weights is None:
+                data = self._data_loss(y_pred, y_true, X=X, training=training)
+            else:
+                data = weighted_mean(
+                    self._per_sample_data_loss(y_pred, y_true, X, training), weights
+                )
         if not training or not self._penalties_active():
             return data
+        if self.alpha and kl is None:  # α scales the KL mean as it enters the loss
+            kl_i = self._kl_term(y_pred, y_true)
+            kl = kl_i.mean() if weights is None else weighted_mean(kl_i, weights)
+            data = torch.add(data, kl, alpha=self.alpha)
         state = getattr(self, "_step_state", None)
         l1 = l2 = features = None
-        if with_kl is None:
-            kl = None
         params = self._penalized_params() if (self.lambda1 or self.lambda2) else []
         # values without a gradient: under the proximal step (L1) and when the λ2
         # gradient is added after backward (L2); over the flat buffer when there is one
@@ -903,22 +907,16 @@ class SoftRegMixin:
                 with _no_grad_if(pending):
                     sum_squares = l2_penalty(params)
             l2 = self.lambda2 * sum_squares
-        if self.alpha and with_kl is None:  # the KL mean; α scales it as it enters the loss
-            kl_i = self._kl_term(y_pred, y_true)
-            kl = kl_i.mean() if weights is None else weighted_mean(kl_i, weights)
         if self.lambda_features:
             with torch.no_grad():
                 features = self.lambda_features * group_l2_penalty(self._feature_weight())
         # The λ terms are summed first, mostly outside the graph (Python floats
-        # where the compiled loops gave the values), and the KL mean enters
-        # scaled by α: at most two nodes in the graph whatever is active (one
-        # where the data loss came with the KL).
+        # where the compiled loops gave the values), then added to data + α·KL:
+        # at most two nodes in the graph whatever is active.
         loss = data
         lambdas = [t for t in (l1, l2, features) if t is not None]
         if lambdas:
             loss = loss + sum(lambdas[1:], lambdas[0])
-        if kl is not None and with_kl is None:
-            loss = torch.add(loss, kl, alpha=self.alpha)
         if state is not None and state.evaluations is not None:
             # inside train_step: keep this evaluation's terms for history
             state.evaluations.append((loss, (l1, l2, kl, features), len(y_pred)))
