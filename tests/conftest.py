@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from sk_softreg import _fused
+
 
 @pytest.fixture(scope="session")
 def digits():
@@ -30,3 +32,10 @@ def digits200():
     """The first 200 digits as float32 in [0, 1] (Accelerate and Dataset-input tests)."""
     X, y = load_digits(return_X_y=True)
     return (X[:200] / 16.0).astype(np.float32), y[:200]
+
+
+@pytest.fixture
+def torch_kernels(monkeypatch):
+    """Run without numba's compiled loops (sk_softreg._fused), as where numba is not
+    installed."""
+    monkeypatch.setattr(_fused, "_kernels", False)

@@ -17,19 +17,13 @@ import torch
 from skorch.callbacks import Callback
 from torch import nn
 
-from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor, _fused
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
 from sk_softreg._flat import flatten_
 from sk_softreg.penalties import prox_thresholds, select_penalized
 
 FAST = dict(max_epochs=2, batch_size=32, random_state=0, device="cpu")
 TINY_CNN = dict(module__channels=(4, 8), module__hidden_units=16)
 PENALTIES = dict(lambda1=1e-3, lambda2=1e-3, alpha=0.1)
-
-
-@pytest.fixture
-def torch_kernels(monkeypatch):
-    """Run without numba's compiled loops, as where numba is not installed."""
-    monkeypatch.setattr(_fused, "_kernels", False)
 
 
 def _per_tensor(cls):

@@ -34,12 +34,6 @@ FAST = dict(max_epochs=2, batch_size=32, random_state=0, device="cpu")
 PENALTIES = dict(lambda1=1e-3, lambda2=1e-3, alpha=0.1)
 
 
-@pytest.fixture
-def torch_kernels(monkeypatch):
-    """Run without the compiled loops, as where numba is not installed."""
-    monkeypatch.setattr(_fused, "_kernels", False)
-
-
 def _bits(t):
     return t.view(torch.int32 if t.element_size() == 4 else torch.int64)
 
