@@ -92,7 +92,10 @@ def _fit_batch_size(self):
 
 def _loss_by_four_adds(self, y_pred, y_true, X=None, training=False):
     """The previous ``get_loss`` on this workload (unweighted, no ``lambda_features``):
-    ``data + l1 + l2 + α·kl + features``, a zero tensor for each inactive term."""
+    ``data + l1 + l2 + α·kl + features``, a zero tensor for each inactive term.
+
+    It computes the cross-entropy and the KL apart, in torch's kernels, so it also
+    undoes the classifier's one-node cross-entropy + KL (``_data_loss_with_kl``)."""
     data = self._data_loss(y_pred, y_true, X=X, training=training)
     if not training or not (self.lambda1 or self.lambda2 or self.alpha):
         return data
