@@ -81,6 +81,11 @@ def _l2_through_loss(self, batch, **fit_params):
     return NeuralNet.train_step_single(self, batch, **fit_params)
 
 
+def _no_decay_groups(self, optimizer):
+    """No parameter group carries λ2: its gradient is added after backward."""
+    return None
+
+
 def _skorch_train_step(self, batch, **fit_params):
     return NeuralNet.train_step(self, batch, **fit_params)
 
@@ -136,6 +141,8 @@ UNDO = {
     "skorch's train_step (closure)": ({"_optimizer_step": _skorch_train_step}, {}, {}),
     "end-of-fit residuals in fit's batches": ({"_large_eval_batches": _fit_batch_size}, {}, {}),
     "lambda2 backpropagated": ({"train_step_single": _l2_through_loss}, {}, {}),
+    "lambda2 added after backward, not in weight_decay": (
+        {"_l2_decay_groups": _no_decay_groups}, {}, {}),
     # numba's prox, sums and the classifier's cross-entropy + KL node, all three
     "compiled loops (numba)": ({}, {}, {(fused, "_kernels"): False}),
     "per-tensor penalty steps": (_PER_TENSOR, {}, {}),
@@ -148,7 +155,8 @@ STEP_LEVERS = ("all levers on", "no fused Adam default", "module.train() every b
                "skorch's notify, history rows, get_len", "optimizer.zero_grad()",
                "one gather per batch", "skorch's train_step (closure)")
 MLP_LEVERS = ("end-of-fit residuals in fit's batches",)
-PENALTY_LEVERS = ("all levers on", "lambda2 backpropagated", "compiled loops (numba)",
+PENALTY_LEVERS = ("all levers on", "lambda2 backpropagated",
+                  "lambda2 added after backward, not in weight_decay", "compiled loops (numba)",
                   "per-tensor penalty steps", "L1 value by 1-norm kernel",
                   "previous prox kernels", "penalty terms by four additions")
 #: variant -> the variant it is compared with, where that is not "all levers on"

@@ -66,6 +66,7 @@ from ._batching import (
 from ._exceptions import NonFiniteLossError
 from ._flat import flatten_
 from ._progress import EpochProgressBar
+from ._weight_decay import DECAY_OPTIMIZERS, decay_groups, split_groups, step_with_added_decay
 from .penalties import (
     add_l2_grad_,
     group_l2_penalty,
@@ -633,6 +634,22 @@ class SoftRegMixin:
             )
         return super().initialize_optimizer(*args, **kwargs)
 
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        """skorch's; with ``lambda2 > 0``, SGD and Adam get the penalized weights
+        in parameter groups of their own.
+
+        Each group skorch builds (one, or those of ``optimizer__param_groups``) is
+        split into its penalized weights and its other parameters, with the same
+        options, so that the optimizer's ``weight_decay`` can carry λ2's gradient
+        (see :meth:`_l2_decay_groups`). Training is the same as with the groups
+        unsplit.
+        """
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        if prefix == "optimizer" and self.lambda2 and self.optimizer in DECAY_OPTIMIZERS:
+            penalized = select_penalized(self.module_, self.penalize)
+            args = (split_groups(args[0], penalized), *args[1:])
+        return args, kwargs
+
     def get_default_callbacks(self):
         """skorch's defaults; with ``verbose >= 1`` a tqdm bar on stderr replaces the
         epoch table (``verbose >= 2`` keeps the table too)."""
@@ -953,17 +970,26 @@ class SoftRegMixin:
         than backpropagating through ``λ2·Σw²`` and gives the same gradient to
         every optimizer (unlike ``weight_decay``, which AdamW decouples).
         Callbacks' ``on_grad_computed`` (e.g. gradient clipping) see the full
-        gradient, as before.
+        gradient, as before. Where :meth:`_optimizer_step` offers to have the
+        optimizer add it (:mod:`sk_softreg._weight_decay`), nothing is added
+        here and the offer is taken, unless a penalized weight got no
+        gradient. A subclass's ``train_step_single`` that does not call this
+        one takes no offer: its step is then the optimizer's plain one.
         """
         if not self.lambda2:
             return super().train_step_single(batch, **fit_params)
         state = self._step_scratch()
+        offered, state.l2_decay_offer = state.l2_decay_offer, None
         state.l2_grad_pending = True
         try:
             step = super().train_step_single(batch, **fit_params)
         finally:
             state.l2_grad_pending = False
-        add_l2_grad_(self._penalized_params(), self.lambda2)
+        params = self._penalized_params()
+        if offered is not None and all(p.grad is not None for p in params):
+            state.l2_decay_taken = offered
+        else:
+            add_l2_grad_(params, self.lambda2)
         return step
 
     def train_step(self, batch, **fit_params):
@@ -999,6 +1025,9 @@ class SoftRegMixin:
         notified when anything implements it. Several optimizers, LBFGS,
         other optimizers, step pre-hooks and an overridden
         ``get_train_step_accumulator`` take skorch's own ``train_step``.
+
+        When nothing implements ``on_grad_computed``, SGD and Adam get the λ2
+        gradient through their ``weight_decay`` (see :meth:`_l2_decay_groups`).
         """
         optimizer = None
         if len(self._optimizers) == 1 and (
@@ -1007,19 +1036,49 @@ class SoftRegMixin:
             optimizer = getattr(self, self._optimizers[0] + "_")
         if optimizer is None or not closure_free(optimizer):
             return super().train_step(batch, **fit_params)
-        with torch.enable_grad():
-            self._zero_grad_optimizer()
-            step = self.train_step_single(batch, **fit_params)
-            hooked = getattr(self, "_hooked_callbacks", None)
-            if hooked is None or hooked["on_grad_computed"]:
-                self.notify(
-                    "on_grad_computed",
-                    named_parameters=TeeGenerator(self.get_all_learnable_params()),
-                    batch=batch,
-                    training=True,
-                )
-        optimizer.step()
+        hooked = getattr(self, "_hooked_callbacks", None)
+        notify = hooked is None or hooked["on_grad_computed"]
+        state = self._step_scratch()
+        # offered to train_step_single, which takes it instead of adding 2·λ2·w itself
+        state.l2_decay_offer = (
+            self._l2_decay_groups(optimizer) if self.lambda2 and not notify else None
+        )
+        try:
+            with torch.enable_grad():
+                self._zero_grad_optimizer()
+                step = self.train_step_single(batch, **fit_params)
+                if notify:
+                    self.notify(
+                        "on_grad_computed",
+                        named_parameters=TeeGenerator(self.get_all_learnable_params()),
+                        batch=batch,
+                        training=True,
+                    )
+            groups = state.l2_decay_taken
+        finally:
+            state.l2_decay_offer = state.l2_decay_taken = None
+        if groups is None:
+            optimizer.step()
+        else:
+            step_with_added_decay(optimizer, groups, 2.0 * self.lambda2)
         return step
+
+    def _l2_decay_groups(self, optimizer):
+        """The parameter groups whose ``weight_decay`` can carry λ2's gradient, or None.
+
+        The groups that hold exactly the penalized weights
+        (:func:`~sk_softreg._weight_decay.decay_groups`; SGD and Adam, whose
+        weight decay is the gradient's ``weight_decay·w``), found once per fit
+        and optimizer. ``optimizer.step()`` with their ``weight_decay`` raised
+        by ``2·λ2`` applies the same gradient as adding ``2·λ2·w`` after
+        backward, inside the optimizer's own pass over the weights.
+        """
+        params = self._penalized_params()
+        state = self._step_state
+        cached = state.l2_decay_cache
+        if cached is None or cached[0] is not optimizer or cached[1] is not params:
+            cached = state.l2_decay_cache = (optimizer, params, decay_groups(optimizer, params))
+        return cached[2]
 
     def _step_scratch(self):
         state = getattr(self, "_step_state", None)
@@ -1159,10 +1218,17 @@ class _StepState:
     whose ``__setattr__`` inspects every value for torch components.
     """
 
-    __slots__ = ("l2_grad_pending", "evaluations", "eval_rows", "flat", "flat_tried")
+    __slots__ = (
+        "l2_grad_pending", "l2_decay_offer", "l2_decay_taken", "l2_decay_cache", "evaluations",
+        "eval_rows", "flat", "flat_tried",
+    )
 
     def __init__(self):
         self.l2_grad_pending = False  # get_loss leaves λ2 out of the graph
+        # groups whose weight_decay may carry λ2's gradient this step (see _weight_decay),
+        # offered by _optimizer_step, taken by train_step_single instead of adding it
+        self.l2_decay_offer = self.l2_decay_taken = None
+        self.l2_decay_cache = None  # (optimizer, penalized params, their decay groups or None)
         self.evaluations = None  # [(loss, terms, n)] of the current train_step
         self.eval_rows = 0  # least rows per evaluation batch (see _large_eval_batches)
         self.flat = None  # the fit's FlatWeights (see _flat_weights)

@@ -1,7 +1,8 @@
 """The training step's shortcuts keep skorch's semantics and the objective's math.
 
 - fused Adam/AdamW by default, as a default that any ``optimizer__*`` choice overrides;
-- the λ2 gradient added after backward equals backpropagating λ2·Σw²;
+- the λ2 gradient added after backward equals backpropagating λ2·Σw², and
+  SGD's and Adam's ``weight_decay`` carrying it gives the same training;
 - the penalty terms in history belong to the loss evaluation skorch records,
   also for optimizers that evaluate the loss several times per step (LBFGS);
 - train/eval modes are exactly those skorch sets, though unchanged modules are skipped.
@@ -18,7 +19,9 @@ from skorch.callbacks import Callback
 from skorch.dataset import ValidSplit
 from torch import nn
 
+import sk_softreg._base
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
+from sk_softreg._weight_decay import decay_groups, split_groups
 from sk_softreg.penalties import add_l2_grad_, l2_penalty
 
 FAST = dict(max_epochs=2, random_state=0, device="cpu")
@@ -113,6 +116,123 @@ def test_l2_via_gradient_matches_l2_through_the_loss(regression_data):
     mean_slow, std_slow = slow.predict(X, return_std=True)
     np.testing.assert_allclose(mean, mean_slow, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(std, std_slow, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------
+# λ2 through SGD's and Adam's weight_decay
+class _GradHook(Callback):
+    """Implements on_grad_computed (doing nothing): the step then adds 2·λ2·w itself."""
+
+    def on_grad_computed(self, net, named_parameters, **kwargs):
+        pass
+
+
+def _count_calls(monkeypatch, name):
+    calls = []
+    original = getattr(sk_softreg._base, name)
+
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sk_softreg._base, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"optimizer__weight_decay": 1e-2},
+        {"optimizer": torch.optim.SGD, "optimizer__momentum": 0.9, "lr": 0.05},
+    ],
+    ids=["fused-adam", "adam-user-decay", "sgd-momentum"],
+)
+def test_l2_through_weight_decay_trains_as_adding_the_gradient(regression_data, monkeypatch,
+                                                                kwargs):
+    X, y = regression_data
+    kw = dict(lambda1=1e-3, lambda2=1e-2, alpha=0.1, max_epochs=4, batch_size=50, **kwargs)
+    kw = {**FAST, **kw}
+    steps = _count_calls(monkeypatch, "step_with_added_decay")
+    adds = _count_calls(monkeypatch, "add_l2_grad_")
+    fast = SoftRegRegressor(**kw).fit(X, y)
+    assert len(steps) == 4 * 4 and not adds  # 200 rows, batches of 50: the optimizer adds it
+    slow = SoftRegRegressor(**kw, callbacks=[_GradHook()]).fit(X, y)
+    assert len(adds) == 4 * 4 and len(steps) == 4 * 4  # with the hook: added after backward
+    for p, q in zip(fast.module_.parameters(), slow.module_.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    for key in ("train_loss", "train_l1", "train_l2", "train_kl"):
+        assert fast.history[:, key] == pytest.approx(slow.history[:, key], rel=1e-6)
+    # the penalized weights have a group of their own; weight_decay reads as the user set it
+    groups = fast.optimizer_.param_groups
+    assert [len(g["params"]) for g in groups] == [3, 3]  # 3 weight matrices, 3 bias vectors
+    assert all(p.ndim > 1 for p in groups[0]["params"])
+    assert all(p.ndim == 1 for p in groups[1]["params"])
+    assert [g["weight_decay"] for g in groups] == [kwargs.get("optimizer__weight_decay", 0)] * 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"lambda2": 0.0, "lambda1": 1e-3}, {"optimizer": torch.optim.AdamW, "lambda2": 1e-2}],
+    ids=["no-lambda2", "adamw-decoupled"],
+)
+def test_optimizer_groups_unsplit_without_the_shortcut(regression_data, monkeypatch, kwargs):
+    X, y = regression_data
+    steps = _count_calls(monkeypatch, "step_with_added_decay")
+    est = SoftRegRegressor(**FAST, **kwargs).fit(X, y)
+    assert len(est.optimizer_.param_groups) == 1
+    assert not steps
+
+
+class _UnusedLayer(nn.Module):
+    """A regressor module with a penalized weight that gets no gradient."""
+
+    def __init__(self, n_features=1, n_outputs=1):
+        super().__init__()
+        self.used = nn.Linear(n_features, n_outputs)
+        self.unused = nn.Linear(3, 3)
+
+    def forward(self, X):
+        return self.used(X)
+
+
+def test_weight_without_gradient_still_decays(regression_data, monkeypatch):
+    # add_l2_grad_ gives a weight without gradient the gradient 2·λ2·w; torch's
+    # weight_decay skips it: the shortcut steps aside for such a step.
+    X, y = regression_data
+    kw = {**FAST, "module": _UnusedLayer, "lambda2": 1e-1, "max_epochs": 3, "lr": 1e-2}
+    adds = _count_calls(monkeypatch, "add_l2_grad_")
+    est = SoftRegRegressor(**kw).fit(X, y)
+    assert adds
+    untouched = SoftRegRegressor(**{**kw, "lambda2": 0.0}).fit(X, y).module_.unused.weight
+    assert est.module_.unused.weight.abs().sum() < 0.99 * untouched.abs().sum()
+    ref = SoftRegRegressor(**kw, callbacks=[_GradHook()]).fit(X, y)
+    torch.testing.assert_close(est.module_.unused.weight, ref.module_.unused.weight)
+
+
+def test_split_groups_keeps_options_and_order():
+    a, b, c, d = (torch.zeros(2, 2, requires_grad=True) for _ in range(4))
+    groups = [{"params": [a, b, c], "lr": 0.1}, {"params": [d], "lr": 0.2}]
+    split = split_groups(groups, [c, a])
+    assert [[id(p) for p in g["params"]] for g in split] == [[id(a), id(c)], [id(b)], [id(d)]]
+    assert [g["lr"] for g in split] == [0.1, 0.1, 0.2]
+
+
+def test_decay_groups_only_where_weight_decay_is_the_gradient():
+    w, v, bias = (torch.zeros(2, 2, requires_grad=True) for _ in range(3))
+    adam = torch.optim.Adam([{"params": [w, v]}, {"params": [bias]}])
+    assert decay_groups(adam, [w, v]) == [adam.param_groups[0]]
+    assert decay_groups(adam, [w]) is None  # v, unpenalized, shares w's group
+    mixed = torch.optim.Adam([w, v, bias])
+    assert decay_groups(mixed, [w, v]) is None
+    for optimizer in (
+        torch.optim.AdamW([{"params": [w, v]}, {"params": [bias]}]),
+        torch.optim.Adam([{"params": [w, v], "maximize": True}, {"params": [bias]}]),
+        torch.optim.Adam([w, v], decoupled_weight_decay=True),
+        torch.optim.RMSprop([w, v]),
+    ):
+        assert decay_groups(optimizer, [w, v]) is None
+    assert decay_groups(torch.optim.SGD([w, v], lr=0.1), [w, v]) is not None
 
 
 # ----------------------------------------------------------------------------
