@@ -134,13 +134,23 @@ class _Replace(Callback):
         if not training or len(net.history[-1, "batches"]) != 3 or len(net.history) != 1:
             return
         param = select_penalized(net.module_)[0]
+        state = net.optimizer_.state
         if self.what == "parameter":
             param.data = param.data.clone(memory_format=torch.preserve_format)
-        else:  # the optimizer's state, as reloading a checkpoint does
+        elif self.what == "optimizer state":  # as reloading a checkpoint does
             net.optimizer_.load_state_dict(copy.deepcopy(net.optimizer_.state_dict()))
+        elif self.what == "one state dict":
+            state[param] = {k: v.clone(memory_format=torch.preserve_format)
+                            for k, v in state[param].items()}
+        elif self.what == "one moment":
+            state[param]["exp_avg_sq"] = state[param]["exp_avg_sq"].clone(
+                memory_format=torch.preserve_format)
+        else:  # state cleared: Adam starts afresh at the next step
+            state.clear()
 
 
-@pytest.mark.parametrize("what", ["parameter", "optimizer state"])
+@pytest.mark.parametrize(
+    "what", ["parameter", "optimizer state", "one state dict", "one moment", "state cleared"])
 def test_replaced_tensors_mid_fit_fall_back_to_per_tensor_steps(digits, what, torch_kernels):
     X, y = _images(digits)
     spy = _FlatSpy()
