@@ -1038,11 +1038,12 @@ class SoftRegMixin:
             return super().train_step(batch, **fit_params)
         hooked = getattr(self, "_hooked_callbacks", None)
         notify = hooked is None or hooked["on_grad_computed"]
-        state = self._step_scratch()
         # offered to train_step_single, which takes it instead of adding 2·λ2·w itself
-        state.l2_decay_offer = (
-            self._l2_decay_groups(optimizer) if self.lambda2 and not notify else None
-        )
+        offer = self._l2_decay_groups(optimizer) if self.lambda2 and not notify else None
+        taken = None
+        if offer is not None:
+            state = self._step_state
+            state.l2_decay_offer = offer
         try:
             with torch.enable_grad():
                 self._zero_grad_optimizer()
@@ -1054,13 +1055,14 @@ class SoftRegMixin:
                         batch=batch,
                         training=True,
                     )
-            groups = state.l2_decay_taken
         finally:
-            state.l2_decay_offer = state.l2_decay_taken = None
-        if groups is None:
+            if offer is not None:
+                taken = state.l2_decay_taken
+                state.l2_decay_offer = state.l2_decay_taken = None
+        if taken is None:
             optimizer.step()
         else:
-            step_with_added_decay(optimizer, groups, 2.0 * self.lambda2)
+            step_with_added_decay(optimizer, taken, 2.0 * self.lambda2)
         return step
 
     def _l2_decay_groups(self, optimizer):
@@ -1074,7 +1076,7 @@ class SoftRegMixin:
         backward, inside the optimizer's own pass over the weights.
         """
         params = self._penalized_params()
-        state = self._step_state
+        state = self._step_scratch()
         cached = state.l2_decay_cache
         if cached is None or cached[0] is not optimizer or cached[1] is not params:
             cached = state.l2_decay_cache = (optimizer, params, decay_groups(optimizer, params))
