@@ -119,6 +119,14 @@ def _loss_by_four_adds(self, y_pred, y_true, X=None, training=False):
     return loss
 
 
+def _penalty_values_by_a_node(self, y_pred, y_true, offset=0.0):
+    """The λ values added to the one-node cross-entropy + α·KL by a node of their own."""
+    fused = SoftRegCNNClassifier._data_loss_with_kl(self, y_pred, y_true)
+    if fused is None or not offset:
+        return fused
+    return fused[0] + offset, fused[1]
+
+
 #: skorch's own per-batch bookkeeping (sk_softreg._batch_loop undone)
 _SKORCH_BOOKKEEPING = {
     name: getattr(NeuralNet, name)
@@ -150,6 +158,8 @@ UNDO = {
     "previous prox kernels": (_PER_TENSOR, {}, {(base, "prox_l1_"): _prox_by_foreach,
                                                 (base, "prox_thresholds"): _thresholds_in_five_kernels}),
     "penalty terms by four additions": ({"get_loss": _loss_by_four_adds}, {}, {}),
+    "penalty values added by their own node": (
+        {"_data_loss_with_kl": _penalty_values_by_a_node}, {}, {}),
 }
 STEP_LEVERS = ("all levers on", "no fused Adam default", "module.train() every batch",
                "skorch's notify, history rows, get_len", "optimizer.zero_grad()",
@@ -158,7 +168,8 @@ MLP_LEVERS = ("end-of-fit residuals in fit's batches",)
 PENALTY_LEVERS = ("all levers on", "lambda2 backpropagated",
                   "lambda2 added after backward, not in weight_decay", "compiled loops (numba)",
                   "per-tensor penalty steps", "L1 value by 1-norm kernel",
-                  "previous prox kernels", "penalty terms by four additions")
+                  "previous prox kernels", "penalty terms by four additions",
+                  "penalty values added by their own node")
 #: variant -> the variant it is compared with, where that is not "all levers on"
 BASE = {"L1 value by 1-norm kernel": "per-tensor penalty steps",
         "previous prox kernels": "per-tensor penalty steps"}

@@ -885,29 +885,52 @@ class SoftRegMixin:
         in validation too; the λ terms do not change.
         """
         X, weights = unpack_weights(X)
+        if not training or not self._penalties_active():
+            return self._data_term(y_pred, y_true, X, weights, training)
+        l1, l2, features = terms = self._lambda_terms()
+        # The λ terms are summed first, mostly outside the graph: Python floats
+        # where the compiled loops gave the values. A float sum rides in the
+        # value of the one-node data + α·KL where that applies (no node of its
+        # own); otherwise it is added to data + α·KL by one node.
+        lambdas = [t for t in terms if t is not None]
+        penalty = sum(lambdas[1:], lambdas[0]) if lambdas else None
+        offset = penalty if isinstance(penalty, float) else 0.0
         kl = None  # the KL mean, once α·KL is in `data`
-        if training and self.alpha and weights is None:
-            fused = self._data_loss_with_kl(y_pred, y_true)  # one node for both, or None
+        if self.alpha and weights is None:
+            fused = self._data_loss_with_kl(y_pred, y_true, offset=offset)
             if fused is not None:
                 data, kl = fused
+                if isinstance(penalty, float):  # already in the node's value
+                    penalty = None
         if kl is None:
-            if weights is None:
-                data = self._data_loss(y_pred, y_true, X=X, training=training)
-            else:
-                data = weighted_mean(
-                    self._per_sample_data_loss(y_pred, y_true, X, training), weights
-                )
-        if not training or not self._penalties_active():
-            return data
-        if self.alpha and kl is None:  # α scales the KL mean as it enters the loss
-            kl_i = self._kl_term(y_pred, y_true)
-            kl = kl_i.mean() if weights is None else weighted_mean(kl_i, weights)
-            data = torch.add(data, kl, alpha=self.alpha)
+            data = self._data_term(y_pred, y_true, X, weights, training)
+            if self.alpha:  # α scales the KL mean as it enters the loss
+                kl_i = self._kl_term(y_pred, y_true)
+                kl = kl_i.mean() if weights is None else weighted_mean(kl_i, weights)
+                data = torch.add(data, kl, alpha=self.alpha)
+        loss = data if penalty is None else data + penalty
+        state = getattr(self, "_step_state", None)
+        if state is not None and state.evaluations is not None:
+            # inside train_step: keep this evaluation's terms for history
+            state.evaluations.append((loss, (l1, l2, kl, features), len(y_pred)))
+        return loss
+
+    def _data_term(self, y_pred, y_true, X, weights, training):
+        """The data loss: the criterion's, or its weighted mean over the batch."""
+        if weights is None:
+            return self._data_loss(y_pred, y_true, X=X, training=training)
+        return weighted_mean(self._per_sample_data_loss(y_pred, y_true, X, training), weights)
+
+    def _lambda_terms(self):
+        """``(λ1·Σ|w|, λ2·Σw², λf·Σ_j‖W1[:, j]‖)`` of a training batch, None where inactive.
+
+        Values without a gradient under the proximal step (L1) and when the λ2
+        gradient is added after backward (L2): Python floats where the flat
+        buffer's compiled loops give them, 0-d tensors otherwise.
+        """
         state = getattr(self, "_step_state", None)
         l1 = l2 = features = None
         params = self._penalized_params() if (self.lambda1 or self.lambda2) else []
-        # values without a gradient: under the proximal step (L1) and when the λ2
-        # gradient is added after backward (L2); over the flat buffer when there is one
         proximal = bool(self.lambda1) and self.l1_method == "proximal"
         pending = bool(self.lambda2) and state is not None and state.l2_grad_pending
         sum_abs = sum_squares = None
@@ -927,24 +950,15 @@ class SoftRegMixin:
         if self.lambda_features:
             with torch.no_grad():
                 features = self.lambda_features * group_l2_penalty(self._feature_weight())
-        # The λ terms are summed first, mostly outside the graph (Python floats
-        # where the compiled loops gave the values), then added to data + α·KL:
-        # at most two nodes in the graph whatever is active.
-        loss = data
-        lambdas = [t for t in (l1, l2, features) if t is not None]
-        if lambdas:
-            loss = loss + sum(lambdas[1:], lambdas[0])
-        if state is not None and state.evaluations is not None:
-            # inside train_step: keep this evaluation's terms for history
-            state.evaluations.append((loss, (l1, l2, kl, features), len(y_pred)))
-        return loss
+        return l1, l2, features
 
     def _data_loss(self, y_pred, y_true, X=None, training=False):
         return super().get_loss(y_pred, y_true, X=X, training=training)
 
-    def _data_loss_with_kl(self, y_pred, y_true):
-        """``(data + α·KL mean, KL mean)`` of an unweighted training batch in one
-        step, or None to compute them apart (the default)."""
+    def _data_loss_with_kl(self, y_pred, y_true, offset=0.0):
+        """``(data + α·KL mean + offset, KL mean)`` of an unweighted training batch
+        in one step, or None to compute them apart (the default). ``offset`` is a
+        float without gradient."""
         return None
 
     def _per_sample_data_loss(self, y_pred, y_true, X, training):

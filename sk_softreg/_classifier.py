@@ -514,7 +514,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
     def _kl_term(self, y_pred, y_true):
         return _KL_TERMS[self.kl](y_pred)
 
-    def _data_loss_with_kl(self, y_pred, y_true):
+    def _data_loss_with_kl(self, y_pred, y_true, offset=0.0):
         """Cross-entropy and label-smoothing KL in one compiled node (numba, CPU).
 
         Only for a plain ``torch.nn.CrossEntropyLoss`` (no class weights, mean
@@ -533,7 +533,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         ):
             return None
         return _fused.cross_entropy_with_kl(
-            y_pred, y_true, self.alpha, ignore_index=criterion.ignore_index
+            y_pred, y_true, self.alpha, ignore_index=criterion.ignore_index, offset=offset
         )
 
     # ------------------------------------------------------------------

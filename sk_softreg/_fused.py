@@ -100,18 +100,20 @@ def abs_and_square_sums(weights):
     return _compiled().sums(weights.numpy())
 
 
-def cross_entropy_with_kl(logits, target, alpha, ignore_index=-100):
+def cross_entropy_with_kl(logits, target, alpha, ignore_index=-100, offset=0.0):
     """Mean cross-entropy plus ``alpha`` times the mean KL from uniform, in one node.
 
     .. math:: L = \\frac1n \\sum_i \\Big[-\\log p_{i y_i}
-              + \\alpha\\,\\mathrm{KL}(u \\,\\|\\, p_i)\\Big], \\qquad
+              + \\alpha\\,\\mathrm{KL}(u \\,\\|\\, p_i)\\Big] + c, \\qquad
               \\frac{\\partial L}{\\partial z_{ik}}
               = \\frac1n \\Big[(1 + \\alpha)\\,p_{ik} - \\frac{\\alpha}{K}
               - [k = y_i]\\Big]
 
-    with ``p_i = softmax(z_i)`` and
-    :func:`~sk_softreg.penalties.kl_from_uniform` as the KL: the value of
-    ``F.cross_entropy(z, y) + alpha * kl_from_uniform(z).mean()`` and its
+    with ``p_i = softmax(z_i)``,
+    :func:`~sk_softreg.penalties.kl_from_uniform` as the KL and ``c`` a constant
+    (``offset``: terms without gradient, such as penalty values, added to the
+    node's value instead of through a node of their own): the value of
+    ``F.cross_entropy(z, y) + alpha * kl_from_uniform(z).mean() + offset`` and its
     gradient, computed in float64 per row and rounded to the logits' dtype
     (torch's kernels round each step to that dtype, so the two agree up to
     rounding, not bit for bit).
@@ -126,6 +128,8 @@ def cross_entropy_with_kl(logits, target, alpha, ignore_index=-100):
     ignore_index : int, default=-100
         The criterion's ``ignore_index``: a batch with such a target returns
         None (torch's kernels then leave those rows out of the mean).
+    offset : float, default=0.0
+        ``c``, added to the value in float64; it has no gradient.
 
     Returns
     -------
@@ -156,7 +160,7 @@ def cross_entropy_with_kl(logits, target, alpha, ignore_index=-100):
     )
     if not valid:
         return None
-    return _CrossEntropyWithKL.apply(logits, grad, ce + alpha * kl), kl
+    return _CrossEntropyWithKL.apply(logits, grad, ce + alpha * kl + offset), kl
 
 
 class _CrossEntropyWithKL(torch.autograd.Function):

@@ -228,6 +228,46 @@ def test_cross_entropy_with_kl_is_torchs_composite_up_to_rounding(dtype, rtol, a
     torch.testing.assert_close(grad, expected_grad, rtol=rtol, atol=rtol * 1e-3)
 
 
+def test_cross_entropy_with_kl_adds_the_offset_to_the_value_only():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(16, 5, generator=g, dtype=torch.float64).requires_grad_()
+    target = torch.randint(0, 5, (16,), generator=g)
+    plain, kl = _fused.cross_entropy_with_kl(logits, target, 0.3)
+    shifted, kl_shifted = _fused.cross_entropy_with_kl(logits, target, 0.3, offset=1.25)
+    assert float(shifted.detach()) == pytest.approx(float(plain.detach()) + 1.25, rel=1e-15)
+    assert kl_shifted == kl
+    torch.testing.assert_close(
+        torch.autograd.grad(shifted, logits)[0], torch.autograd.grad(plain, logits)[0],
+        rtol=0, atol=0,
+    )
+
+
+def test_penalty_values_ride_in_the_compiled_loss_node(digits, monkeypatch):
+    """With the flat buffer's sums (floats), the training loss is the one compiled node:
+    no node of its own adds the λ terms, and its value still holds them."""
+    X, y = digits[0][:128].reshape(-1, 1, 8, 8).astype(np.float32), digits[1][:128]
+    losses = []
+    get_loss = SoftRegCNNClassifier.get_loss
+
+    def recording(self, y_pred, y_true, X=None, training=False):
+        loss = get_loss(self, y_pred, y_true, X=X, training=training)
+        if training:
+            without, _ = _fused.cross_entropy_with_kl(y_pred, y_true, self.alpha)
+            losses.append((type(loss.grad_fn).__name__, self._step_state.evaluations[-1],
+                           float(without.detach())))
+        return loss
+
+    monkeypatch.setattr(SoftRegCNNClassifier, "get_loss", recording)
+    SoftRegCNNClassifier(**FAST, **PENALTIES, module__channels=(4, 8),
+                         module__hidden_units=16).fit(X, y)
+    # the first batch has no flat buffer yet: its λ terms are tensors, added by a node
+    assert losses[0][0] == "AddBackward0"
+    assert {name for name, *_ in losses[1:]} == {"_CrossEntropyWithKLBackward"}
+    for _, (loss, (l1, l2, _, _), _), data in losses[1:]:
+        assert type(l1) is float and type(l2) is float and l1 > 0 and l2 > 0
+        assert float(loss.detach()) == pytest.approx(data + l1 + l2, rel=1e-6)
+
+
 def test_cross_entropy_with_kl_passes_gradcheck_and_scales_with_the_incoming_gradient():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)
