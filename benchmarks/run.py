@@ -7,9 +7,11 @@ Run from the repository root::
 
 Every comparison runs all its sides in this one process, interleaved (each
 repeat runs every side once, in a rotated order), and reports the median wall
-time of each side and the ratio of the medians (row 3 also notes the median
+time of each side and the ratio of the medians. Row 3 also notes the median
 of the per-repeat ratios, which a slow phase of a shared machine disturbs
-less; ``benchmarks/ab.py`` compares two revisions that way). Every fit runs exactly the
+less, with its distribution-free 95% confidence interval; it runs 3-epoch
+fits, 10/3 as many of them as row 2 runs 10-epoch fits, for more pairs in
+the same time (``benchmarks/ab.py`` compares two revisions that way). Every fit runs exactly the
 stated number of epochs (checked after each fit). The "fastest hand-written
 loop" is the faster (by median) of the same loop with ``torch.optim.Adam``
 and with ``Adam(fused=True)``. Peak memory (e) is measured in fresh child
@@ -270,6 +272,31 @@ def paired_ratio(times, a, b):
     return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
+def median_interval(values, level=0.95):
+    """Distribution-free confidence interval ``(low, high)`` for the median of ``values``.
+
+    The order statistics ``x_(k)`` and ``x_(n+1-k)`` with the largest ``k`` whose
+    binomial coverage ``1 - 2·P(Bin(n, 1/2) < k)`` is at least ``level``; the
+    sample's minimum and maximum where ``n`` is too small for ``level``.
+    """
+    xs = sorted(values)
+    n = len(xs)
+    k, below = 1, 0.5 ** n  # below: P(Bin(n, 1/2) < k)
+    while k < n // 2:
+        wider = below + math.comb(n, k) * 0.5 ** n  # P(Bin(n, 1/2) < k + 1)
+        if 1.0 - 2.0 * wider < level:
+            break
+        k, below = k + 1, wider
+    return xs[k - 1], xs[n - k]
+
+
+def paired_summary(times, a, b):
+    """"median of per-repeat ratios R (95% CI lo-hi)" of ``a`` over ``b``."""
+    ratios = [x / y for x, y in zip(times[a], times[b])]
+    low, high = median_interval(ratios)
+    return f"median of per-repeat ratios {statistics.median(ratios):.2f} (95% CI {low:.2f}-{high:.2f})"
+
+
 def fastest_hand(t):
     """(seconds, label) of the faster hand-written loop in a timing dict."""
     return min((t["hand"], "Adam"), (t["hand_fused"], "Adam(fused=True)"))
@@ -414,27 +441,32 @@ def main(argv=None):
         note=f"fastest: {label}; Adam {t['hand']:.3g} s, fused {t['hand_fused']:.3g} s")
 
     # 3. penalties on vs off, at 1 and 2 torch threads
-    # with, as a floor, the same penalties in a hand-written loop (no history values)
+    # with, as a floor, the same penalties in a hand-written loop (no history values).
+    # Single fits on this machine vary by +-10-20%, so row 3 spends row 2's budget of
+    # fit epochs on 3-epoch fits and 10/3 as many repeats: more pairs, a tighter
+    # median. Costs outside the training steps are the same on and off.
+    epochs3 = max(2, epochs * 3 // 10)
+    repeats3 = -(-repeats * epochs // epochs3)
     for n_threads in (1, 2):
         times = {}
         with threads(n_threads):
             t = interleaved({
-                "on": lambda: softreg_cnn_fit(X, y, epochs, **PENALTIES),
-                "off": lambda: softreg_cnn_fit(X, y, epochs),
-                "hand_on": lambda: hand_penalized_cnn_fit(X, y, epochs, **PENALTIES),
-                "hand_off": lambda: hand_penalized_cnn_fit(X, y, epochs),
-            }, repeats, record=times)
+                "on": lambda: softreg_cnn_fit(X, y, epochs3, **PENALTIES),
+                "off": lambda: softreg_cnn_fit(X, y, epochs3),
+                "hand_on": lambda: hand_penalized_cnn_fit(X, y, epochs3, **PENALTIES),
+                "hand_off": lambda: hand_penalized_cnn_fit(X, y, epochs3),
+            }, repeats3, record=times)
         kernels = ("prox, penalty values and CE + KL in numba's compiled loops"
                    if _fused._compiled()
                    else "numba not installed: prox, penalty values and CE + KL in torch kernels")
-        row(f"3. same CNN, {n_threads} torch thread(s): lambda1=lambda2=1e-4, alpha=0.1 / "
-            "all zero", t["on"], t["off"], target=1.05,
-            note=f"{kernels}; median of per-repeat ratios {paired_ratio(times, 'on', 'off'):.2f}")
+        row(f"3. same CNN, {epochs3} ep, {repeats3} repeats, {n_threads} torch thread(s): "
+            "lambda1=lambda2=1e-4, alpha=0.1 / all zero", t["on"], t["off"], target=1.05,
+            note=f"{kernels}; {paired_summary(times, 'on', 'off')}")
         row(f"3f. floor: hand-written loop, same CNN and penalties in eager torch, {n_threads} "
             "thread(s): on / off", t["hand_on"], t["hand_off"],
             note="lambda2 in fused Adam's weight_decay, KL on the CE's log-softmax, "
-            "prox in foreach kernels, no penalty values for history; median of per-repeat "
-            f"ratios {paired_ratio(times, 'hand_on', 'hand_off'):.2f}")
+            "prox in foreach kernels, no penalty values for history; "
+            f"{paired_summary(times, 'hand_on', 'hand_off')}")
 
     # 4. the default SoftRegCNN on 4,000 single-channel 28x28 images: images/s
     X28, y28 = images_28(4000)
