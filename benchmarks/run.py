@@ -7,11 +7,12 @@ Run from the repository root::
 
 Every comparison runs all its sides in this one process, interleaved (each
 repeat runs every side once, in a rotated order), and reports the median wall
-time of each side and the ratio of the medians. Row 3 also notes the median
-of the per-repeat ratios, which a slow phase of a shared machine disturbs
-less, with its distribution-free 95% confidence interval; it runs 3-epoch
-fits, 10/3 as many of them as row 2 runs 10-epoch fits, for more pairs in
-the same time (``benchmarks/ab.py`` compares two revisions that way). Every fit runs exactly the
+time of each side and the ratio of the medians. Rows 1a, 2 and 3 also note
+the median of the per-repeat ratios, which a slow phase of a shared machine
+disturbs less, with its distribution-free 95% confidence interval. Single
+fits here vary by +-10-20%, so the close comparisons get more pairs: 1a runs
+3x the repeats, and row 3 runs 3-epoch fits, 10/3 as many of them as row 2
+runs 10-epoch fits (``benchmarks/ab.py`` compares two revisions that way). Every fit runs exactly the
 stated number of epochs (checked after each fit). The "fastest hand-written
 loop" is the faster (by median) of the same loop with ``torch.optim.Adam``
 and with ``Adam(fused=True)``. Peak memory (e) is measured in fresh child
@@ -297,9 +298,19 @@ def paired_summary(times, a, b):
     return f"median of per-repeat ratios {statistics.median(ratios):.2f} (95% CI {low:.2f}-{high:.2f})"
 
 
+#: the hand-written loops' keys in a timing dict, and their labels
+HAND_LOOPS = {"hand": "Adam", "hand_fused": "Adam(fused=True)"}
+
+
+def fastest_hand_key(t):
+    """The key of the faster (by median) hand-written loop in a timing dict."""
+    return min(HAND_LOOPS, key=t.__getitem__)
+
+
 def fastest_hand(t):
     """(seconds, label) of the faster hand-written loop in a timing dict."""
-    return min((t["hand"], "Adam"), (t["hand_fused"], "Adam(fused=True)"))
+    key = fastest_hand_key(t)
+    return t[key], HAND_LOOPS[key]
 
 
 class threads:
@@ -407,21 +418,29 @@ def main(argv=None):
         print(f"[{time.perf_counter() - t_start:6.1f}s] {name}: {ours:.3g} vs {ref:.3g} {unit}"
               f" -> ratio {ratio:.3f}", file=sys.stderr)
 
-    # 1. MLP regression: the hand-written loop, plain skorch and scikit-learn, same module
+    # 1. MLP regression: the hand-written loop, plain skorch and scikit-learn, same module.
+    # 1a's two sides are close and single fits here vary by +-10-20%, so the estimator
+    # and the hand loops run 3x the repeats; skorch and scikit-learn, far from it, run
+    # the usual number, again beside the estimator.
     Xr, yr = regression_data(20000)
     softreg_mlp_fit(Xr[:2000], yr[:2000], 1)  # warm-up (imports, allocator)
+    times = {}
     t = interleaved({
         "softreg": lambda: softreg_mlp_fit(Xr, yr, epochs),
         "hand": lambda: hand_mlp_fit(Xr, yr, epochs),
         "hand_fused": lambda: hand_mlp_fit(Xr, yr, epochs, fused=True),
+    }, 3 * repeats, record=times)
+    mlp = f"MLP 20-64-64 regression, 20000x20, {epochs} ep, batch 64"
+    hand, label = fastest_hand(t)
+    row(f"1a. {mlp}: SoftRegRegressor / fastest hand-written loop (same module), "
+        f"{3 * repeats} repeats", t["softreg"], hand, target=1.05,
+        note=f"fastest: {label}; Adam {t['hand']:.3g} s, fused {t['hand_fused']:.3g} s; "
+        f"{paired_summary(times, 'softreg', fastest_hand_key(t))}")
+    t = interleaved({
+        "softreg": lambda: softreg_mlp_fit(Xr, yr, epochs),
         "skorch": lambda: skorch_mlp_fit(Xr, yr, epochs),
         "sklearn": lambda: sklearn_mlp_fit(Xr, yr, epochs),
     }, repeats)
-    mlp = f"MLP 20-64-64 regression, 20000x20, {epochs} ep, batch 64"
-    hand, label = fastest_hand(t)
-    row(f"1a. {mlp}: SoftRegRegressor / fastest hand-written loop (same module)",
-        t["softreg"], hand, target=1.05,
-        note=f"fastest: {label}; Adam {t['hand']:.3g} s, fused {t['hand_fused']:.3g} s")
     row("1b. same: SoftRegRegressor / plain skorch NeuralNetRegressor (same module)",
         t["softreg"], t["skorch"], target=0.5)
     row("1c. same: SoftRegRegressor / sklearn MLPRegressor (hidden (64, 64), adam)",
@@ -430,15 +449,17 @@ def main(argv=None):
     # 2. CNN on digits vs the hand-written loop
     X, y = digits_images()
     softreg_cnn_fit(X, y, 1)
+    times = {}
     t = interleaved({
         "softreg": lambda: softreg_cnn_fit(X, y, epochs),
         "hand": lambda: hand_cnn_fit(X, y, epochs),
         "hand_fused": lambda: hand_cnn_fit(X, y, epochs, fused=True),
-    }, repeats)
+    }, repeats, record=times)
     hand, label = fastest_hand(t)
     row(f"2. CNN digits ({len(X)} imgs), {epochs} ep, batch 64: SoftRegCNNClassifier / "
         "fastest hand-written loop (same module)", t["softreg"], hand, target=1.05,
-        note=f"fastest: {label}; Adam {t['hand']:.3g} s, fused {t['hand_fused']:.3g} s")
+        note=f"fastest: {label}; Adam {t['hand']:.3g} s, fused {t['hand_fused']:.3g} s; "
+        f"{paired_summary(times, 'softreg', fastest_hand_key(t))}")
 
     # 3. penalties on vs off, at 1 and 2 torch threads
     # with, as a floor, the same penalties in a hand-written loop (no history values).
