@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/run.py            # full run (about 5 minutes on 2 idle cores)
+    python benchmarks/run.py            # full run (5 repeats; --repeats 9 took 9.6 minutes on 2 cores)
     python benchmarks/run.py --quick    # smoke run: fewer epochs and repeats
 
 Every comparison runs all its sides in this one process, interleaved (each
