@@ -267,10 +267,15 @@ def interleaved(funcs, repeats, record=None):
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def per_repeat_ratios(times, a, b):
+    """``a``'s time / ``b``'s time, repeat by repeat: a slow phase of the machine
+    that spans one repeat cancels out."""
+    return [x / y for x, y in zip(times[a], times[b])]
+
+
 def paired_ratio(times, a, b):
-    """Median over repeats of ``a``'s time / ``b``'s time in the same repeat: a slow
-    phase of the machine that spans one repeat cancels out."""
-    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+    """Median over repeats of :func:`per_repeat_ratios`."""
+    return statistics.median(per_repeat_ratios(times, a, b))
 
 
 def median_interval(values, level=0.95):
@@ -292,8 +297,8 @@ def median_interval(values, level=0.95):
 
 
 def paired_summary(times, a, b):
-    """"median of per-repeat ratios R (95% CI lo-hi)" of ``a`` over ``b``."""
-    ratios = [x / y for x, y in zip(times[a], times[b])]
+    """The text "median of per-repeat ratios R (95% CI lo-hi)" of ``a`` over ``b``."""
+    ratios = per_repeat_ratios(times, a, b)
     low, high = median_interval(ratios)
     return f"median of per-repeat ratios {statistics.median(ratios):.2f} (95% CI {low:.2f}-{high:.2f})"
 
