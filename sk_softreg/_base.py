@@ -1165,20 +1165,13 @@ class SoftRegMixin:
     # ------------------------------------------------------------------
     # history: penalty terms summed on the device, read once per epoch
     def _accumulate_terms(self, terms, n):
-        """Add ``n`` times this evaluation's ``(l1, l2, kl, features)`` to the epoch's sums.
-
-        A term is None (inactive), a float or a 0-d tensor; tensors are added in
-        place without a graph, so nothing is read off the device per batch. The
-        KL term is the unscaled mean and enters history scaled by α.
-        """
+        """Add ``n`` times this evaluation's ``(l1, l2, kl, features)`` to the epoch's
+        sums (:class:`_EpochTerms`). The KL term is the unscaled mean and enters
+        history scaled by α."""
         totals = getattr(self, "_epoch_terms", None)
         if totals is None:
-            totals = self._epoch_terms = [0.0] * len(_HISTORY_TERMS) + [0]
-        scales = (n, n, n * self.alpha, n)
-        for i, (value, scale) in enumerate(zip(terms, scales)):
-            if value is not None:
-                totals[i] = _add_scaled(totals[i], value, scale)
-        totals[-1] += n
+            totals = self._epoch_terms = _EpochTerms()
+        totals.add(terms, (n, n, n * self.alpha, n), n)
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
@@ -1186,9 +1179,10 @@ class SoftRegMixin:
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         terms = getattr(self, "_epoch_terms", None)
-        for i, name in enumerate(_HISTORY_TERMS):
-            # no terms were accumulated when no penalty is active: they are all 0
-            self.history.record(name, float(terms[i]) / terms[-1] if terms is not None else 0.0)
+        # no terms were accumulated when no penalty is active: they are all 0
+        means = terms.means() if terms is not None else [0.0] * len(_HISTORY_TERMS)
+        for name, mean in zip(_HISTORY_TERMS, means):
+            self.history.record(name, mean)
         self._epoch_terms = None
         super().on_epoch_end(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
 
@@ -1251,6 +1245,46 @@ class _StepState:
         self.flat_tried = False  # flatten_ was called in this fit
 
 
+class _EpochTerms:
+    """The epoch's sums of the history terms (:data:`_HISTORY_TERMS`), row-weighted.
+
+    A term's value is a Python float (the flat buffer's compiled sums, the
+    compiled CE + KL) or a 0-d tensor (torch's kernels: a fit's first batch,
+    before the flat buffer exists, or where it does not apply). Each term keeps
+    a float sum and a tensor sum apart: floats add as floats, at no torch
+    operation, even after a tensor came; tensors add in place without a graph,
+    so nothing is read off the device per batch. :meth:`means` reads each
+    tensor sum once.
+    """
+
+    __slots__ = ("floats", "tensors", "rows")
+
+    def __init__(self):
+        self.floats = [0.0] * len(_HISTORY_TERMS)
+        self.tensors = [None] * len(_HISTORY_TERMS)
+        self.rows = 0
+
+    def add(self, values, scales, rows):
+        """Add ``scale * value`` for each value that is not None, and ``rows`` to
+        :attr:`rows`."""
+        self.rows += rows
+        floats, tensors = self.floats, self.tensors
+        for i, (value, scale) in enumerate(zip(values, scales)):
+            if value is None:
+                continue
+            if isinstance(value, torch.Tensor):
+                tensors[i] = _add_scaled(tensors[i], value, scale)
+            else:
+                floats[i] += scale * value
+
+    def means(self):
+        """Each term's sum over the epoch divided by :attr:`rows`, as floats."""
+        return [
+            (f if t is None else f + float(t)) / self.rows
+            for f, t in zip(self.floats, self.tensors)
+        ]
+
+
 def _layout_agnostic(optimizer):
     """True for torch's own optimizers, which work on any memory layout (not LBFGS)."""
     return (
@@ -1261,14 +1295,12 @@ def _layout_agnostic(optimizer):
 
 
 def _add_scaled(total, value, scale):
-    """``total + scale * value`` for a float or 0-d tensor ``value``; in place, without
-    a graph, once ``total`` is a tensor (floats cost no torch operation)."""
-    if not isinstance(value, torch.Tensor):
-        return total + scale * value
+    """``total + scale * value`` for a 0-d tensor ``value`` and a tensor or None
+    ``total``: in place, without a graph, once ``total`` is a tensor."""
     with torch.no_grad():
-        if isinstance(total, torch.Tensor):
+        if total is not None:
             return total.add_(value, alpha=scale)
-        return torch.mul(value, scale).add_(total)
+        return torch.mul(value, scale)
 
 
 def _no_grad_if(condition):

@@ -269,6 +269,33 @@ def test_terms_are_not_recorded_outside_training_steps(digits):
     assert est._epoch_terms is before is None
 
 
+class _TorchCalls(torch.overrides.TorchFunctionMode):
+    """Counts the torch functions and tensor methods called while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_epoch_sums_keep_floats_as_floats_after_a_tensor_term():
+    # a fit's first batch gives tensors (no flat buffer yet), later batches floats
+    # from the compiled loops: the floats must not become torch operations
+    terms = sk_softreg._base._EpochTerms()
+    terms.add((torch.tensor(2.0), torch.tensor(3.0), None, None), (64, 64, 6.4, 64), 64)
+    calls = _TorchCalls()
+    with calls:
+        for _ in range(5):
+            terms.add((1.5, 0.25, 0.5, None), (32, 32, 3.2, 32), 32)
+    assert calls.calls == 0
+    assert terms.means() == pytest.approx(
+        [(128 + 5 * 48) / 224, (192 + 5 * 8) / 224, 5 * 1.6 / 224, 0.0], rel=1e-7
+    )
+
+
 # ----------------------------------------------------------------------------
 # train / eval modes
 class _Probe(nn.Module):
