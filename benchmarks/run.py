@@ -2,21 +2,26 @@
 
 Run from the repository root::
 
-    python benchmarks/run.py            # full run (5 repeats; --repeats 9 took 9.6 minutes on 2 cores)
+    python benchmarks/run.py            # full run (5 repeats; --repeats 9 takes 10-13 minutes on 2 cores)
     python benchmarks/run.py --quick    # smoke run: fewer epochs and repeats
 
 Every comparison runs all its sides in this one process, interleaved (each
 repeat runs every side once, in a rotated order), and reports the median wall
-time of each side and the ratio of the medians. Rows 1a, 2 and 3 also note
-the median of the per-repeat ratios, which a slow phase of a shared machine
-disturbs less, with its distribution-free 95% confidence interval. Single
-fits here vary by +-10-20%, so the close comparisons get more pairs: 1a runs
-3x the repeats, and row 3 runs 3-epoch fits, 10/3 as many of them as row 2
-runs 10-epoch fits (``benchmarks/ab.py`` compares two revisions that way). Every fit runs exactly the
-stated number of epochs (checked after each fit). The "fastest hand-written
-loop" is the faster (by median) of the same loop with ``torch.optim.Adam``
-and with ``Adam(fused=True)``. Peak memory (e) is measured in fresh child
-processes. The Markdown table goes to stdout and to ``benchmarks/results.md``.
+time of each side. The ratio is the ratio of those medians, except in the
+rows that compare two fits repeat by repeat (1a, 2, 3 and 3f): there it is
+the median of the per-repeat ratios, with its distribution-free 95% confidence
+interval, and the note gives the ratio of medians. A slow phase of the shared
+machine hits both fits of a repeat alike and cancels out of their ratio, not
+out of two medians taken over different fits: in five runs of 2026-12-02 row 3
+(2 threads) gave ratios of medians from 0.98 to 1.08 and paired medians from
+1.01 to 1.05. Single fits here vary by +-10-20%, so the close comparisons get
+more pairs: 1a runs 3x the repeats, and row 3 runs 3-epoch fits, 20/3 as many
+of them as row 2 runs 10-epoch fits (``benchmarks/ab.py`` compares two
+revisions that way). Every fit runs exactly the stated number of epochs
+(checked after each fit). The "fastest hand-written loop" is the faster (by
+median) of the same loop with ``torch.optim.Adam`` and with
+``Adam(fused=True)``. Peak memory (e) is measured in fresh child processes.
+The Markdown table goes to stdout and to ``benchmarks/results.md``.
 """
 
 import argparse
@@ -297,10 +302,10 @@ def median_interval(values, level=0.95):
 
 
 def paired_summary(times, a, b):
-    """The text "median of per-repeat ratios R (95% CI lo-hi)" of ``a`` over ``b``."""
+    """``(median, low, high)``: the median of ``a``'s over ``b``'s per-repeat ratios
+    and its 95% confidence interval (:func:`median_interval`)."""
     ratios = per_repeat_ratios(times, a, b)
-    low, high = median_interval(ratios)
-    return f"median of per-repeat ratios {statistics.median(ratios):.2f} (95% CI {low:.2f}-{high:.2f})"
+    return (statistics.median(ratios), *median_interval(ratios))
 
 
 #: the hand-written loops' keys in a timing dict, and their labels
@@ -412,8 +417,18 @@ def main(argv=None):
     rows = []
     t_start = time.perf_counter()
 
-    def row(name, ours, ref, unit="s", target=None, higher_is_better=False, note=""):
+    def row(name, ours, ref, unit="s", target=None, higher_is_better=False, note="",
+            paired=None):
+        """``paired``, ``(times, a, b)``: the ratio is the paired median of ``a`` over ``b``
+        (:func:`paired_summary`), and the note gives its interval and the ratio of medians."""
         ratio = ours / ref
+        if paired is not None:
+            ratio, low, high = paired_summary(*paired)
+            n = len(paired[0][paired[1]])
+            note = (f"{note}; " if note else "") + (
+                f"ratio: median of {n} per-repeat ratios (95% CI {low:.2f}-{high:.2f}); "
+                f"ratio of medians {ours / ref:.2f}"
+            )
         if target is None:
             status = "report"
         else:
@@ -439,8 +454,8 @@ def main(argv=None):
     hand, label = fastest_hand(t)
     row(f"1a. {mlp}: SoftRegRegressor / fastest hand-written loop (same module), "
         f"{3 * repeats} repeats", t["softreg"], hand, target=1.05,
-        note=f"fastest: {label}; Adam {t['hand']:.3g} s, fused {t['hand_fused']:.3g} s; "
-        f"{paired_summary(times, 'softreg', fastest_hand_key(t))}")
+        note=f"fastest: {label}; Adam {t['hand']:.3g} s, fused {t['hand_fused']:.3g} s",
+        paired=(times, "softreg", fastest_hand_key(t)))
     t = interleaved({
         "softreg": lambda: softreg_mlp_fit(Xr, yr, epochs),
         "skorch": lambda: skorch_mlp_fit(Xr, yr, epochs),
@@ -463,16 +478,16 @@ def main(argv=None):
     hand, label = fastest_hand(t)
     row(f"2. CNN digits ({len(X)} imgs), {epochs} ep, batch 64: SoftRegCNNClassifier / "
         "fastest hand-written loop (same module)", t["softreg"], hand, target=1.05,
-        note=f"fastest: {label}; Adam {t['hand']:.3g} s, fused {t['hand_fused']:.3g} s; "
-        f"{paired_summary(times, 'softreg', fastest_hand_key(t))}")
+        note=f"fastest: {label}; Adam {t['hand']:.3g} s, fused {t['hand_fused']:.3g} s",
+        paired=(times, "softreg", fastest_hand_key(t)))
 
     # 3. penalties on vs off, at 1 and 2 torch threads
     # with, as a floor, the same penalties in a hand-written loop (no history values).
-    # Single fits on this machine vary by +-10-20%, so row 3 spends row 2's budget of
-    # fit epochs on 3-epoch fits and 10/3 as many repeats: more pairs, a tighter
-    # median. Costs outside the training steps are the same on and off.
+    # Single fits on this machine vary by +-10-20%, so row 3 spends twice row 2's
+    # budget of fit epochs on 3-epoch fits: 20/3 as many repeats, more pairs, a
+    # tighter median. Costs outside the training steps are the same on and off.
     epochs3 = max(2, epochs * 3 // 10)
-    repeats3 = -(-repeats * epochs // epochs3)
+    repeats3 = 2 * -(-repeats * epochs // epochs3)
     for n_threads in (1, 2):
         times = {}
         with threads(n_threads):
@@ -487,12 +502,12 @@ def main(argv=None):
                    else "numba not installed: prox, penalty values and CE + KL in torch kernels")
         row(f"3. same CNN, {epochs3} ep, {repeats3} repeats, {n_threads} torch thread(s): "
             "lambda1=lambda2=1e-4, alpha=0.1 / all zero", t["on"], t["off"], target=1.05,
-            note=f"{kernels}; {paired_summary(times, 'on', 'off')}")
+            note=kernels, paired=(times, "on", "off"))
         row(f"3f. floor: hand-written loop, same CNN and penalties in eager torch, {n_threads} "
             "thread(s): on / off", t["hand_on"], t["hand_off"],
             note="lambda2 in fused Adam's weight_decay, KL on the CE's log-softmax, "
-            "prox in foreach kernels, no penalty values for history; "
-            f"{paired_summary(times, 'hand_on', 'hand_off')}")
+            "prox in foreach kernels, no penalty values for history",
+            paired=(times, "hand_on", "hand_off"))
 
     # 4. the default SoftRegCNN on 4,000 single-channel 28x28 images: images/s
     X28, y28 = images_28(4000)
@@ -570,6 +585,9 @@ def main(argv=None):
         f"- command: `python benchmarks/run.py {' '.join(sys.argv[1:])}`, "
         f"{repeats} interleaved repeat(s) (d: {1 if quick else 2}), medians; "
         f"total {total:.0f} s",
+        "- ratio: ours / reference, of the two medians; in rows 1a, 2, 3 and 3f, which pair "
+        "two fits repeat by repeat, the median of the per-repeat ratios (interval and ratio "
+        "of medians in the note)",
         "",
         "| benchmark | ours | reference | ratio | target met | note |",
         "|---|---|---|---|---|---|",
