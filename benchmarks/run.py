@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/run.py            # full run (5 repeats; --repeats 9 takes 10-13 minutes on 2 cores)
     python benchmarks/run.py --quick    # smoke run: fewer epochs and repeats
+    python benchmarks/run.py --only 3 --repeats 23   # row 3 alone, 154 pairs per thread count
 
 Every comparison runs all its sides in this one process, interleaved (each
 repeat runs every side once, in a rotated order), and reports the median wall
@@ -400,7 +401,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="repeats per comparison")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for this process (default: torch's choice)")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results.md"))
+    parser.add_argument("--only", default=None, metavar="SECTIONS",
+                        help="run only these sections, comma-separated, of 1, 2, 3, 4, d, e, "
+                        "f (e.g. --only 1,3); the table then goes to stdout and to --output "
+                        "only where one is given")
+    parser.add_argument("--output", default=None,
+                        help="where the table goes (default: benchmarks/results.md for a run "
+                        "of every section)")
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=10, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -409,6 +416,16 @@ def main(argv=None):
     if args.rss_child:
         _rss_child(args.rss_child, args.epochs)
         return
+
+    sections = {"1", "2", "3", "4", "d", "e", "f"}
+    only = set(args.only.split(",")) if args.only else sections
+    if not only <= sections:
+        parser.error(f"--only: unknown section(s) {sorted(only - sections)}; "
+                     f"choose among {sorted(sections)}")
+    output = args.output or (None if args.only else ROOT / "benchmarks" / "results.md")
+
+    def wanted(section):
+        return section in only
 
     quick = args.quick
     repeats = args.repeats or (2 if quick else 5)
@@ -442,140 +459,149 @@ def main(argv=None):
     # 1a's two sides are close and single fits here vary by +-10-20%, so the estimator
     # and the hand loops run 3x the repeats; skorch and scikit-learn, far from it, run
     # the usual number, again beside the estimator.
-    Xr, yr = regression_data(20000)
-    softreg_mlp_fit(Xr[:2000], yr[:2000], 1)  # warm-up (imports, allocator)
-    times = {}
-    t = interleaved({
-        "softreg": lambda: softreg_mlp_fit(Xr, yr, epochs),
-        "hand": lambda: hand_mlp_fit(Xr, yr, epochs),
-        "hand_fused": lambda: hand_mlp_fit(Xr, yr, epochs, fused=True),
-    }, 3 * repeats, record=times)
-    mlp = f"MLP 20-64-64 regression, 20000x20, {epochs} ep, batch 64"
-    hand, label = fastest_hand(t)
-    row(f"1a. {mlp}: SoftRegRegressor / fastest hand-written loop (same module), "
-        f"{3 * repeats} repeats", t["softreg"], hand, target=1.05,
-        note=f"fastest: {label}; Adam {t['hand']:.3g} s, fused {t['hand_fused']:.3g} s",
-        paired=(times, "softreg", fastest_hand_key(t)))
-    t = interleaved({
-        "softreg": lambda: softreg_mlp_fit(Xr, yr, epochs),
-        "skorch": lambda: skorch_mlp_fit(Xr, yr, epochs),
-        "sklearn": lambda: sklearn_mlp_fit(Xr, yr, epochs),
-    }, repeats)
-    row("1b. same: SoftRegRegressor / plain skorch NeuralNetRegressor (same module)",
-        t["softreg"], t["skorch"], target=0.5)
-    row("1c. same: SoftRegRegressor / sklearn MLPRegressor (hidden (64, 64), adam)",
-        t["softreg"], t["sklearn"], note="sklearn: numpy, float64")
+    if wanted("1"):
+        Xr, yr = regression_data(20000)
+        softreg_mlp_fit(Xr[:2000], yr[:2000], 1)  # warm-up (imports, allocator)
+        times = {}
+        t = interleaved({
+            "softreg": lambda: softreg_mlp_fit(Xr, yr, epochs),
+            "hand": lambda: hand_mlp_fit(Xr, yr, epochs),
+            "hand_fused": lambda: hand_mlp_fit(Xr, yr, epochs, fused=True),
+        }, 3 * repeats, record=times)
+        mlp = f"MLP 20-64-64 regression, 20000x20, {epochs} ep, batch 64"
+        hand, label = fastest_hand(t)
+        row(f"1a. {mlp}: SoftRegRegressor / fastest hand-written loop (same module), "
+            f"{3 * repeats} repeats", t["softreg"], hand, target=1.05,
+            note=f"fastest: {label}; Adam {t['hand']:.3g} s, fused {t['hand_fused']:.3g} s",
+            paired=(times, "softreg", fastest_hand_key(t)))
+        t = interleaved({
+            "softreg": lambda: softreg_mlp_fit(Xr, yr, epochs),
+            "skorch": lambda: skorch_mlp_fit(Xr, yr, epochs),
+            "sklearn": lambda: sklearn_mlp_fit(Xr, yr, epochs),
+        }, repeats)
+        row("1b. same: SoftRegRegressor / plain skorch NeuralNetRegressor (same module)",
+            t["softreg"], t["skorch"], target=0.5)
+        row("1c. same: SoftRegRegressor / sklearn MLPRegressor (hidden (64, 64), adam)",
+            t["softreg"], t["sklearn"], note="sklearn: numpy, float64")
+
+    if wanted("2") or wanted("3"):
+        X, y = digits_images()
+        softreg_cnn_fit(X, y, 1)  # warm-up
 
     # 2. CNN on digits vs the hand-written loop
-    X, y = digits_images()
-    softreg_cnn_fit(X, y, 1)
-    times = {}
-    t = interleaved({
-        "softreg": lambda: softreg_cnn_fit(X, y, epochs),
-        "hand": lambda: hand_cnn_fit(X, y, epochs),
-        "hand_fused": lambda: hand_cnn_fit(X, y, epochs, fused=True),
-    }, repeats, record=times)
-    hand, label = fastest_hand(t)
-    row(f"2. CNN digits ({len(X)} imgs), {epochs} ep, batch 64: SoftRegCNNClassifier / "
-        "fastest hand-written loop (same module)", t["softreg"], hand, target=1.05,
-        note=f"fastest: {label}; Adam {t['hand']:.3g} s, fused {t['hand_fused']:.3g} s",
-        paired=(times, "softreg", fastest_hand_key(t)))
+    if wanted("2"):
+        times = {}
+        t = interleaved({
+            "softreg": lambda: softreg_cnn_fit(X, y, epochs),
+            "hand": lambda: hand_cnn_fit(X, y, epochs),
+            "hand_fused": lambda: hand_cnn_fit(X, y, epochs, fused=True),
+        }, repeats, record=times)
+        hand, label = fastest_hand(t)
+        row(f"2. CNN digits ({len(X)} imgs), {epochs} ep, batch 64: SoftRegCNNClassifier / "
+            "fastest hand-written loop (same module)", t["softreg"], hand, target=1.05,
+            note=f"fastest: {label}; Adam {t['hand']:.3g} s, fused {t['hand_fused']:.3g} s",
+            paired=(times, "softreg", fastest_hand_key(t)))
 
     # 3. penalties on vs off, at 1 and 2 torch threads
     # with, as a floor, the same penalties in a hand-written loop (no history values).
     # Single fits on this machine vary by +-10-20%, so row 3 spends twice row 2's
     # budget of fit epochs on 3-epoch fits: 20/3 as many repeats, more pairs, a
     # tighter median. Costs outside the training steps are the same on and off.
-    epochs3 = max(2, epochs * 3 // 10)
-    repeats3 = 2 * -(-repeats * epochs // epochs3)
-    for n_threads in (1, 2):
-        times = {}
-        with threads(n_threads):
-            t = interleaved({
-                "on": lambda: softreg_cnn_fit(X, y, epochs3, **PENALTIES),
-                "off": lambda: softreg_cnn_fit(X, y, epochs3),
-                "hand_on": lambda: hand_penalized_cnn_fit(X, y, epochs3, **PENALTIES),
-                "hand_off": lambda: hand_penalized_cnn_fit(X, y, epochs3),
-            }, repeats3, record=times)
-        kernels = ("prox, penalty values and CE + KL in numba's compiled loops"
-                   if _fused._compiled()
-                   else "numba not installed: prox, penalty values and CE + KL in torch kernels")
-        row(f"3. same CNN, {epochs3} ep, {repeats3} repeats, {n_threads} torch thread(s): "
-            "lambda1=lambda2=1e-4, alpha=0.1 / all zero", t["on"], t["off"], target=1.05,
-            note=kernels, paired=(times, "on", "off"))
-        row(f"3f. floor: hand-written loop, same CNN and penalties in eager torch, {n_threads} "
-            "thread(s): on / off", t["hand_on"], t["hand_off"],
-            note="lambda2 in fused Adam's weight_decay, KL on the CE's log-softmax, "
-            "prox in foreach kernels, no penalty values for history",
-            paired=(times, "hand_on", "hand_off"))
+    if wanted("3"):
+        epochs3 = max(2, epochs * 3 // 10)
+        repeats3 = 2 * -(-repeats * epochs // epochs3)
+        for n_threads in (1, 2):
+            times = {}
+            with threads(n_threads):
+                t = interleaved({
+                    "on": lambda: softreg_cnn_fit(X, y, epochs3, **PENALTIES),
+                    "off": lambda: softreg_cnn_fit(X, y, epochs3),
+                    "hand_on": lambda: hand_penalized_cnn_fit(X, y, epochs3, **PENALTIES),
+                    "hand_off": lambda: hand_penalized_cnn_fit(X, y, epochs3),
+                }, repeats3, record=times)
+            kernels = ("prox, penalty values and CE + KL in numba's compiled loops"
+                       if _fused._compiled()
+                       else "numba not installed: prox, penalty values and CE + KL in torch kernels")
+            row(f"3. same CNN, {epochs3} ep, {repeats3} repeats, {n_threads} torch thread(s): "
+                "lambda1=lambda2=1e-4, alpha=0.1 / all zero", t["on"], t["off"], target=1.05,
+                note=kernels, paired=(times, "on", "off"))
+            row(f"3f. floor: hand-written loop, same CNN and penalties in eager torch, {n_threads} "
+                "thread(s): on / off", t["hand_on"], t["hand_off"],
+                note="lambda2 in fused Adam's weight_decay, KL on the CE's log-softmax, "
+                "prox in foreach kernels, no penalty values for history",
+                paired=(times, "hand_on", "hand_off"))
 
     # 4. the default SoftRegCNN on 4,000 single-channel 28x28 images: images/s
-    X28, y28 = images_28(4000)
-    epochs28 = 1 if quick else 2
-    n_images = epochs28 * len(X28)
-    softreg_cnn_fit(X28[:256], y28[:256], 1)
-    t = interleaved({
-        "softreg": lambda: softreg_cnn_fit(X28, y28, epochs28),
-        "softreg_penalties": lambda: softreg_cnn_fit(X28, y28, epochs28, **PENALTIES),
-        "hand": lambda: hand_cnn_fit(X28, y28, epochs28),
-        "hand_fused": lambda: hand_cnn_fit(X28, y28, epochs28, fused=True),
-        "channels_last": lambda: hand_cnn_fit(X28, y28, epochs28, fused=True, channels_last=True),
-        "bf16": lambda: hand_cnn_fit(X28, y28, epochs28, fused=True, autocast_bf16=True),
-    }, repeats)
-    hand, label = fastest_hand(t)
-    row(f"4a. default SoftRegCNN, {len(X28)} 1x28x28 images, {epochs28} ep, batch 64: images/s "
-        "SoftRegCNNClassifier / fastest hand-written loop", n_images / t["softreg"],
-        n_images / hand, unit="img/s", target=0.95, higher_is_better=True,
-        note=f"fastest: {label}; ours stores the conv weights channels_last (its CPU "
-        "default), the hand loop keeps torch's default layout")
-    row("4b. same hand-written loop (fused Adam): images/s with channels_last / default",
-        n_images / t["channels_last"], n_images / t["hand_fused"], unit="img/s")
-    row("4c. same: images/s with bfloat16 autocast / float32 (changes the numerics)",
-        n_images / t["bf16"], n_images / t["hand_fused"], unit="img/s")
-    # the penalties' cost grows with the number of weights, not with the images:
-    # row 3's ratio on a CNN whose batches carry more work per weight
-    row("4d. same images, SoftRegCNNClassifier: lambda1=lambda2=1e-4, alpha=0.1 / all zero",
-        t["softreg_penalties"], t["softreg"], note="default torch threads; compare row 3")
+    if wanted("4"):
+        X28, y28 = images_28(4000)
+        epochs28 = 1 if quick else 2
+        n_images = epochs28 * len(X28)
+        softreg_cnn_fit(X28[:256], y28[:256], 1)
+        t = interleaved({
+            "softreg": lambda: softreg_cnn_fit(X28, y28, epochs28),
+            "softreg_penalties": lambda: softreg_cnn_fit(X28, y28, epochs28, **PENALTIES),
+            "hand": lambda: hand_cnn_fit(X28, y28, epochs28),
+            "hand_fused": lambda: hand_cnn_fit(X28, y28, epochs28, fused=True),
+            "channels_last": lambda: hand_cnn_fit(X28, y28, epochs28, fused=True, channels_last=True),
+            "bf16": lambda: hand_cnn_fit(X28, y28, epochs28, fused=True, autocast_bf16=True),
+        }, repeats)
+        hand, label = fastest_hand(t)
+        row(f"4a. default SoftRegCNN, {len(X28)} 1x28x28 images, {epochs28} ep, batch 64: images/s "
+            "SoftRegCNNClassifier / fastest hand-written loop", n_images / t["softreg"],
+            n_images / hand, unit="img/s", target=0.95, higher_is_better=True,
+            note=f"fastest: {label}; ours stores the conv weights channels_last (its CPU "
+            "default), the hand loop keeps torch's default layout")
+        row("4b. same hand-written loop (fused Adam): images/s with channels_last / default",
+            n_images / t["channels_last"], n_images / t["hand_fused"], unit="img/s")
+        row("4c. same: images/s with bfloat16 autocast / float32 (changes the numerics)",
+            n_images / t["bf16"], n_images / t["hand_fused"], unit="img/s")
+        # the penalties' cost grows with the number of weights, not with the images:
+        # row 3's ratio on a CNN whose batches carry more work per weight
+        row("4d. same images, SoftRegCNNClassifier: lambda1=lambda2=1e-4, alpha=0.1 / all zero",
+            t["softreg_penalties"], t["softreg"], note="default torch threads; compare row 3")
 
     # d. GridSearchCV parallel speedup
-    Xg, yg = regression_data(2000 if quick else 5000)
-    grid_epochs = 3 if quick else 20
-    grid_search_fit(Xg[:300], yg[:300], 2, 1)  # start the worker pool once
-    t = interleaved({
-        "n_jobs=1": lambda: grid_search_fit(Xg, yg, 1, grid_epochs),
-        "n_jobs=2": lambda: grid_search_fit(Xg, yg, 2, grid_epochs),
-    }, 1 if quick else 2)
-    row(f"d. GridSearchCV 4 candidates x 3 folds, {len(Xg)}x20, {grid_epochs} ep: speedup "
-        "n_jobs=1 time / n_jobs=2 time", t["n_jobs=1"], t["n_jobs=2"], target=1.6,
-        higher_is_better=True, note="worker pool warm")
+    if wanted("d"):
+        Xg, yg = regression_data(2000 if quick else 5000)
+        grid_epochs = 3 if quick else 20
+        grid_search_fit(Xg[:300], yg[:300], 2, 1)  # start the worker pool once
+        t = interleaved({
+            "n_jobs=1": lambda: grid_search_fit(Xg, yg, 1, grid_epochs),
+            "n_jobs=2": lambda: grid_search_fit(Xg, yg, 2, grid_epochs),
+        }, 1 if quick else 2)
+        row(f"d. GridSearchCV 4 candidates x 3 folds, {len(Xg)}x20, {grid_epochs} ep: speedup "
+            "n_jobs=1 time / n_jobs=2 time", t["n_jobs=1"], t["n_jobs=2"], target=1.6,
+            higher_is_better=True, note="worker pool warm")
 
     # e. peak RSS
-    base = peak_rss_child("baseline", epochs)
-    ours = peak_rss_child("softreg", epochs)
-    raw = peak_rss_child("raw", epochs)
-    row("e. peak RSS of a CNN digits fit (child process): SoftRegCNNClassifier / hand loop",
-        ours, raw, unit="MiB", note=f"interpreter + imports + data alone: {base:.0f} MiB")
+    if wanted("e"):
+        base = peak_rss_child("baseline", epochs)
+        ours = peak_rss_child("softreg", epochs)
+        raw = peak_rss_child("raw", epochs)
+        row("e. peak RSS of a CNN digits fit (child process): SoftRegCNNClassifier / hand loop",
+            ours, raw, unit="MiB", note=f"interpreter + imports + data alone: {base:.0f} MiB")
 
     # f. GPU throughput
-    if torch.cuda.is_available():
-        Xc, yc = digits_images(n_copies=20)
-        gpu_epochs = 2 if quick else 5
-        softreg_cnn_fit(Xc[:2048], yc[:2048], 1, 256, device="cuda")
-        hand_cnn_fit(Xc[:2048], yc[:2048], 1, 256, device="cuda")
-        t = interleaved({
-            "softreg": lambda: softreg_cnn_fit(Xc, yc, gpu_epochs, 256, device="cuda"),
-            "hand": lambda: hand_cnn_fit(Xc, yc, gpu_epochs, 256, device="cuda"),
-            "hand_fused": lambda: hand_cnn_fit(Xc, yc, gpu_epochs, 256, device="cuda", fused=True),
-        }, repeats)
-        n_gpu = gpu_epochs * len(Xc)
-        hand, label = fastest_hand(t)
-        row("f. GPU images/s, CNN digits, batch 256: SoftRegCNNClassifier / fastest hand loop",
-            n_gpu / t["softreg"], n_gpu / hand, unit="img/s",
-            note=f"{torch.cuda.get_device_name(0)}; fastest: {label}")
-    else:
-        rows.append(("f. GPU images/s, batch 256", "-", "-", "-", "skipped",
-                     "CUDA is not available on this machine"))
-        print("f. skipped: CUDA is not available on this machine", file=sys.stderr)
+    if wanted("f"):
+        if torch.cuda.is_available():
+            Xc, yc = digits_images(n_copies=20)
+            gpu_epochs = 2 if quick else 5
+            softreg_cnn_fit(Xc[:2048], yc[:2048], 1, 256, device="cuda")
+            hand_cnn_fit(Xc[:2048], yc[:2048], 1, 256, device="cuda")
+            t = interleaved({
+                "softreg": lambda: softreg_cnn_fit(Xc, yc, gpu_epochs, 256, device="cuda"),
+                "hand": lambda: hand_cnn_fit(Xc, yc, gpu_epochs, 256, device="cuda"),
+                "hand_fused": lambda: hand_cnn_fit(Xc, yc, gpu_epochs, 256, device="cuda", fused=True),
+            }, repeats)
+            n_gpu = gpu_epochs * len(Xc)
+            hand, label = fastest_hand(t)
+            row("f. GPU images/s, CNN digits, batch 256: SoftRegCNNClassifier / fastest hand loop",
+                n_gpu / t["softreg"], n_gpu / hand, unit="img/s",
+                note=f"{torch.cuda.get_device_name(0)}; fastest: {label}")
+        else:
+            rows.append(("f. GPU images/s, batch 256", "-", "-", "-", "skipped",
+                         "CUDA is not available on this machine"))
+            print("f. skipped: CUDA is not available on this machine", file=sys.stderr)
 
     total = time.perf_counter() - t_start
     lines = ["# sk_softreg benchmarks", ""]
@@ -595,7 +621,8 @@ def main(argv=None):
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)
-    Path(args.output).write_text(text)
+    if output is not None:
+        Path(output).write_text(text)
 
 
 if __name__ == "__main__":
