@@ -740,9 +740,10 @@ class SoftRegMixin:
         for batch in iterator:
             self.notify("on_batch_begin", batch=batch, training=training)
             step = step_fn(batch, **fit_params)
-            self.history.record_batch(loss_key, step["loss"].item())
+            history = self.history
+            history.record_batch(loss_key, step["loss"].item())
             Xi = batch[0] if isinstance(batch, (tuple, list)) else batch
-            self.history.record_batch(size_key, batch_length(Xi))
+            history.record_batch(size_key, batch_length(Xi))
             self.notify("on_batch_end", batch=batch, training=training, **step)
             batch_count += 1
         self.history.record(prefix + "_batch_count", batch_count)
@@ -1315,7 +1316,8 @@ def _in_mode(module, training):
             continue
         if m.training != training or type(m).train is not torch.nn.Module.train:
             return False
-        pending.extend(m._modules.values())
+        if m._modules:  # leaves (most modules) have none to add
+            pending.extend(m._modules.values())
     return True
 
 
