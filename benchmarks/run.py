@@ -205,9 +205,9 @@ def softreg_cnn_fit(X, y, epochs, batch_size=64, device="cpu", **params):
     return _check_epochs(clf, epochs)
 
 
-def softreg_mlp_fit(X, y, epochs):
-    reg = SoftRegRegressor(
-        **fixed_epochs(SoftRegRegressor, epochs), batch_size=64, random_state=0, device="cpu",
+def softreg_mlp_fit(X, y, epochs, cls=SoftRegRegressor):
+    reg = cls(
+        **fixed_epochs(cls, epochs), batch_size=64, random_state=0, device="cpu",
         **{f"module__{k}": v for k, v in MLP.items()},
     )
     return _check_epochs(reg.fit(X, y), epochs)
