@@ -1273,10 +1273,12 @@ class _EpochTerms:
         for i, (value, scale) in enumerate(zip(values, scales)):
             if value is None:
                 continue
-            if isinstance(value, torch.Tensor):
-                tensors[i] = _add_scaled(tensors[i], value, scale)
-            else:
+            if not isinstance(value, torch.Tensor):
                 floats[i] += scale * value
+                continue
+            with torch.no_grad():
+                total = tensors[i]
+                tensors[i] = torch.mul(value, scale) if total is None else total.add_(value, alpha=scale)
 
     def means(self):
         """Each term's sum over the epoch divided by :attr:`rows`, as floats."""
@@ -1293,15 +1295,6 @@ def _layout_agnostic(optimizer):
         and optimizer.__module__.startswith("torch.optim.")
         and optimizer is not torch.optim.LBFGS
     )
-
-
-def _add_scaled(total, value, scale):
-    """``total + scale * value`` for a 0-d tensor ``value`` and a tensor or None
-    ``total``: in place, without a graph, once ``total`` is a tensor."""
-    with torch.no_grad():
-        if total is not None:
-            return total.add_(value, alpha=scale)
-        return torch.mul(value, scale)
 
 
 def _no_grad_if(condition):
