@@ -412,7 +412,9 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
     def _data_loss(self, y_pred, y_true, X=None, training=False):
         mu = self._means(y_pred)
         y_true = self._on_device(y_true)
-        return self.criterion_(mu, y_true.view_as(mu))
+        if y_true.shape != mu.shape:  # (n,) targets of one output
+            y_true = y_true.view_as(mu)
+        return self.criterion_(mu, y_true)
 
     def _kl_term(self, y_pred, y_true):
         mu, log_var = self._split_output(y_pred)

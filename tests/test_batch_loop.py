@@ -90,6 +90,22 @@ def test_same_history_hooks_and_weights_as_skorchs_loop(monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_fit_inside_no_grad_trains_as_outside():
+    """A training step enables gradients where they are off (as skorch's closure does
+    under ``optimizer.step``) and skips the context where they are on already."""
+    X, y = _data()
+    params = dict(lambda2=1e-3, max_epochs=6, batch_size=32, random_state=0,
+                  early_stopping=False)
+    outside = SoftRegRegressor(**params).fit(X, y)
+    with torch.no_grad():
+        inside = SoftRegRegressor(**params).fit(X, y)
+        assert not torch.is_grad_enabled()  # the fit left the caller's mode as it was
+    for a, b in zip(outside.module_.parameters(), inside.module_.parameters()):
+        assert torch.equal(a, b)
+    losses = inside.history[:, "train_loss"]
+    assert losses[-1] < losses[0]  # it trained
+
+
 def test_no_op_hooks_are_recognized():
     log, silent = HookLog(), Silent()
     assert implements(log, "on_batch_end") and not implements(silent, "on_batch_end")
