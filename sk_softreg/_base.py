@@ -1325,13 +1325,17 @@ def _grad_enabled():
     return _NO_CHANGE if torch.is_grad_enabled() else torch.enable_grad()
 
 
+#: ``nn.Module.train``, looked up once: ``_in_mode`` compares every submodule's with it
+_MODULE_TRAIN = torch.nn.Module.train
+
+
 def _in_mode(module, training):
     """True if ``module.train(training)`` would change nothing: all flags set, no override."""
     pending = [module]
     for m in pending:  # grows while iterating: the whole tree, without building names
         if m is None:  # a submodule slot registered as None
             continue
-        if m.training != training or type(m).train is not torch.nn.Module.train:
+        if m.training != training or type(m).train is not _MODULE_TRAIN:
             return False
         if m._modules:  # leaves (most modules) have none to add
             pending.extend(m._modules.values())
