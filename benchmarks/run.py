@@ -451,7 +451,7 @@ def main(argv=None):
         else:
             met = ratio >= target if higher_is_better else ratio <= target
             status = ("yes" if met else "no") + f" ({'>=' if higher_is_better else '<='} {target})"
-        rows.append((name, f"{ours:.3g} {unit}", f"{ref:.3g} {unit}", f"{ratio:.2f}", status, note))
+        rows.append((name, f"{ours:.3g} {unit}", f"{ref:.3g} {unit}", f"{ratio:.3f}", status, note))
         print(f"[{time.perf_counter() - t_start:6.1f}s] {name}: {ours:.3g} vs {ref:.3g} {unit}"
               f" -> ratio {ratio:.3f}", file=sys.stderr)
 
