@@ -727,6 +727,12 @@ class SoftRegMixin:
         for method in hooked[method_name]:
             method(self, **cb_kwargs)
 
+    def _batch_hooks(self, hook):
+        """The methods ``notify(hook, ...)`` calls: those listed at ``on_train_begin``
+        during a fit, else listed now (:func:`~sk_softreg._batch_loop.hook_calls`)."""
+        hooked = getattr(self, "_hooked_callbacks", None)
+        return hooked[hook] if hooked else hook_calls(self, hook)
+
     def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
         """skorch's loop over one epoch's batches, with the same hooks and history.
 
@@ -738,27 +744,19 @@ class SoftRegMixin:
         if iterator is None:
             return
         loss_key, size_key = prefix + "_loss", prefix + "_batch_size"
-        hooked = getattr(self, "_hooked_callbacks", None)
-        # during a fit, notify's calls without its lookups per batch
-        begin = hooked["on_batch_begin"] if hooked else None
-        end = hooked["on_batch_end"] if hooked else None
+        # notify's calls, looked up once per epoch instead of per batch
+        begin, end = self._batch_hooks("on_batch_begin"), self._batch_hooks("on_batch_end")
         batch_count = 0
         for batch in iterator:
-            if begin is None:
-                self.notify("on_batch_begin", batch=batch, training=training)
-            else:
-                for method in begin:
-                    method(self, batch=batch, training=training)
+            for method in begin:
+                method(self, batch=batch, training=training)
             step = step_fn(batch, **fit_params)
             history = self.history
             history.record_batch(loss_key, step["loss"].item())
             Xi = batch[0] if isinstance(batch, (tuple, list)) else batch
             history.record_batch(size_key, batch_length(Xi))
-            if end is None:
-                self.notify("on_batch_end", batch=batch, training=training, **step)
-            else:
-                for method in end:
-                    method(self, batch=batch, training=training, **step)
+            for method in end:
+                method(self, batch=batch, training=training, **step)
             batch_count += 1
         self.history.record(prefix + "_batch_count", batch_count)
 
