@@ -41,6 +41,7 @@ from sklearn.utils._param_validation import (
 )
 from sklearn.utils.validation import _check_sample_weight, check_consistent_length
 from skorch import NeuralNet
+from skorch import callbacks as _callbacks
 from skorch.callbacks import EarlyStopping
 from skorch.dataset import ValidSplit
 from skorch.helper import SliceDataset
@@ -52,6 +53,7 @@ from ._batch_loop import (
     batch_length,
     closure_free,
     hook_calls,
+    only_known,
     set_grads_to_none,
 )
 from ._batching import (
@@ -847,7 +849,13 @@ class SoftRegMixin:
         # (e.g. by a scoring callback that predicts on the validation set)
         self._batches_cache = {}
         self._penalized_cache = ()
-        self._hooked_callbacks = {hook: hook_calls(self, hook) for hook in BATCH_HOOKS}
+        self._hooked_callbacks = hooked = {hook: hook_calls(self, hook) for hook in BATCH_HOOKS}
+        # between one batch's proximal step and the next batch's loss only these run
+        # (epoch ends: see on_epoch_begin)
+        self._step_scratch().reuse_values = all(
+            only_known(hooked[hook], _WEIGHT_READING_HOOKS)
+            for hook in ("on_batch_end", "on_batch_begin")
+        )
         if self.lambda_features:
             try:
                 self._feature_weight()
@@ -949,7 +957,9 @@ class SoftRegMixin:
         sum_abs = sum_squares = None
         flat = state.flat if state is not None else None
         if (proximal or pending) and flat is not None and flat.params is params and flat.intact():
-            sum_abs, sum_squares = flat.penalty_values(l1=proximal, l2=pending)
+            sum_abs, sum_squares = flat.penalty_values(
+                l1=proximal, l2=pending, reuse=state.reuse_values
+            )
         if self.lambda1:
             if sum_abs is None:
                 with _no_grad_if(proximal):
@@ -1189,6 +1199,11 @@ class SoftRegMixin:
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
         self._epoch_terms = None
+        # the epoch's first batch adds up its penalty values afresh: epoch-level
+        # callbacks (e.g. a checkpoint loaded) may have written the weights
+        state = getattr(self, "_step_state", None)
+        if state is not None and state.flat is not None:
+            state.flat.forget_values()
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         terms = getattr(self, "_epoch_terms", None)
@@ -1221,6 +1236,23 @@ def _first_sample_shape(X, y, name, ndim, expected):
     return shape
 
 
+#: per-batch hooks that leave the weights alone: skorch's history row, scorers,
+#: learning-rate scheduler, progress bar and loggers, the net's loss check and
+#: the epoch progress bar (a method overridden in a subclass is not one of them)
+_WEIGHT_READING_HOOKS = frozenset({
+    NeuralNet.on_batch_begin,
+    SoftRegMixin.on_batch_end,
+    EpochProgressBar.on_batch_end,
+    *(
+        getattr(_callbacks, name).on_batch_end
+        for name in (
+            "EpochScoring", "BatchScoring", "LRScheduler", "ProgressBar", "TensorBoard",
+            "WandbLogger", "NeptuneLogger", "SacredLogger", "MlflowLogger",
+        )
+    ),
+})
+
+
 class _SwitchedEarlyStopping(EarlyStopping):
     """skorch's ``EarlyStopping``, idle in the fits where the net's early stopping is off
     (``early_stopping="auto"`` on small data or in ``partial_fit``)."""
@@ -1243,7 +1275,7 @@ class _StepState:
 
     __slots__ = (
         "l2_grad_pending", "l2_decay_offer", "l2_decay_taken", "l2_decay_cache", "evaluations",
-        "eval_rows", "flat", "flat_tried",
+        "eval_rows", "flat", "flat_tried", "reuse_values",
     )
 
     def __init__(self):
@@ -1256,6 +1288,9 @@ class _StepState:
         self.eval_rows = 0  # least rows per evaluation batch (see _large_eval_batches)
         self.flat = None  # the fit's FlatWeights (see _flat_weights)
         self.flat_tried = False  # flatten_ was called in this fit
+        # the batch hooks of this fit leave the weights alone, so a batch's penalty
+        # values may be those its predecessor's proximal step returned (_lambda_terms)
+        self.reuse_values = False
 
 
 class _EpochTerms:

@@ -17,7 +17,10 @@ only work that changes nothing:
   ``zero_grad``;
 - :func:`closure_free` tells when ``optimizer.step(closure)`` may be replaced
   by the closure's work and then ``optimizer.step()``: the same operations in
-  the same order.
+  the same order;
+- :func:`only_known` tells when a per-batch hook list holds only methods
+  known not to write the weights (so that values computed at the end of one
+  batch still hold at the start of the next).
 """
 
 import torch
@@ -34,6 +37,7 @@ __all__ = [
     "closure_free",
     "hook_calls",
     "implements",
+    "only_known",
     "set_grads_to_none",
 ]
 
@@ -84,6 +88,15 @@ def hook_calls(net, hook):
         calls.append(getattr(net, hook))
     calls += [getattr(cb, hook) for _, cb in net.callbacks_ if implements(cb, hook)]
     return calls
+
+
+def only_known(calls, known):
+    """Whether each bound method in ``calls`` is one of the functions ``known``.
+
+    A subclass that overrides the method, or an instance that sets it, makes
+    it unknown.
+    """
+    return all(getattr(call, "__func__", None) in known for call in calls)
 
 
 def batch_length(Xi):

@@ -48,7 +48,7 @@ class FlatWeights:
 
     __slots__ = (
         "params", "weights", "moments", "optimizer", "group", "key", "_views", "_ptrs",
-        "_compiled",
+        "_compiled", "_values",
     )
 
     def __init__(self, params, weights, moments, optimizer, group, key, views):
@@ -62,6 +62,9 @@ class FlatWeights:
         self._ptrs = [p.data_ptr() for p in params]
         # asked once: the buffer keeps its device, dtype and layout while it lives
         self._compiled = _fused.applies(weights)
+        # (Σ|w|, Σw², the parameters' version counters) as the last compiled
+        # proximal step left the weights, or None (see penalty_values)
+        self._values = None
 
     def intact(self, optimizer=None):
         """True while every parameter still lives in ``weights`` and, when
@@ -106,16 +109,21 @@ class FlatWeights:
         square root (the loop's is correctly rounded, torch's CPU kernel's not
         always).
 
+        The compiled loop also returns ``Σ|w|`` and ``Σw²`` of the weights it
+        leaves, which :meth:`penalty_values` hands out until the weights change.
+
         Returns
         -------
         bool
             False, and nothing changed, where :meth:`thresholds` is None.
         """
+        self._values = None
         if self.key is not None and self._compiled:
             coefficients = self._coefficients(lambda1)
             if coefficients is None:
                 return False
-            _fused.soft_threshold_scaled_(self.weights, self.moments, *coefficients)
+            sums = _fused.soft_threshold_scaled_(self.weights, self.moments, *coefficients)
+            self._values = (*sums, self._versions())
             return True
         with torch.no_grad():
             thresholds = self.thresholds(lambda1)
@@ -124,13 +132,24 @@ class FlatWeights:
             prox_l1_([self.weights], [thresholds])
         return True
 
-    def penalty_values(self, l1=True, l2=True):
+    def penalty_values(self, l1=True, l2=True, reuse=False):
         """``Σ|w|`` and ``Σw²`` over ``weights``, without gradient (None where not asked).
 
         Where :func:`sk_softreg._fused.applies`, both come from one compiled
         loop, summed in float64, as Python floats (asked for or not: the second
         sum is nearly free); otherwise they are 0-d tensors from torch's kernels.
+
+        With ``reuse``, the sums that the last compiled :meth:`prox_l1_` returned
+        are handed out again, with no pass over the buffer, while no parameter's
+        version counter moved since (an in-place torch operation on a
+        parameter moves it; :meth:`forget_values` drops them). The version
+        counters do not see writes through ``param.data`` or numpy, nor
+        torch's fused optimizer steps: pass ``reuse`` only where nothing of
+        the kind can have run since that step, and :meth:`intact` holds.
         """
+        values = self._values
+        if reuse and values is not None and values[2] == self._versions():
+            return (values[0] if l1 else None), (values[1] if l2 else None)
         if self._compiled:
             sum_abs, sum_squares = _fused.abs_and_square_sums(self.weights)
         else:
@@ -138,6 +157,14 @@ class FlatWeights:
                 sum_abs = l1_penalty([self.weights]) if l1 else None
                 sum_squares = l2_penalty([self.weights]) if l2 else None
         return (sum_abs if l1 else None), (sum_squares if l2 else None)
+
+    def forget_values(self):
+        """Drop the sums kept by :meth:`prox_l1_`: the next :meth:`penalty_values` adds up
+        the buffer again."""
+        self._values = None
+
+    def _versions(self):
+        return tuple(p._version for p in self.params)
 
     def _coefficients(self, lambda1):
         """``(scale, shift)`` of the Adam threshold, or None where step counts differ."""

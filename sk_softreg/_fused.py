@@ -18,7 +18,10 @@ one compiled loop, and both values one more:
   a buffer allocated per step (about 100 µs per batch of the digits CNN).
 - :func:`abs_and_square_sums` adds up ``|w|`` and ``w²`` in float64, in
   whatever order vectorizes, and returns Python floats; torch adds them in
-  another order, so the history values agree up to rounding.
+  another order, so the history values agree up to rounding. The
+  soft-threshold loop returns the same two sums of the weights it leaves, at
+  the cost of two additions per coordinate: they are the next batch's values
+  when nothing changes the weights in between (:mod:`sk_softreg._flat`).
 
 The classifier's loss under ``alpha > 0`` is the other per-batch cost of the
 penalties: cross-entropy plus ``α·KL(u ‖ p)`` is, in eager torch, a dozen small
@@ -75,9 +78,15 @@ def soft_threshold_scaled_(weights, moments, scale, shift):
         is correctly rounded.
     scale, shift : float
         Rounded to the buffer's dtype, as torch rounds a Python scalar.
+
+    Returns
+    -------
+    l1, l2 : float
+        ``Σ|w|`` and ``Σw²`` of the thresholded weights, as
+        :func:`abs_and_square_sums` gives them (bit for bit: the same loop body).
     """
     cast = _NUMPY_TYPE[weights.dtype]
-    _compiled().soft_threshold(
+    return _compiled().soft_threshold(
         weights.numpy(), moments.numpy(), cast(scale), cast(shift), cast(1.0)
     )
 
@@ -188,22 +197,37 @@ _NUMPY_TYPE = {torch.float32: np.float32, torch.float64: np.float64}
 
 def _soft_threshold_loop(w, v, scale, shift, one):
     # every operand has the buffer's dtype, so each operation rounds as torch's does
-    # (np.sqrt: the correctly rounded root, in that dtype)
+    # (np.sqrt: the correctly rounded root, in that dtype); the sums are added by
+    # _add_abs_and_square, compiled apart with reassociation (which must not reach
+    # the threshold: it would contract its reciprocal and product)
+    l1 = 0.0
+    l2 = 0.0
     for i in range(w.shape[0]):
         t = one / (np.sqrt(v[i]) + shift)
         t = t * scale
         x = w[i]
-        w[i] = x - min(max(x, -t), t)
+        x = x - min(max(x, -t), t)
+        w[i] = x
+        l1, l2 = _add_abs_and_square(l1, l2, x)
+    return l1, l2
 
 
 def _sums_loop(w):
     l1 = 0.0
     l2 = 0.0
     for i in range(w.shape[0]):
-        x = np.float64(w[i])
-        l1 += abs(x)
-        l2 += x * x
+        l1, l2 = _add_abs_and_square(l1, l2, w[i])
     return l1, l2
+
+
+def _add_abs_and_square_py(l1, l2, x):
+    x = np.float64(x)
+    return l1 + abs(x), l2 + x * x
+
+
+#: _add_abs_and_square_py compiled with reassociation (by _jit, before the loops
+#: that call it), so that the sums over a loop vectorize
+_add_abs_and_square = None
 
 
 def _cross_entropy_kl_loop(z, y, alpha, ignore_index, grad):
@@ -257,13 +281,15 @@ def _compiled():
 def _jit(numba, cache):
     # error_model="numpy": no zero-division branch, so the loops vectorize;
     # fastmath only where the order of a sum may change
+    global _add_abs_and_square
     try:
         exact = numba.njit(nogil=True, cache=cache, error_model="numpy")
         reassociated = numba.njit(
             nogil=True, cache=cache, error_model="numpy", fastmath={"reassoc", "nsz"}
         )
+        _add_abs_and_square = reassociated(_add_abs_and_square_py)
         return _Kernels(
-            exact(_soft_threshold_loop), reassociated(_sums_loop), exact(_cross_entropy_kl_loop)
+            exact(_soft_threshold_loop), exact(_sums_loop), exact(_cross_entropy_kl_loop)
         )
     except RuntimeError:  # numba found no writable cache directory: compile in memory
         if not cache:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from skorch.callbacks import Callback
 
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor, _fused
 from sk_softreg.penalties import (
@@ -32,6 +33,7 @@ numba = pytest.importorskip("numba")
 ADAM_GROUP = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
 FAST = dict(max_epochs=2, batch_size=32, random_state=0, device="cpu")
 PENALTIES = dict(lambda1=1e-3, lambda2=1e-3, alpha=0.1)
+SMALL_CNN = dict(module__channels=(4, 8), module__hidden_units=16)
 
 
 def _bits(t):
@@ -178,7 +180,9 @@ def test_fit_with_the_loops_trains_torchs_weights_up_to_rounding(
     compiled = cls(**FAST, **PENALTIES, **params).fit(X, y)
     steps = sum("train_loss" in batch for row in compiled.history for batch in row["batches"])
     assert prox.calls == steps  # every training step
-    assert sums.calls == steps - 1  # every batch's values but the first (no buffer yet)
+    # each epoch's first batch but the fit's first (no buffer yet); every other
+    # batch takes the sums that the proximal step before it returned
+    assert sums.calls == FAST["max_epochs"] - 1
     # the classifier's loss, every training batch (the regressor has its own KL)
     assert loss.calls == (0 if cls is SoftRegRegressor else steps)
 
@@ -186,7 +190,7 @@ def test_fit_with_the_loops_trains_torchs_weights_up_to_rounding(
     eager = cls(**FAST, **PENALTIES, **params).fit(X, y)
     if cls is not SoftRegRegressor:  # asked, but declined: torch's kernels computed it
         assert loss.calls == 2 * steps
-    assert (prox.calls, sums.calls) == (steps, steps - 1)  # no more calls without the loops
+    assert (prox.calls, sums.calls) == (steps, FAST["max_epochs"] - 1)  # none without the loops
 
     # rounding apart (the square root, the loss in float64), the same training:
     # measured, the weights part by under 2e-7 after these 2 epochs
@@ -339,3 +343,126 @@ def test_classifier_takes_the_compiled_loss_only_for_plain_cross_entropy(
     clf = SoftRegCNNClassifier(**{**kw, **params}).fit(X, y)
     steps = sum("train_loss" in batch for row in clf.history for batch in row["batches"])
     assert loss.calls == (steps if used else 0)
+
+
+# ----------------------------------------------------------------------------
+# a batch's penalty values from the proximal step before it
+def _images(digits, n=256):
+    return digits[0][:n].reshape(-1, 1, 8, 8).astype(np.float32), digits[1][:n]
+
+
+class _WeightsAtEachLoss:
+    """Records, at each training loss, λ1·Σ|w| and λ2·Σw² of the weights as they are,
+    in torch's float64 kernels."""
+
+    def __init__(self, monkeypatch):
+        self.rows = []
+        get_loss = SoftRegCNNClassifier.get_loss
+        rows = self.rows
+
+        def recording(net, y_pred, y_true, X=None, training=False):
+            if training:
+                params = [p.detach().double() for p in net._penalized_params()]
+                rows.append((len(net.history), net.lambda1 * float(l1_penalty(params)),
+                             net.lambda2 * float(l2_penalty(params)), len(y_pred)))
+            return get_loss(net, y_pred, y_true, X=X, training=training)
+
+        monkeypatch.setattr(SoftRegCNNClassifier, "get_loss", recording)
+
+    def epoch_means(self):
+        rows = np.array(self.rows)
+        means = []
+        for epoch in np.unique(rows[:, 0]):
+            r = rows[rows[:, 0] == epoch]
+            means.append((r[:, 1] @ r[:, 3] / r[:, 3].sum(), r[:, 2] @ r[:, 3] / r[:, 3].sum()))
+        return np.array(means)
+
+
+class _HalveWeightsThroughData(Callback):
+    """Writes the weights through ``param.data`` after each batch: no version counter moves."""
+
+    def on_batch_end(self, net, batch=None, training=None, **kwargs):
+        if training:
+            for p in net._penalized_params():
+                p.data.mul_(0.5)
+
+
+class _HalveWeightsThroughDataAtEpochEnd(Callback):
+    """Writes the weights through ``param.data`` at the end of each epoch."""
+
+    def on_epoch_end(self, net, **kwargs):
+        for p in net._penalized_params():
+            p.data.mul_(0.5)
+
+
+class _HalveWeightsInPlace(Callback):
+    """Writes the weights in place after each batch (moves their version counters)."""
+
+    def on_batch_end(self, net, batch=None, training=None, **kwargs):
+        if training:
+            with torch.no_grad():
+                for p in net._penalized_params():
+                    p.mul_(0.5)
+
+
+@pytest.mark.parametrize("callback", [None, _HalveWeightsThroughData(),
+                                      _HalveWeightsThroughDataAtEpochEnd()],
+                         ids=["default callbacks", "written through .data per batch",
+                              "written through .data per epoch"])
+def test_history_terms_are_those_of_the_weights_at_each_loss(digits, monkeypatch, callback):
+    """train_l1 and train_l2 hold λ·Σ of the weights each training loss saw: also
+    where a batch takes the sums the proximal step before it returned, and where a
+    callback writes the weights between batches (then every batch adds them up) or
+    between epochs (then each epoch's first batch does)."""
+    X, y = _images(digits)
+    sums = _Counting(_fused.abs_and_square_sums)
+    monkeypatch.setattr(_fused, "abs_and_square_sums", sums)
+    truth = _WeightsAtEachLoss(monkeypatch)
+    callbacks = None if callback is None else [callback]
+    net = SoftRegCNNClassifier(**FAST, **PENALTIES, **SMALL_CNN, callbacks=callbacks).fit(X, y)
+    per_batch = isinstance(callback, _HalveWeightsThroughData)
+    assert sums.calls == (len(truth.rows) if per_batch else FAST["max_epochs"]) - 1
+    expected = truth.epoch_means()
+    # rtol: the fit's first batch sums in float32 (torch's kernels, no buffer yet);
+    # a batch's values one step stale are about 1e-2 off, halved weights 0.5-0.75
+    np.testing.assert_allclose(net.history[:, "train_l1"], expected[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(net.history[:, "train_l2"], expected[:, 1], rtol=1e-6)
+
+
+def test_a_write_in_place_between_batches_makes_the_next_batch_add_up_afresh(digits):
+    """A hook outside the known ones stops the reuse for the fit; the version counters
+    are the second guard: with the reuse forced on, an in-place write between two
+    batches still gets its batch's values added up afresh."""
+    X, y = _images(digits)
+
+    class Forced(SoftRegCNNClassifier):
+        def on_train_begin(self, net, X=None, y=None, **kwargs):
+            super().on_train_begin(net, X=X, y=y, **kwargs)
+            self._step_state.reuse_values = True
+
+    params = dict(**FAST, **PENALTIES, **SMALL_CNN)
+    forced = Forced(**params, callbacks=[_HalveWeightsInPlace()]).fit(X, y)
+    plain = SoftRegCNNClassifier(**params, callbacks=[_HalveWeightsInPlace()]).fit(X, y)
+    assert not plain._step_state.reuse_values
+    for key in ("train_loss", "train_l1", "train_l2"):
+        np.testing.assert_allclose(forced.history[:, key], plain.history[:, key], rtol=1e-12)
+
+
+def test_reusing_the_sums_changes_no_weight(digits):
+    """The same fit with the reuse and without it (an unknown batch hook, which does
+    nothing): bit-identical weights and the same loss."""
+    X, y = _images(digits)
+
+    class Idle(Callback):
+        def on_batch_end(self, net, **kwargs):
+            pass
+
+    params = dict(**FAST, **PENALTIES, **SMALL_CNN)
+    reused = SoftRegCNNClassifier(**params).fit(X, y)
+    fresh = SoftRegCNNClassifier(**params, callbacks=[Idle()]).fit(X, y)
+    assert reused._step_state.reuse_values and not fresh._step_state.reuse_values
+    for a, b in zip(reused.module_.parameters(), fresh.module_.parameters()):
+        assert torch.equal(a, b)
+    np.testing.assert_allclose(
+        reused.history[:, "train_loss"], fresh.history[:, "train_loss"], rtol=1e-12
+    )
