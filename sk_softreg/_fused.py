@@ -82,8 +82,8 @@ def soft_threshold_scaled_(weights, moments, scale, shift):
     Returns
     -------
     l1, l2 : float
-        ``Σ|w|`` and ``Σw²`` of the thresholded weights, as
-        :func:`abs_and_square_sums` gives them (bit for bit: the same loop body).
+        ``Σ|w|`` and ``Σw²`` of the thresholded weights, added up in float64 by
+        the additions of :func:`abs_and_square_sums` (whose order may differ).
     """
     cast = _NUMPY_TYPE[weights.dtype]
     return _compiled().soft_threshold(

@@ -88,6 +88,16 @@ def test_soft_threshold_is_torchs_with_a_correctly_rounded_sqrt(dtype, step):
     assert torch.all((got - eager).abs() <= bound)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_soft_threshold_returns_the_sums_of_the_weights_it_leaves(dtype):
+    weights, moments = _buffers(dtype)
+    before = _fused.abs_and_square_sums(weights)
+    sums = _fused.soft_threshold_scaled_(weights, moments, 2e-3, 1e-9)
+    after = _fused.abs_and_square_sums(weights)
+    assert sums == pytest.approx(after, rel=1e-12, abs=0)
+    assert sums[0] < 0.9 * before[0]  # the step changed the weights: the sums are new
+
+
 def test_soft_threshold_keeps_nan_weights_nan():
     weights, moments = _buffers(torch.float32, n=64)
     weights[10] = float("nan")
