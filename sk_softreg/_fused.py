@@ -198,8 +198,8 @@ _NUMPY_TYPE = {torch.float32: np.float32, torch.float64: np.float64}
 def _soft_threshold_loop(w, v, scale, shift, one):
     # every operand has the buffer's dtype, so each operation rounds as torch's does
     # (np.sqrt: the correctly rounded root, in that dtype); the sums are added by
-    # _add_abs_and_square, compiled apart with reassociation (which must not reach
-    # the threshold: it would contract its reciprocal and product)
+    # _add_abs_and_square, compiled apart with reassociation, which must not reach
+    # the threshold (this loop compiled with it gave other weights than torch's)
     l1 = 0.0
     l2 = 0.0
     for i in range(w.shape[0]):
