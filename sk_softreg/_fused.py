@@ -19,9 +19,10 @@ one compiled loop, and both values one more:
 - :func:`abs_and_square_sums` adds up ``|w|`` and ``w²`` in float64, in
   whatever order vectorizes, and returns Python floats; torch adds them in
   another order, so the history values agree up to rounding. The
-  soft-threshold loop returns the same two sums of the weights it leaves, at
-  the cost of two additions per coordinate: they are the next batch's values
-  when nothing changes the weights in between (:mod:`sk_softreg._flat`).
+  soft-threshold step returns the same two sums of the weights it leaves,
+  added by a second loop over the buffer it just wrote (read from cache):
+  they are the next batch's values when nothing changes the weights in
+  between (:mod:`sk_softreg._flat`).
 
 The classifier's loss under ``alpha > 0`` is the other per-batch cost of the
 penalties: cross-entropy plus ``α·KL(u ‖ p)`` is, in eager torch, a dozen small
@@ -82,8 +83,8 @@ def soft_threshold_scaled_(weights, moments, scale, shift):
     Returns
     -------
     l1, l2 : float
-        ``Σ|w|`` and ``Σw²`` of the thresholded weights, added up in float64 by
-        the additions of :func:`abs_and_square_sums` (whose order may differ).
+        ``Σ|w|`` and ``Σw²`` of the thresholded weights, what
+        :func:`abs_and_square_sums` returns for them.
     """
     cast = _NUMPY_TYPE[weights.dtype]
     return _compiled().soft_threshold(
@@ -195,21 +196,25 @@ class _CrossEntropyWithKL(torch.autograd.Function):
 _NUMPY_TYPE = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-def _soft_threshold_loop(w, v, scale, shift, one):
+def _threshold_loop(w, v, scale, shift, one):
     # every operand has the buffer's dtype, so each operation rounds as torch's does
-    # (np.sqrt: the correctly rounded root, in that dtype); the sums are added by
-    # _add_abs_and_square, compiled apart with reassociation, which must not reach
-    # the threshold (this loop compiled with it gave other weights than torch's)
-    l1 = 0.0
-    l2 = 0.0
+    # (np.sqrt: the correctly rounded root, in that dtype); compiled without
+    # reassociation, which would change the rounding (it gave other weights than torch's)
     for i in range(w.shape[0]):
         t = one / (np.sqrt(v[i]) + shift)
         t = t * scale
         x = w[i]
-        x = x - min(max(x, -t), t)
-        w[i] = x
-        l1, l2 = _add_abs_and_square(l1, l2, x)
-    return l1, l2
+        w[i] = x - min(max(x, -t), t)
+
+
+def _soft_threshold_loop(w, v, scale, shift, one):
+    # two loops, not one: float64 sums inside the threshold loop set its vector
+    # width, and half as many lanes for the root and the division cost more than a
+    # second pass over the buffer just written (digits CNN, in fits on the 2-core
+    # Intel VM: 91-96 us per batch in one loop, 64-67 us in two, 52-53 us for the
+    # threshold alone)
+    _threshold(w, v, scale, shift, one)
+    return _sums(w)
 
 
 def _sums_loop(w):
@@ -228,6 +233,8 @@ def _add_abs_and_square_py(l1, l2, x):
 #: _add_abs_and_square_py compiled with reassociation (by _jit, before the loops
 #: that call it), so that the sums over a loop vectorize
 _add_abs_and_square = None
+#: _threshold_loop and _sums_loop compiled (by _jit, before _soft_threshold_loop)
+_threshold = _sums = None
 
 
 def _cross_entropy_kl_loop(z, y, alpha, ignore_index, grad):
@@ -281,16 +288,15 @@ def _compiled():
 def _jit(numba, cache):
     # error_model="numpy": no zero-division branch, so the loops vectorize;
     # fastmath only where the order of a sum may change
-    global _add_abs_and_square
+    global _add_abs_and_square, _threshold, _sums
     try:
         exact = numba.njit(nogil=True, cache=cache, error_model="numpy")
         reassociated = numba.njit(
             nogil=True, cache=cache, error_model="numpy", fastmath={"reassoc", "nsz"}
         )
         _add_abs_and_square = reassociated(_add_abs_and_square_py)
-        return _Kernels(
-            exact(_soft_threshold_loop), exact(_sums_loop), exact(_cross_entropy_kl_loop)
-        )
+        _threshold, _sums = exact(_threshold_loop), exact(_sums_loop)
+        return _Kernels(exact(_soft_threshold_loop), _sums, exact(_cross_entropy_kl_loop))
     except RuntimeError:  # numba found no writable cache directory: compile in memory
         if not cache:
             raise

@@ -94,7 +94,9 @@ def test_soft_threshold_returns_the_sums_of_the_weights_it_leaves(dtype):
     before = _fused.abs_and_square_sums(weights)
     sums = _fused.soft_threshold_scaled_(weights, moments, 2e-3, 1e-9)
     after = _fused.abs_and_square_sums(weights)
-    assert sums == pytest.approx(after, rel=1e-12, abs=0)
+    # the same additions in the same order: a batch that reuses them reports what a
+    # pass of its own would
+    assert sums == after
     assert sums[0] < 0.9 * before[0]  # the step changed the weights: the sums are new
 
 
