@@ -44,7 +44,7 @@ import torch
 #: dtypes the loops are compiled for; other dtypes keep torch's kernels
 _DTYPES = (torch.float32, torch.float64)
 
-_Kernels = namedtuple("_Kernels", "soft_threshold sums cross_entropy_kl")
+_Kernels = namedtuple("_Kernels", "threshold sums cross_entropy_kl")
 _kernels = None  # a _Kernels once compiled; False where numba is unavailable
 
 
@@ -86,10 +86,14 @@ def soft_threshold_scaled_(weights, moments, scale, shift):
         ``Σ|w|`` and ``Σw²`` of the thresholded weights, what
         :func:`abs_and_square_sums` returns for them.
     """
-    cast = _NUMPY_TYPE[weights.dtype]
-    return _compiled().soft_threshold(
-        weights.numpy(), moments.numpy(), cast(scale), cast(shift), cast(1.0)
-    )
+    # two loops, not one: float64 sums inside the threshold loop set its vector
+    # width, and half as many lanes for the root and the division cost more than a
+    # second pass over the buffer just written (digits CNN, in fits on the 2-core
+    # Intel VM: 91-96 us per batch in one loop, 64-67 us in two, 52-53 us for the
+    # threshold alone)
+    kernels, w, cast = _compiled(), weights.numpy(), _NUMPY_TYPE[weights.dtype]
+    kernels.threshold(w, moments.numpy(), cast(scale), cast(shift), cast(1.0))
+    return kernels.sums(w)
 
 
 def abs_and_square_sums(weights):
@@ -207,16 +211,6 @@ def _threshold_loop(w, v, scale, shift, one):
         w[i] = x - min(max(x, -t), t)
 
 
-def _soft_threshold_loop(w, v, scale, shift, one):
-    # two loops, not one: float64 sums inside the threshold loop set its vector
-    # width, and half as many lanes for the root and the division cost more than a
-    # second pass over the buffer just written (digits CNN, in fits on the 2-core
-    # Intel VM: 91-96 us per batch in one loop, 64-67 us in two, 52-53 us for the
-    # threshold alone)
-    _threshold(w, v, scale, shift, one)
-    return _sums(w)
-
-
 def _sums_loop(w):
     l1 = 0.0
     l2 = 0.0
@@ -233,8 +227,6 @@ def _add_abs_and_square_py(l1, l2, x):
 #: _add_abs_and_square_py compiled with reassociation (by _jit, before the loops
 #: that call it), so that the sums over a loop vectorize
 _add_abs_and_square = None
-#: _threshold_loop and _sums_loop compiled (by _jit, before _soft_threshold_loop)
-_threshold = _sums = None
 
 
 def _cross_entropy_kl_loop(z, y, alpha, ignore_index, grad):
@@ -288,15 +280,16 @@ def _compiled():
 def _jit(numba, cache):
     # error_model="numpy": no zero-division branch, so the loops vectorize;
     # fastmath only where the order of a sum may change
-    global _add_abs_and_square, _threshold, _sums
+    global _add_abs_and_square
     try:
         exact = numba.njit(nogil=True, cache=cache, error_model="numpy")
         reassociated = numba.njit(
             nogil=True, cache=cache, error_model="numpy", fastmath={"reassoc", "nsz"}
         )
         _add_abs_and_square = reassociated(_add_abs_and_square_py)
-        _threshold, _sums = exact(_threshold_loop), exact(_sums_loop)
-        return _Kernels(exact(_soft_threshold_loop), _sums, exact(_cross_entropy_kl_loop))
+        return _Kernels(
+            exact(_threshold_loop), exact(_sums_loop), exact(_cross_entropy_kl_loop)
+        )
     except RuntimeError:  # numba found no writable cache directory: compile in memory
         if not cache:
             raise
