@@ -7,8 +7,7 @@ in-memory arrays this per-row work dominates the cost of a small network.
 
 :class:`TensorBatches` converts ``X`` and ``y`` to tensors once, on the target
 device, and yields ``(Xi, yi)`` batches that are slices of those tensors
-(when shuffled, of blocks of rows gathered with one ``index_select`` per
-block of batches, at most :data:`BLOCK_BYTES` each). It reproduces the
+(when shuffled, of the rows gathered with one ``index_select`` per batch). It reproduces the
 DataLoader's use of the global torch RNG draw for draw, so a seeded fit gives the same batches,
 hence bit-identical weights, on either path:
 
@@ -23,9 +22,8 @@ import torch
 from skorch.dataset import Dataset
 
 __all__ = [
-    "BLOCK_BYTES",
+    "FAST_ITERATOR_OPTIONS",
     "TensorBatches",
-    "block_batches",
     "fast_batches_source",
     "pack_weights",
     "prepare_tensors",
@@ -164,34 +162,9 @@ class TensorBatches:
             order = torch.randperm(n, generator=generator).to(self.X.device)
         stop = n - n % b if self.drop_last else n
         tensors = (self.X, self.y, self.sample_weight)
-        rows = b * block_batches(b, tensors)
-        for block_start in range(0, stop, rows):
-            block_stop = min(stop, block_start + rows)
-            if order is None:
-                block = [None if t is None else t[block_start:block_stop] for t in tensors]
-            else:
-                # one gather per block of batches, then views: the same rows as a
-                # gather per batch, in fewer (and larger) index_select calls
-                idx = order[block_start:block_stop]
-                block = [None if t is None else t.index_select(0, idx) for t in tensors]
-            Xb, yb, wb = block
-            for start in range(0, block_stop - block_start, b):
-                Xi = Xb[start:start + b]
-                yi = torch.zeros(len(Xi), 1) if yb is None else yb[start:start + b]
-                if wb is not None:
-                    Xi = pack_weights(Xi, wb[start:start + b])
-                yield Xi, yi
-
-
-#: Upper bound on the bytes that one gathered block of shuffled batches holds
-#: (X, y and sample weights together); at least one batch is gathered at a time.
-BLOCK_BYTES = 8 * 2**20
-
-
-def block_batches(batch_size, tensors):
-    """How many batches of ``batch_size`` rows of ``tensors`` to gather at once.
-
-    As many as fit in :data:`BLOCK_BYTES`, and at least one.
-    """
-    row_bytes = sum(t[0].numel() * t.element_size() for t in tensors if t is not None and len(t))
-    return max(1, BLOCK_BYTES // max(1, batch_size * row_bytes))
+        for start in range(0, stop, b):
+            rows = slice(start, start + b) if order is None else order[start:start + b]
+            Xi, yi, wi = (None if t is None else t[rows] for t in tensors)
+            if yi is None:
+                yi = torch.zeros(len(Xi), 1)
+            yield (Xi if wi is None else pack_weights(Xi, wi)), yi

@@ -5,32 +5,31 @@ import numbers
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import InvalidParameterError, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import (
-    check_array,
     check_consistent_length,
     check_is_fitted,
     column_or_1d,
-    validate_data,
 )
 from skorch import NeuralNet, NeuralNetClassifier
+from skorch.utils import to_tensor
 
-from . import _fused
-from ._base import SoftRegMixin, _first_sample_shape, _is_dataset
+from ._base import SoftRegMixin
 from ._batching import pack_weights, unpack_weights
+from ._images import ImageInputMixin
 from ._torchvision import TorchvisionClassifierNet
+from ._validation import first_sample_shape, is_lazy
 from .modules import SoftRegCNN
 from .penalties import kl_from_uniform, kl_to_uniform
 
 __all__ = ["SoftRegCNNClassifier"]
 
-_FLOAT_DTYPES = (np.float32, np.float64)
 _KL_TERMS = {"label_smoothing": kl_from_uniform, "confidence_penalty": kl_to_uniform}
 
 
-class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
+class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
     """A CNN classifier trained with L1, L2 and KL soft regularization.
 
     The training objective for a batch B is
@@ -270,7 +269,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         weights = super()._sample_weights(X, y, sample_weight, classes=classes, partial=partial)
         if self.class_weight is None:
             return weights
-        if _is_dataset(X) or _is_dataset(y):
+        if is_lazy(X) or is_lazy(y):
             raise ValueError(
                 f"{type(self).__name__} supports class_weight only for in-memory X and y, not "
                 "for a torch Dataset; pass criterion__weight=torch.tensor([...]) (one weight "
@@ -325,7 +324,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         return per_row
 
     def _validate_fit_data(self, X, y, reset, classes=None, sample_weight=None):
-        if _is_dataset(X):
+        if is_lazy(X):
             return self._validate_fit_dataset(X, y, reset, classes)
         X = self._check_X(X, reset=reset)
         y = column_or_1d(y, warn=True)
@@ -349,20 +348,17 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         """
         pairs = y is None
         names = _class_names(X) if pairs else None
-        shape = _first_sample_shape(X, y, type(self).__name__, 3, "(C, H, W) tensors")
+        shape = first_sample_shape(X, y, type(self).__name__, 3, "(C, H, W) tensors")
         if reset:
             self._check_image_shape_matches(shape)
             self.input_shape_ = shape
             self.n_features_in_ = math.prod(shape)
-        elif shape != self.input_shape_:
-            raise ValueError(
-                f"X has images of shape {shape}, but {type(self).__name__} was fitted on "
-                f"images of shape {self.input_shape_}."
-            )
+        else:
+            self._check_same_image_shape(shape)
         known = self.classes is not None and len(self.classes) or classes is not None
         labels = None
         if not pairs:
-            labels = column_or_1d(np.asarray(list(y) if _is_dataset(y) else y), warn=True)
+            labels = column_or_1d(np.asarray(list(y) if is_lazy(y) else y), warn=True)
             check_consistent_length(X, labels)
         elif reset and not known:
             # the folder names, or one pass over the data
@@ -400,71 +396,6 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         if np.any(unseen):
             raise ValueError(f"y contains previously unseen labels: {np.unique(y[unseen]).tolist()}")
         return idx.astype(np.int64)
-
-    def _check_X(self, X, reset):
-        """Validate X and return float32 images of shape (n, C, H, W)."""
-        if _ndim(X) > 2:
-            X = check_array(X, allow_nd=True, dtype=_FLOAT_DTYPES, estimator=self)
-            if X.ndim > 4:
-                raise ValueError(
-                    f"Found array with dim {X.ndim}. {type(self).__name__} expected <= 4."
-                )
-            if 0 in X.shape[1:]:
-                raise ValueError(
-                    f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 "
-                    "is required."
-                )
-            images = X if X.ndim == 4 else X[:, None]
-            shape = tuple(int(s) for s in images.shape[1:])
-            if reset:
-                self._check_image_shape_matches(shape)
-            elif shape != self.input_shape_:
-                raise ValueError(
-                    f"X has images of shape {shape}, but {type(self).__name__} was fitted on "
-                    f"images of shape {self.input_shape_}."
-                )
-            validate_data(self, images.reshape(len(images), -1), reset=reset, skip_check_array=True)
-        else:
-            X = validate_data(self, X, reset=reset, dtype=_FLOAT_DTYPES)
-            shape = self._image_shape_for(X.shape[1]) if reset else self.input_shape_
-            images = X.reshape(len(X), *shape)
-        if reset:
-            self.input_shape_ = shape
-        return np.ascontiguousarray(images, dtype=np.float32)
-
-    def _parsed_image_shape(self):
-        shape = self.image_shape
-        if shape is None:
-            return None
-        if len(shape) not in (2, 3) or not all(
-            isinstance(s, (int, np.integer)) and s >= 1 for s in shape
-        ):
-            raise InvalidParameterError(
-                f"The 'image_shape' parameter of {type(self).__name__} must be None or a tuple "
-                f"(C, H, W) or (H, W) of positive ints. Got {shape!r} instead."
-            )
-        shape = tuple(int(s) for s in shape)
-        return shape if len(shape) == 3 else (1, *shape)
-
-    def _image_shape_for(self, n_features):
-        shape = self._parsed_image_shape()
-        if shape is not None:
-            if math.prod(shape) != n_features:
-                raise ValueError(
-                    f"image_shape={self.image_shape!r} holds {math.prod(shape)} values per "
-                    f"sample, but X has {n_features} features."
-                )
-            return shape
-        side = math.isqrt(n_features)
-        return (1, side, side) if side * side == n_features else (1, 1, n_features)
-
-    def _check_image_shape_matches(self, shape):
-        expected = self._parsed_image_shape()
-        if expected is not None and expected != tuple(shape):
-            raise ValueError(
-                f"image_shape={self.image_shape!r} does not match the shape of the images in "
-                f"X, {tuple(shape)}."
-            )
 
     def check_data(self, X, y):
         # classes_ is set from the original labels in fit; skip skorch's
@@ -514,27 +445,38 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
     def _kl_term(self, y_pred, y_true):
         return _KL_TERMS[self.kl](y_pred)
 
-    def _data_loss_with_kl(self, y_pred, y_true, offset=0.0):
-        """Cross-entropy and label-smoothing KL in one compiled node (numba, CPU).
+    def _data_and_kl(self, y_pred, y_true, X, weights):
+        """``CE + α·KL(u‖p)`` through torch's label smoothing, where the identity holds.
 
-        Only for a plain ``torch.nn.CrossEntropyLoss`` (no class weights, mean
-        reduction, no label smoothing of its own) and ``kl="label_smoothing"``;
-        otherwise, and where :func:`sk_softreg._fused.cross_entropy_with_kl`
-        does not apply, None: torch's kernels compute the two terms.
+        With ``kl="label_smoothing"``, ``CE + α·KL(u‖p) = (1+α)·CE_ε − α·log K``
+        for label smoothing ``ε = α/(1+α)`` (see the user guide), so one
+        ``cross_entropy`` call gives the value and the gradient; the KL mean
+        for history is one pass without gradient. Only for an unweighted batch
+        and a plain ``torch.nn.CrossEntropyLoss`` (no class weights, mean
+        reduction, no label smoothing of its own); otherwise the two terms
+        are computed apart.
         """
         criterion = self.criterion_
         if (
-            self.kl != "label_smoothing"
+            not self.alpha
+            or self.kl != "label_smoothing"
+            or weights is not None
             or type(criterion) is not torch.nn.CrossEntropyLoss
             or criterion.weight is not None
             or criterion.reduction != "mean"
             or criterion.label_smoothing != 0.0
-            or not (torch.is_tensor(y_pred) and torch.is_tensor(y_true))
         ):
-            return None
-        return _fused.cross_entropy_with_kl(
-            y_pred, y_true, self.alpha, ignore_index=criterion.ignore_index, offset=offset
+            return super()._data_and_kl(y_pred, y_true, X, weights)
+        alpha = self.alpha
+        smoothed = torch.nn.functional.cross_entropy(
+            y_pred,
+            to_tensor(y_true, device=self.device),
+            ignore_index=criterion.ignore_index,
+            label_smoothing=alpha / (1.0 + alpha),
         )
+        with torch.no_grad():
+            kl = kl_from_uniform(y_pred).mean()
+        return (1.0 + alpha) * smoothed - alpha * math.log(y_pred.shape[-1]), kl
 
     # ------------------------------------------------------------------
     # prediction
@@ -552,7 +494,7 @@ class SoftRegCNNClassifier(SoftRegMixin, NeuralNetClassifier):
         """
         check_is_fitted(self)
         # lazy data, and skorch's scoring callbacks pass validation Datasets
-        if not _is_dataset(X):
+        if not is_lazy(X):
             X = self._check_X(X, reset=False)
         proba = super().predict_proba(X).astype(np.float64)
         return proba / proba.sum(axis=1, keepdims=True)
@@ -607,9 +549,3 @@ class _EncodedTargets(torch.utils.data.Dataset):
         if idx >= len(self.classes) or self.classes[idx] != label:
             raise ValueError(f"y contains previously unseen labels: [{label!r}]")
         return x, int(idx)
-
-
-def _ndim(X):
-    """Number of dimensions of array-like X (2 for DataFrames and sparse matrices)."""
-    ndim = getattr(X, "ndim", None)
-    return ndim if ndim is not None else np.asarray(X).ndim

@@ -28,8 +28,11 @@ from .penalties import (
     l1_penalty,
     l2_penalty,
     prox_l1_,
+    second_moment_key,
     thresholds_from_moments,
 )
+
+__all__ = ["FlatWeights", "flatten_"]
 
 
 class FlatWeights:
@@ -48,7 +51,7 @@ class FlatWeights:
 
     __slots__ = (
         "params", "weights", "moments", "optimizer", "group", "key", "_views", "_ptrs",
-        "_compiled", "_values",
+        "_compiled",
     )
 
     def __init__(self, params, weights, moments, optimizer, group, key, views):
@@ -62,9 +65,6 @@ class FlatWeights:
         self._ptrs = [p.data_ptr() for p in params]
         # asked once: the buffer keeps its device, dtype and layout while it lives
         self._compiled = _fused.applies(weights)
-        # (Σ|w|, Σw², the parameters' version counters) as the last compiled
-        # proximal step left the weights, or None (see penalty_values)
-        self._values = None
 
     def intact(self, optimizer=None):
         """True while every parameter still lives in ``weights`` and, when
@@ -109,21 +109,16 @@ class FlatWeights:
         square root (the loop's is correctly rounded, torch's CPU kernel's not
         always).
 
-        The compiled loop also returns ``Σ|w|`` and ``Σw²`` of the weights it
-        leaves, which :meth:`penalty_values` hands out until the weights change.
-
         Returns
         -------
         bool
             False, and nothing changed, where :meth:`thresholds` is None.
         """
-        self._values = None
         if self.key is not None and self._compiled:
             coefficients = self._coefficients(lambda1)
             if coefficients is None:
                 return False
-            sums = _fused.soft_threshold_scaled_(self.weights, self.moments, *coefficients)
-            self._values = (*sums, self._versions())
+            _fused.soft_threshold_scaled_(self.weights, self.moments, *coefficients)
             return True
         with torch.no_grad():
             thresholds = self.thresholds(lambda1)
@@ -132,24 +127,13 @@ class FlatWeights:
             prox_l1_([self.weights], [thresholds])
         return True
 
-    def penalty_values(self, l1=True, l2=True, reuse=False):
+    def penalty_values(self, l1=True, l2=True):
         """``Σ|w|`` and ``Σw²`` over ``weights``, without gradient (None where not asked).
 
         Where :func:`sk_softreg._fused.applies`, both come from one compiled
-        loop, summed in float64, as Python floats (asked for or not: the second
-        sum is nearly free); otherwise they are 0-d tensors from torch's kernels.
-
-        With ``reuse``, the sums that the last compiled :meth:`prox_l1_` returned
-        are handed out again, with no pass over the buffer, while no parameter's
-        version counter moved since (an in-place torch operation on a
-        parameter moves it; :meth:`forget_values` drops them). The version
-        counters do not see writes through ``param.data`` or numpy, nor
-        torch's fused optimizer steps: pass ``reuse`` only where nothing of
-        the kind can have run since that step, and :meth:`intact` holds.
+        loop, summed in float64, as Python floats; otherwise they are 0-d
+        tensors from torch's kernels.
         """
-        values = self._values
-        if reuse and values is not None and values[2] == self._versions():
-            return (values[0] if l1 else None), (values[1] if l2 else None)
         if self._compiled:
             sum_abs, sum_squares = _fused.abs_and_square_sums(self.weights)
         else:
@@ -158,18 +142,10 @@ class FlatWeights:
                 sum_squares = l2_penalty([self.weights]) if l2 else None
         return (sum_abs if l1 else None), (sum_squares if l2 else None)
 
-    def forget_values(self):
-        """Drop the sums kept by :meth:`prox_l1_`: the next :meth:`penalty_values` adds up
-        the buffer again."""
-        self._values = None
-
-    def _versions(self):
-        return tuple(p._version for p in self.params)
-
     def _coefficients(self, lambda1):
         """``(scale, shift)`` of the Adam threshold, or None where step counts differ."""
         state = self.optimizer.state
-        # fits build the buffers on the CPU only (_base._FLAT_DEVICE_TYPES): reading a
+        # the engine builds the buffers on the CPU only: reading a
         # CPU step count with float() costs no device synchronization
         steps = {float(state[p]["step"]) for p in self.params}
         if len(steps) != 1:
@@ -224,7 +200,7 @@ def flatten_(params, optimizer):
     if len(groups) != 1 or not all(any(q is p for q in groups[0]["params"]) for p in params):
         return None
     group = groups[0]
-    key = "max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq"
+    key = second_moment_key(group)
     moments = [optimizer.state.get(p, {}).get(key) for p in params]
     if all(v is None for v in moments):
         if "betas" in group:  # Adam-like before its first step: nothing to read yet

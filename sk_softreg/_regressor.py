@@ -13,14 +13,15 @@ from sklearn.utils.validation import (
     validate_data,
 )
 from skorch import NeuralNetRegressor
+from skorch.utils import to_tensor
 
-from ._base import SoftRegMixin, _first_sample_shape, _is_dataset
+from ._base import SoftRegMixin
+from ._validation import FLOAT_DTYPES, first_sample_shape, is_lazy
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
 from .penalties import clamp_log_var, gaussian_soft_kl, soft_target_std
 
 __all__ = ["SoftRegRegressor"]
 
-_FLOAT_DTYPES = (np.float32, np.float64)
 # early_stopping="auto" holds out a validation set when it gets this many rows
 _AUTO_STOP_MIN_VALID = 30
 
@@ -261,10 +262,10 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
     # ------------------------------------------------------------------
     # data
     def _validate_fit_data(self, X, y, reset, classes=None, sample_weight=None):
-        if _is_dataset(X):
+        if is_lazy(X):
             return self._validate_fit_dataset(X, y, reset)
         X, y = validate_data(
-            self, X, y, reset=reset, dtype=_FLOAT_DTYPES, multi_output=True, y_numeric=True
+            self, X, y, reset=reset, dtype=FLOAT_DTYPES, multi_output=True, y_numeric=True
         )
         if reset:
             self._n_fit_rows = len(y)
@@ -279,7 +280,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         ``residual_std_``.
         """
         pairs = y is None
-        shape = _first_sample_shape(X, y, type(self).__name__, 1, "1-D feature tensors")
+        shape = first_sample_shape(X, y, type(self).__name__, 1, "1-D feature tensors")
         if reset:
             self.n_features_in_ = shape[0]
         elif shape[0] != self.n_features_in_:
@@ -289,7 +290,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
             )
         if pairs:
             y = [X[i][1] for i in range(len(X))]  # one pass over the data
-        elif _is_dataset(y):
+        elif is_lazy(y):
             y = list(y)
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
         check_consistent_length(X, y)
@@ -411,7 +412,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
 
     def _data_loss(self, y_pred, y_true, X=None, training=False):
         mu = self._means(y_pred)
-        y_true = self._on_device(y_true)
+        y_true = to_tensor(y_true, device=self.device)
         if y_true.shape != mu.shape:  # (n,) targets of one output
             y_true = y_true.view_as(mu)
         return self.criterion_(mu, y_true)
@@ -422,8 +423,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
 
     def _after_fit(self, X, y, sample_weight=None):
         super()._after_fit(X, y, sample_weight)
-        with self._large_eval_batches():
-            mu, _ = self._predict_standardized(X)
+        mu, _ = self._predict_standardized(X)
         residual = y.reshape(len(y), -1) - mu
         mse = np.average(residual.astype(np.float64) ** 2, axis=0, weights=sample_weight)
         self.residual_std_ = np.sqrt(mse) * self.y_scale_
@@ -459,8 +459,8 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
             Only when ``return_std`` is true.
         """
         check_is_fitted(self)
-        if not _is_dataset(X):  # lazy data; skorch's scoring callbacks pass validation Datasets
-            X = validate_data(self, X, reset=False, dtype=_FLOAT_DTYPES).astype(np.float32)
+        if not is_lazy(X):  # lazy data; skorch's scoring callbacks pass validation Datasets
+            X = validate_data(self, X, reset=False, dtype=FLOAT_DTYPES).astype(np.float32)
         mu, log_var = self._predict_standardized(X)
         mean = mu.astype(np.float64) * self.y_scale_ + self.y_mean_
         if self._y_1d:

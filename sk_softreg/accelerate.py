@@ -32,7 +32,6 @@ proximal step needs the full weights on every process.
 This module needs the ``accelerate`` extra (``pip install 'sk-softreg[accelerate]'``).
 """
 
-import warnings
 
 try:
     import accelerate  # noqa: F401  (fail early with a clear message)
@@ -43,7 +42,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "pip install 'sk-softreg[accelerate]'."
     ) from exc
 
-from skorch.exceptions import DeviceWarning
 
 from ._classifier import SoftRegCNNClassifier
 from ._regressor import SoftRegRegressor
@@ -55,12 +53,13 @@ __all__ = ["AcceleratedSoftRegCNNClassifier", "AcceleratedSoftRegRegressor"]
 class _SoftRegAccelerateMixin(AccelerateMixin):
     """AccelerateMixin with the proximal step gated on real optimizer steps."""
 
-    # Accelerate must see real DataLoaders: it shards them across processes and
-    # flushes a partial gradient accumulation at the end of each one.
-    _use_fast_path = False
-    # Accelerate wraps the module and the optimizer (DDP, mixed precision): the
-    # penalized weights keep their own storage
-    _flatten_penalized = False
+    # Accelerate must see real DataLoaders (it shards them across processes and
+    # flushes a partial gradient accumulation at the end of each one), and it
+    # wraps the module and the optimizer, so the weights keep their own storage
+    _fast_layer = False
+    # AccelerateMixin's train_step_single scales the loss (mixed precision) and
+    # accumulates gradients: the penalties' gradients must come through the loss
+    _penalties_in_loss = True
 
     def _optimizer_stepped(self):
         if not self.accelerator.sync_gradients:
@@ -103,18 +102,6 @@ class _SoftRegAccelerateMixin(AccelerateMixin):
         # AccelerateMixin's version overwrites the callbacks__print_log__sink
         # parameter during fit; get_params_for resolves "auto" instead.
         return super(AccelerateMixin, self)._initialize_callbacks()
-
-    def __setstate__(self, state):
-        requested = state.get("_device_param", "cpu")
-        if requested is None:
-            # skorch maps a missing device to "cpu" (with a DeviceWarning);
-            # Accelerate places the model, so keep None.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeviceWarning)
-                super().__setstate__(state)
-            self._device_param = None
-        else:
-            super().__setstate__(state)
 
     def _penalized_params(self):
         module = self.accelerator.unwrap_model(self.module_, keep_fp32_wrapper=True)

@@ -15,7 +15,7 @@ accelerate = pytest.importorskip(
 )
 from accelerate import Accelerator
 
-import sk_softreg._base as base
+import sk_softreg._engine as engine
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
 from sk_softreg.accelerate import (
     AcceleratedSoftRegCNNClassifier,
@@ -46,10 +46,9 @@ def test_matches_plain_classifier_without_accumulation(digits200, lambda2):
     assert acc.get_params()["device"] is None
     assert all(v > 0 for v in acc.history[:, "train_l1"])
     # The same objective and steps, computed in part by other kernels: the plain
-    # CPU fit takes the cross-entropy and KL in one compiled node and the
-    # correctly rounded square root in the compiled proximal step
-    # (sk_softreg._fused), and adds the λ2 gradient 2·λ2·w after backward; the
-    # Accelerate variant keeps torch's kernels and backpropagates λ2·Σw² (loss
+    # CPU fit takes the correctly rounded square root in the compiled proximal
+    # step (sk_softreg._fused) and adds the λ2 gradient 2·λ2·w after backward;
+    # the Accelerate variant keeps torch's kernels and backpropagates λ2·Σw² (loss
     # scaling and gradient accumulation need it in the loss). So the two agree
     # up to rounding.
     for key in ("train_loss", "train_l1", "train_l2", "train_kl"):
@@ -73,13 +72,13 @@ def test_proximal_step_gives_exact_zeros(digits200):
 def test_prox_once_per_real_optimizer_step(digits200, monkeypatch, steps):
     X, y = digits200
     calls = []
-    real_prox = base.prox_l1_
+    real_prox = engine.prox_l1_
 
     def spy(params, thresholds):
         calls.append([t if isinstance(t, float) else t.clone() for t in thresholds])
         return real_prox(params, thresholds)
 
-    monkeypatch.setattr(base, "prox_l1_", spy)
+    monkeypatch.setattr(engine, "prox_l1_", spy)
     acc = AcceleratedSoftRegCNNClassifier(accelerator=_accelerator(steps), lambda1=1e-3, **SMALL)
     acc.fit(X, y)
     n_batches = math.ceil(len(X) / SMALL["batch_size"])  # 7

@@ -137,9 +137,9 @@ def test_batch_size_and_drop_last(batch_size, drop_last):
 def test_prepared_tensors_not_kept_after_fit():
     X, y = _regression()
     net = _regressor(max_epochs=1).fit(X, y)
-    assert net._batches_cache is None
+    assert getattr(net, "_fit_state", None) is None
     state = pickle.loads(pickle.dumps(net)).__dict__
-    assert "_batches_cache" not in state
+    assert "_fit_state" not in state
 
 
 def test_shuffling_draws_like_dataloader():
@@ -161,16 +161,13 @@ def test_shuffling_draws_like_dataloader():
 
 @pytest.mark.parametrize("drop_last", [False, True])
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_blocks_of_batches_match_dataloader(monkeypatch, shuffle, drop_last):
-    """Gathering several batches per block (here 2 of 3 rows, 120 bytes) gives the
-    DataLoader's batches, weights included, across block boundaries."""
+def test_weighted_batches_match_dataloader(shuffle, drop_last):
+    """The DataLoader's batches, weights included."""
     import sk_softreg._batching as batching
 
-    monkeypatch.setattr(batching, "BLOCK_BYTES", 120)  # rows of 12 + 4 + 4 bytes
     X = torch.arange(33.0).reshape(11, 3)
     y = torch.arange(11.0)
     w = torch.linspace(0.5, 1.5, 11)
-    assert batching.block_batches(3, (X, y, w)) == 2
     torch.manual_seed(3)
     ref = list(torch.utils.data.DataLoader(
         Dataset(batching.pack_weights(X, w), y), batch_size=3, shuffle=shuffle,

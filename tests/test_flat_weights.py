@@ -28,7 +28,7 @@ PENALTIES = dict(lambda1=1e-3, lambda2=1e-3, alpha=0.1)
 
 def _per_tensor(cls):
     """The same estimator with every penalized tensor kept in its own storage."""
-    return type(cls.__name__, (cls,), {"_flatten_penalized": False})
+    return type(cls.__name__, (cls,), {"_fast_layer": False})
 
 
 class _FlatSpy(Callback):
@@ -39,7 +39,7 @@ class _FlatSpy(Callback):
 
     def on_batch_end(self, net, training=False, **kwargs):
         if training:
-            flat = net._step_state.flat
+            flat = getattr(net._fit_state.engine, "_flat", None)
             self.flat_.append(
                 flat is not None
                 and all(_inside(p, flat.weights) for p in select_penalized(net.module_))
@@ -118,7 +118,7 @@ def test_tensors_own_their_storage_after_fit(digits, fails):
             clf.fit(X, y)
     else:
         clf.fit(X, y)
-    assert clf._step_state.flat is None
+    assert getattr(clf, "_fit_state", None) is None
     assert all(_owns_its_storage(p) for p in clf.module_.parameters())
     moments = [s["exp_avg_sq"] for s in clf.optimizer_.state.values()]
     assert moments and all(_owns_its_storage(v) for v in moments)

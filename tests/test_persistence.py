@@ -395,13 +395,25 @@ def _sk_softreg_imports(module):
     return found
 
 
-@pytest.mark.parametrize("module", ["_base", "_persistence"])
+ESTIMATORS = {"sk_softreg", "sk_softreg._classifier", "sk_softreg._regressor",
+              "sk_softreg.accelerate"}
+#: the engine's modules, below the estimators and the base class
+ENGINE = ["_sklearn", "_weights", "_features", "_fast_loop", "_callbacks", "_fit_state",
+          "_engine", "_flat", "_fused", "_batching", "_images", "_validation", "_progress",
+          "_persistence", "_onnx"]
+
+
+@pytest.mark.parametrize("module", ["_base", *ENGINE])
 def test_engine_does_not_import_the_estimators(module):
-    # estimators -> _base -> _persistence, never back: persistence resolves the
-    # estimator classes by import path on load
+    # estimators -> _base -> the engine's modules -> penalties and modules, never back:
+    # persistence resolves the estimator classes by import path on load
     imported = _sk_softreg_imports(module)
     assert "sk_softreg._base" in _sk_softreg_imports("_classifier")  # the parser sees imports
-    forbidden = {"sk_softreg", "sk_softreg._classifier", "sk_softreg._regressor", "sk_softreg.accelerate"}
-    assert not imported & forbidden
-    if module == "_persistence":
+    assert not imported & ESTIMATORS
+    if module != "_base":
         assert "sk_softreg._base" not in imported
+
+
+@pytest.mark.parametrize("module", ["penalties", "_divergences", "modules"])
+def test_the_math_imports_nothing_of_the_package_above_it(module):
+    assert _sk_softreg_imports(module) <= {"sk_softreg._divergences"}

@@ -1,8 +1,7 @@
 """The training step's shortcuts keep skorch's semantics and the objective's math.
 
 - fused Adam/AdamW by default, as a default that any ``optimizer__*`` choice overrides;
-- the λ2 gradient added after backward equals backpropagating λ2·Σw², and
-  SGD's and Adam's ``weight_decay`` carrying it gives the same training;
+- the λ2 gradient added after backward equals backpropagating λ2·Σw²;
 - the penalty terms in history belong to the loss evaluation skorch records,
   also for optimizers that evaluate the loss several times per step (LBFGS);
 - train/eval modes are exactly those skorch sets, though unchanged modules are skipped.
@@ -19,10 +18,8 @@ from skorch.callbacks import Callback
 from skorch.dataset import ValidSplit
 from torch import nn
 
-import sk_softreg._base
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
-from sk_softreg._weight_decay import decay_groups, split_groups
-from sk_softreg.penalties import add_l2_grad_, l2_penalty
+from sk_softreg.penalties import add_l2_grad_, kl_from_uniform, kl_to_uniform, l2_penalty
 
 FAST = dict(max_epochs=2, random_state=0, device="cpu")
 TINY_CNN = dict(module__channels=(4, 8), module__hidden_units=16)
@@ -99,7 +96,15 @@ def test_step_gradient_includes_the_l2_term(digits):
 
 
 class _L2ThroughLoss(SoftRegRegressor):
-    """The same estimator with λ2 backpropagated through the loss (no gradient shortcut)."""
+    """The same estimator with λ2·Σw² backpropagated through the loss, instead of its
+    gradient added after backward (the loss keeps its value)."""
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        if not training:
+            return loss
+        l2 = self.lambda2 * l2_penalty(self._penalized_params())
+        return loss + (l2 - l2.detach())
 
     def train_step_single(self, batch, **fit_params):
         return NeuralNetRegressor.train_step_single(self, batch, **fit_params)
@@ -119,69 +124,12 @@ def test_l2_via_gradient_matches_l2_through_the_loss(regression_data):
 
 
 # ----------------------------------------------------------------------------
-# λ2 through SGD's and Adam's weight_decay
+# a weight without gradient
 class _GradHook(Callback):
     """Implements on_grad_computed (doing nothing): the step then adds 2·λ2·w itself."""
 
     def on_grad_computed(self, net, named_parameters, **kwargs):
         pass
-
-
-def _count_calls(monkeypatch, name):
-    calls = []
-    original = getattr(sk_softreg._base, name)
-
-    def counted(*args, **kwargs):
-        calls.append(name)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(sk_softreg._base, name, counted)
-    return calls
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {},
-        {"optimizer__weight_decay": 1e-2},
-        {"optimizer": torch.optim.SGD, "optimizer__momentum": 0.9, "lr": 0.05},
-    ],
-    ids=["fused-adam", "adam-user-decay", "sgd-momentum"],
-)
-def test_l2_through_weight_decay_trains_as_adding_the_gradient(regression_data, monkeypatch,
-                                                                kwargs):
-    X, y = regression_data
-    kw = dict(lambda1=1e-3, lambda2=1e-2, alpha=0.1, max_epochs=4, batch_size=50, **kwargs)
-    kw = {**FAST, **kw}
-    steps = _count_calls(monkeypatch, "step_with_added_decay")
-    adds = _count_calls(monkeypatch, "add_l2_grad_")
-    fast = SoftRegRegressor(**kw).fit(X, y)
-    assert len(steps) == 4 * 4 and not adds  # 200 rows, batches of 50: the optimizer adds it
-    slow = SoftRegRegressor(**kw, callbacks=[_GradHook()]).fit(X, y)
-    assert len(adds) == 4 * 4 and len(steps) == 4 * 4  # with the hook: added after backward
-    for p, q in zip(fast.module_.parameters(), slow.module_.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
-    for key in ("train_loss", "train_l1", "train_l2", "train_kl"):
-        assert fast.history[:, key] == pytest.approx(slow.history[:, key], rel=1e-6)
-    # the penalized weights have a group of their own; weight_decay reads as the user set it
-    groups = fast.optimizer_.param_groups
-    assert [len(g["params"]) for g in groups] == [3, 3]  # 3 weight matrices, 3 bias vectors
-    assert all(p.ndim > 1 for p in groups[0]["params"])
-    assert all(p.ndim == 1 for p in groups[1]["params"])
-    assert [g["weight_decay"] for g in groups] == [kwargs.get("optimizer__weight_decay", 0)] * 2
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"lambda2": 0.0, "lambda1": 1e-3}, {"optimizer": torch.optim.AdamW, "lambda2": 1e-2}],
-    ids=["no-lambda2", "adamw-decoupled"],
-)
-def test_optimizer_groups_unsplit_without_the_shortcut(regression_data, monkeypatch, kwargs):
-    X, y = regression_data
-    steps = _count_calls(monkeypatch, "step_with_added_decay")
-    est = SoftRegRegressor(**FAST, **kwargs).fit(X, y)
-    assert len(est.optimizer_.param_groups) == 1
-    assert not steps
 
 
 class _UnusedLayer(nn.Module):
@@ -196,43 +144,43 @@ class _UnusedLayer(nn.Module):
         return self.used(X)
 
 
-def test_weight_without_gradient_still_decays(regression_data, monkeypatch):
-    # add_l2_grad_ gives a weight without gradient the gradient 2·λ2·w; torch's
-    # weight_decay skips it: the shortcut steps aside for such a step.
+def test_weight_without_gradient_still_decays(regression_data):
+    # add_l2_grad_ gives a weight without gradient the gradient 2·λ2·w
     X, y = regression_data
     kw = {**FAST, "module": _UnusedLayer, "lambda2": 1e-1, "max_epochs": 3, "lr": 1e-2}
-    adds = _count_calls(monkeypatch, "add_l2_grad_")
     est = SoftRegRegressor(**kw).fit(X, y)
-    assert adds
     untouched = SoftRegRegressor(**{**kw, "lambda2": 0.0}).fit(X, y).module_.unused.weight
     assert est.module_.unused.weight.abs().sum() < 0.99 * untouched.abs().sum()
     ref = SoftRegRegressor(**kw, callbacks=[_GradHook()]).fit(X, y)
     torch.testing.assert_close(est.module_.unused.weight, ref.module_.unused.weight)
 
 
-def test_split_groups_keeps_options_and_order():
-    a, b, c, d = (torch.zeros(2, 2, requires_grad=True) for _ in range(4))
-    groups = [{"params": [a, b, c], "lr": 0.1}, {"params": [d], "lr": 0.2}]
-    split = split_groups(groups, [c, a])
-    assert [[id(p) for p in g["params"]] for g in split] == [[id(a), id(c)], [id(b)], [id(d)]]
-    assert [g["lr"] for g in split] == [0.1, 0.1, 0.2]
-
-
-def test_decay_groups_only_where_weight_decay_is_the_gradient():
-    w, v, bias = (torch.zeros(2, 2, requires_grad=True) for _ in range(3))
-    adam = torch.optim.Adam([{"params": [w, v]}, {"params": [bias]}])
-    assert decay_groups(adam, [w, v]) == [adam.param_groups[0]]
-    assert decay_groups(adam, [w]) is None  # v, unpenalized, shares w's group
-    mixed = torch.optim.Adam([w, v, bias])
-    assert decay_groups(mixed, [w, v]) is None
-    for optimizer in (
-        torch.optim.AdamW([{"params": [w, v]}, {"params": [bias]}]),
-        torch.optim.Adam([{"params": [w, v], "maximize": True}, {"params": [bias]}]),
-        torch.optim.Adam([w, v], decoupled_weight_decay=True),
-        torch.optim.RMSprop([w, v]),
-    ):
-        assert decay_groups(optimizer, [w, v]) is None
-    assert decay_groups(torch.optim.SGD([w, v], lr=0.1), [w, v]) is not None
+# ----------------------------------------------------------------------------
+# the classifier's data + α·KL: torch's label smoothing where the identity holds
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"kl": "confidence_penalty"},
+        {"criterion__weight": torch.linspace(0.5, 2.0, 10)},
+        {"criterion__label_smoothing": 0.1},
+        {"alpha": 0.0},
+    ],
+    ids=["label-smoothing-identity", "confidence", "class-weights", "own-smoothing", "no-kl"],
+)
+def test_classifier_training_loss_is_cross_entropy_plus_alpha_kl(digits, params):
+    """CE + α·KL(u‖p) = (1+α)·CE_ε − α·log K: value and gradient as the composite."""
+    X, y = digits
+    images, target = X[:64].reshape(-1, 1, 8, 8).astype(np.float32), torch.as_tensor(y[:64])
+    params = {"alpha": 0.3, **params}
+    est = SoftRegCNNClassifier(**TINY_CNN, **FAST, **params).fit(images, y[:64])
+    logits = est.module_.eval()(torch.as_tensor(images)).detach().requires_grad_()
+    loss = est.get_loss(logits, target, training=True)
+    kl = (kl_to_uniform if params.get("kl") else kl_from_uniform)(logits).mean()
+    expected = est.criterion_(logits, target) + est.alpha * kl
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(loss, logits)[0],
+                               torch.autograd.grad(expected, logits)[0], rtol=1e-5, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------
@@ -263,37 +211,10 @@ def test_lbfgs_records_the_terms_of_the_recorded_loss(digits):
 def test_terms_are_not_recorded_outside_training_steps(digits):
     X, y = digits
     est = SoftRegCNNClassifier(**TINY_CNN, lambda2=1e-2, alpha=0.1, **FAST).fit(X[:64], y[:64])
-    before = est._epoch_terms
+    before = getattr(est, "_fit_state", None)
     logits = est.forward(X[:8].reshape(-1, 1, 8, 8).astype(np.float32))
     est.get_loss(logits, torch.as_tensor(y[:8]), training=True)
-    assert est._epoch_terms is before is None
-
-
-class _TorchCalls(torch.overrides.TorchFunctionMode):
-    """Counts the torch functions and tensor methods called while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.calls += 1
-        return func(*args, **(kwargs or {}))
-
-
-def test_epoch_sums_keep_floats_as_floats_after_a_tensor_term():
-    # a fit's first batch gives tensors (no flat buffer yet), later batches floats
-    # from the compiled loops: the floats must not become torch operations
-    terms = sk_softreg._base._EpochTerms()
-    terms.add((torch.tensor(2.0), torch.tensor(3.0), None, None), (64, 64, 6.4, 64), 64)
-    calls = _TorchCalls()
-    with calls:
-        for _ in range(5):
-            terms.add((1.5, 0.25, 0.5, None), (32, 32, 3.2, 32), 32)
-    assert calls.calls == 0
-    assert terms.means() == pytest.approx(
-        [(128 + 5 * 48) / 224, (192 + 5 * 8) / 224, 5 * 1.6 / 224, 0.0], rel=1e-7
-    )
+    assert getattr(est, "_fit_state", None) is before is None
 
 
 # ----------------------------------------------------------------------------

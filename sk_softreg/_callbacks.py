@@ -1,0 +1,82 @@
+"""The callbacks the estimators add to skorch's defaults (``get_default_callbacks``).
+
+- :class:`SwitchedEarlyStopping` (``"early_stopping"``): skorch's
+  ``EarlyStopping``, idle in fits where the net's early stopping is off;
+- :class:`NonFiniteGuard` (``"non_finite"``): stops a fit whose loss became
+  NaN or infinite, with :class:`~sk_softreg.NonFiniteLossError`;
+- :class:`~sk_softreg._progress.EpochProgressBar` (``"progress"``,
+  ``verbose >= 1``).
+"""
+
+import math
+
+import torch
+from skorch.callbacks import Callback, EarlyStopping
+
+from ._exceptions import NonFiniteLossError
+
+__all__ = ["NonFiniteGuard", "SwitchedEarlyStopping", "check_finite_weights", "fail_non_finite"]
+
+
+class SwitchedEarlyStopping(EarlyStopping):
+    """skorch's ``EarlyStopping``, idle in the fits where the net's early stopping is off
+    (``early_stopping="auto"`` on small data or in ``partial_fit``)."""
+
+    def on_epoch_end(self, net, **kwargs):
+        if net._early_stopping_active():
+            super().on_epoch_end(net, **kwargs)
+
+    def on_train_end(self, net, **kwargs):
+        if net._early_stopping_active():
+            super().on_train_end(net, **kwargs)
+
+
+class NonFiniteGuard(Callback):
+    """Stop training as soon as a batch's training or validation loss is not finite.
+
+    skorch already reads every batch loss to the host (``loss.item()`` in
+    ``run_single_epoch``) and records it in history, so checking the recorded
+    float adds no device synchronization.
+    """
+
+    def on_batch_end(self, net, batch=None, training=False, **kwargs):
+        epoch = list.__getitem__(net.history, -1)  # history[-1], without copying the list
+        batches = epoch["batches"]
+        key = "train_loss" if training else "valid_loss"
+        loss = batches[-1].get(key) if batches else None
+        if loss is None or math.isfinite(loss):
+            return
+        number = sum(key in b for b in batches)  # the epoch's training or validation batch
+        where = f"at epoch {epoch['epoch']}, batch {number}"
+        if training:
+            fail_non_finite(net, f"diverged: the training loss became {loss} {where}")
+        fail_non_finite(
+            net,
+            f"stopped: the validation loss became {loss} {where}",
+            hint="Check the validation data for NaN or infinite values. If they are "
+            "finite, the network diverged: try",
+        )
+
+
+def check_finite_weights(net):
+    """Raise :class:`~sk_softreg.NonFiniteLossError` if a module's weights are not finite."""
+    for name in net._modules:
+        module = getattr(net, name + "_", None)
+        if module is None:
+            continue
+        params = [p for p in module.parameters() if p.is_floating_point()]
+        if params and not all(bool(torch.isfinite(p).all()) for p in params):
+            fail_non_finite(
+                net,
+                f"diverged: the weights of {name!r} became non-finite by the end of epoch "
+                f"{len(net.history)}",
+            )
+
+
+def fail_non_finite(net, what, hint="Try"):
+    """Leave ``net`` unfitted (predict raises NotFittedError, not NaN) and raise."""
+    net.initialized_ = False
+    raise NonFiniteLossError(
+        f"Training of {type(net).__name__} {what}. {hint} a smaller learning "
+        f"rate (lr={net.lr!r} now), standardized inputs or smaller penalty weights."
+    )

@@ -1,0 +1,76 @@
+"""The state of one fit, in one object: built when training starts, dropped when it ends.
+
+:class:`FitState` is everything the estimators keep between batches of a
+fit: the penalty engine, the input layer's weight for ``lambda_features``,
+the tensors the fast layer prepared, and the sums of the epoch's penalty
+terms for history. Nothing of it is pickled, and nothing outlives the fit.
+"""
+
+import torch
+
+__all__ = ["HISTORY_TERMS", "EpochTerms", "FitState"]
+
+#: the penalty terms that each epoch's history row gets, in the order of :class:`EpochTerms`
+HISTORY_TERMS = ("train_l1", "train_l2", "train_kl", "train_features")
+
+
+class FitState:
+    """What a running fit keeps between batches.
+
+    Attributes
+    ----------
+    engine : PenaltyEngine or None
+        The weight penalties (:mod:`sk_softreg._engine`), built at the first
+        use for the module it was built for (``engine_module``).
+    feature_weight : tuple or None
+        ``(module, weight)``: the input layer's weight for ``lambda_features``.
+    batches : dict
+        The fast layer's prepared tensors, by dataset.
+    terms : EpochTerms or None
+        The epoch's penalty-term sums.
+    evaluations : list or None
+        Inside a training step: ``(loss, terms, n)`` of each loss evaluation.
+    """
+
+    __slots__ = ("engine", "engine_module", "feature_weight", "batches", "terms", "evaluations")
+
+    def __init__(self):
+        self.engine = None
+        self.engine_module = None
+        self.feature_weight = None
+        self.batches = {}
+        self.terms = None
+        self.evaluations = None
+
+    def close(self):
+        """End of the fit: the engine releases what it holds."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+class EpochTerms:
+    """The epoch's sums of the history terms (:data:`HISTORY_TERMS`), row-weighted.
+
+    A value is a Python float or a 0-d tensor. Tensors are added in place
+    without a graph, so nothing is read off the device per batch;
+    :meth:`means` reads each sum once.
+    """
+
+    __slots__ = ("sums", "rows")
+
+    def __init__(self):
+        self.sums = [0.0] * len(HISTORY_TERMS)
+        self.rows = 0
+
+    def add(self, values, rows):
+        """Add ``rows`` times each value that is not None, and ``rows`` to :attr:`rows`."""
+        self.rows += rows
+        with torch.no_grad():
+            for i, value in enumerate(values):
+                if value is not None:
+                    self.sums[i] = self.sums[i] + value * rows
+
+    def means(self):
+        """Each term's sum over the epoch divided by :attr:`rows`, as floats."""
+        return [float(total) / self.rows for total in self.sums]

@@ -1,0 +1,31 @@
+"""Input checks shared by both estimators: float dtypes and lazy (Dataset) inputs."""
+
+import numpy as np
+import torch
+from skorch.helper import SliceDataset
+
+__all__ = ["FLOAT_DTYPES", "first_sample_shape", "is_lazy"]
+
+#: the dtypes ``check_array`` keeps; anything else is converted to the first
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def is_lazy(X):
+    """True for lazy inputs: a torch ``Dataset`` or a skorch ``SliceDataset``."""
+    return isinstance(X, (torch.utils.data.Dataset, SliceDataset))
+
+
+def first_sample_shape(X, y, name, ndim, expected):
+    """Shape of the first sample of lazy ``X`` (a Dataset of ``(x, y)`` pairs when
+    ``y`` is None, else a SliceDataset or Dataset of samples), checked to have
+    ``ndim`` dimensions; ``expected`` describes them in the error."""
+    if y is None and not isinstance(X, torch.utils.data.Dataset):
+        raise ValueError(f"{name} got a SliceDataset X without y; pass the targets as y.")
+    first = X[0][0] if y is None else X[0]
+    shape = tuple(int(s) for s in getattr(first, "shape", ()))
+    if len(shape) != ndim:
+        raise ValueError(
+            f"{name} expects the samples of a Dataset to be {expected}; the first sample "
+            f"has shape {shape}."
+        )
+    return shape
