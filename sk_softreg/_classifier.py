@@ -14,6 +14,7 @@ from sklearn.utils.validation import (
     column_or_1d,
 )
 from skorch import NeuralNet, NeuralNetClassifier
+from skorch.callbacks import EpochScoring
 from skorch.utils import to_tensor
 
 from ._base import SoftRegMixin
@@ -397,6 +398,16 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
             raise ValueError(f"y contains previously unseen labels: {np.unique(y[unseen]).tolist()}")
         return idx.astype(np.int64)
 
+    @property
+    def _default_callbacks(self):
+        # skorch's valid_acc compares predict's labels with the validation targets,
+        # which hold class indices here: score the indices instead
+        return [
+            (name, EpochScoring(_index_accuracy, name="valid_acc", lower_is_better=False))
+            if name == "valid_acc" else (name, cb)
+            for name, cb in super()._default_callbacks
+        ]
+
     def check_data(self, X, y):
         # classes_ is set from the original labels in fit; skip skorch's
         # inference from the encoded targets.
@@ -517,6 +528,11 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
         return tags
+
+
+def _index_accuracy(net, X, y):
+    """Accuracy of the predicted class indices against targets ``y`` that are indices."""
+    return float(np.mean(np.argmax(net.predict_proba(X), axis=1) == np.asarray(y)))
 
 
 def _class_names(dataset):

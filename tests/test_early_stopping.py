@@ -145,3 +145,16 @@ def test_save_and_load_keep_the_new_parameters_and_attributes(noisy, tmp_path, d
                                device="cpu", **TINY_CNN).fit(Xd[:100], yd[:100])
     clf.save(tmp_path / "clf.safetensors")
     assert sk_softreg.load(tmp_path / "clf.safetensors").class_weight == {0: 2.0, 9: 0.5}
+
+
+@pytest.mark.parametrize("labels", [np.array([3, 5, 7]), np.array(["cat", "dog", "owl"])])
+def test_valid_acc_scores_any_labels(labels):
+    """skorch's valid_acc compared predicted labels with class indices: labels other
+    than 0..K-1 scored 0 (or, as strings, raised). It scores the indices now."""
+    rng = np.random.RandomState(0)
+    k = np.arange(150) % 3
+    X = (rng.rand(150, 1, 4, 4) * 0.2 + k[:, None, None, None] / 2).astype(np.float32)
+    est = SoftRegCNNClassifier(max_epochs=15, early_stopping=True, validation_fraction=0.2,
+                               n_iter_no_change=20, random_state=0, device="cpu")
+    est.fit(X, labels[k])
+    assert est.history[-1, "valid_acc"] > 0.9
