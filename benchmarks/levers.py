@@ -30,12 +30,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import run  # noqa: E402  (benchmarks/run.py: data, timing)
+from skorch import NeuralNet  # noqa: E402
 
 import sk_softreg._base as base  # noqa: E402
 import sk_softreg._fused as fused  # noqa: E402
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor  # noqa: E402
 from sk_softreg._base import SoftRegMixin  # noqa: E402
 from sk_softreg._engine import PenaltyEngine  # noqa: E402
+
+#: skorch's own per-batch bookkeeping (the fast layer's overrides undone)
+_SKORCH_BOOKKEEPING = {name: getattr(NeuralNet, name) for name in (
+    "initialize_history", "notify", "_zero_grad_optimizer", "_set_training")}
 
 #: lever -> (class attributes of the variant, estimator parameters,
 #: patches {(module, name): value}) that undo it
@@ -44,13 +49,15 @@ UNDO = {
     "fused Adam by default": ({}, {"optimizer__fused": False}, {}),
     "tensor batches (fast layer's iterator)": (
         {}, {"iterator_train__num_workers": 0, "iterator_valid__num_workers": 0}, {}),
+    "per-batch bookkeeping (fast layer)": (_SKORCH_BOOKKEEPING, {}, {}),
     "channels_last convolution weights": ({}, {}, {(base, "_layout_agnostic"): lambda o: False}),
     "flat buffer (fast penalty engine)": ({}, {}, {(base, "FlatPenaltyEngine"): PenaltyEngine}),
     "numba loops": ({}, {}, {(fused, "_kernels"): False}),
     "CE + alpha*KL by torch's label smoothing": (
         {"_data_and_kl": SoftRegMixin._data_and_kl}, {}, {}),
 }
-STEP_LEVERS = ("all levers on", "fused Adam by default", "tensor batches (fast layer's iterator)")
+STEP_LEVERS = ("all levers on", "fused Adam by default", "tensor batches (fast layer's iterator)",
+               "per-batch bookkeeping (fast layer)")
 CNN_LEVERS = STEP_LEVERS + ("channels_last convolution weights",)
 PENALTY_LEVERS = ("all levers on", "flat buffer (fast penalty engine)", "numba loops",
                   "CE + alpha*KL by torch's label smoothing", "fused Adam by default",

@@ -139,7 +139,8 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         with self._seeded():
             if reset:
                 self.initialize()
-            super().partial_fit(self._with_weights(X, sample_weight), y, **fit_params)
+            with self._training():
+                super().partial_fit(self._with_weights(X, sample_weight), y, **fit_params)
         self._after_fit(X, y, sample_weight)
         return self
 
@@ -176,7 +177,8 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         try:
             if reset:
                 self.initialize()
-            super().partial_fit(self._with_weights(X, sample_weight), y, **fit_params)
+            with self._training():
+                super().partial_fit(self._with_weights(X, sample_weight), y, **fit_params)
         finally:
             self._incremental = False
         self._after_fit(X, y, sample_weight)
@@ -313,12 +315,13 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
 
     # ------------------------------------------------------------------
     # the fit's state
-    def fit_loop(self, X, y=None, epochs=None, **fit_params):
-        """skorch's ``fit_loop`` with a :class:`~sk_softreg._fit_state.FitState`,
-        closed at its end, also when it raises."""
+    @contextmanager
+    def _training(self):
+        """Within: a :class:`~sk_softreg._fit_state.FitState` for skorch's ``partial_fit``
+        (``on_train_begin`` to ``on_train_end``), closed also when training raises."""
         self._fit_state = FitState()
         try:
-            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+            yield
         finally:
             self._fit_state.close()
             self._fit_state = None

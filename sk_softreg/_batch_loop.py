@@ -1,14 +1,10 @@
 """Names that pickles written by sk_softreg 0.1.0 refer to.
 
-Release 0.1.0 kept its own per-batch loop here, with a ``BatchHistory``
-subclass of skorch's ``History`` as the estimators' ``history_``. The loop is
-skorch's own now; a pickle of that release still names this class, and
-loads as a plain ``History``.
+Release 0.1.0 kept its per-batch bookkeeping here; it lives in
+:mod:`sk_softreg._fast_loop` now, and a pickle of that release still names
+this module for the estimators' ``history_``.
 """
 
-from skorch.history import History
+from ._fast_loop import BatchHistory
 
 __all__ = ["BatchHistory"]
-
-#: ``history_`` of 0.1.0 pickles: skorch's ``History`` (same contents, same methods)
-BatchHistory = History

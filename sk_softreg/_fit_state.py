@@ -30,9 +30,13 @@ class FitState:
         The epoch's penalty-term sums.
     evaluations : list or None
         Inside a training step: ``(loss, terms, n)`` of each loss evaluation.
+    hooks : dict or None
+        The fast layer's per-batch callback methods, by hook name.
     """
 
-    __slots__ = ("engine", "engine_module", "feature_weight", "batches", "terms", "evaluations")
+    __slots__ = (
+        "engine", "engine_module", "feature_weight", "batches", "terms", "evaluations", "hooks"
+    )
 
     def __init__(self):
         self.engine = None
@@ -41,6 +45,7 @@ class FitState:
         self.batches = {}
         self.terms = None
         self.evaluations = None
+        self.hooks = None
 
     def close(self):
         """End of the fit: the engine releases what it holds."""
