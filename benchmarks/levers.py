@@ -33,7 +33,7 @@ import run  # noqa: E402  (benchmarks/run.py: data, timing)
 from skorch import NeuralNet  # noqa: E402
 
 import sk_softreg._base as base  # noqa: E402
-import sk_softreg._fused as fused  # noqa: E402
+import sk_softreg._numba_loops as numba_loops  # noqa: E402
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor  # noqa: E402
 from sk_softreg._base import SoftRegMixin  # noqa: E402
 from sk_softreg._engine import PenaltyEngine  # noqa: E402
@@ -52,7 +52,7 @@ UNDO = {
     "per-batch bookkeeping (fast layer)": (_SKORCH_BOOKKEEPING, {}, {}),
     "channels_last convolution weights": ({}, {}, {(base, "_layout_agnostic"): lambda o: False}),
     "flat buffer (fast penalty engine)": ({}, {}, {(base, "FlatPenaltyEngine"): PenaltyEngine}),
-    "numba loops": ({}, {}, {(fused, "_kernels"): False}),
+    "numba loops": ({}, {}, {(numba_loops, "_kernels"): False}),
     "CE + alpha*KL by torch's label smoothing": (
         {"_data_and_kl": SoftRegMixin._data_and_kl}, {}, {}),
 }
@@ -91,7 +91,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     epochs, repeats = args.epochs, args.repeats
     print(f"- load average at start: {run.load_average()}; {repeats} interleaved repeats, "
-          f"{epochs} epochs; numba {'installed' if fused._compiled() else 'not installed'}")
+          f"{epochs} epochs; numba {'installed' if numba_loops._compiled() else 'not installed'}")
     lines = ["| lever undone | workload | time / all levers on (paired median) | 95% CI |",
              "|---|---|---|---|"]
     Xr, yr = run.regression_data(20000)
@@ -106,7 +106,7 @@ def main(argv=None):
         times = {}
         run.interleaved(funcs, repeats, record=times)
         lines += [_row(times, lever, "all levers on", lever, name) for lever in levers[1:]]
-    levers = PENALTY_LEVERS if fused._compiled() else tuple(
+    levers = PENALTY_LEVERS if numba_loops._compiled() else tuple(
         lv for lv in PENALTY_LEVERS if lv != "numba loops")
     for n_threads in (1, 2):
         with run.threads(n_threads):

@@ -51,7 +51,7 @@ from skorch import NeuralNetRegressor
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor, _fused  # noqa: E402
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor, _numba_loops  # noqa: E402
 from sk_softreg.modules import GaussianMLP, HalfMSELoss, SoftRegCNN  # noqa: E402
 
 PENALTIES = {"lambda1": 1e-4, "lambda2": 1e-4, "alpha": 0.1}
@@ -519,7 +519,7 @@ def main(argv=None):
                     "hand_on": lambda: hand_penalized_cnn_fit(X, y, epochs3, **PENALTIES),
                     "hand_off": lambda: hand_penalized_cnn_fit(X, y, epochs3),
                 }, repeats3, record=times)
-            compiled = bool(_fused._compiled())
+            compiled = bool(_numba_loops._compiled())
             kernels = ("prox and penalty values in numba's compiled loops" if compiled
                        else "numba not installed: prox and penalty values in torch kernels")
             row(f"3. same CNN, {epochs3} ep, {repeats3} repeats, {n_threads} torch thread(s): "

@@ -163,8 +163,11 @@ class TensorBatches:
         stop = n - n % b if self.drop_last else n
         tensors = (self.X, self.y, self.sample_weight)
         for start in range(0, stop, b):
-            rows = slice(start, start + b) if order is None else order[start:start + b]
-            Xi, yi, wi = (None if t is None else t[rows] for t in tensors)
+            if order is None:
+                Xi, yi, wi = (None if t is None else t[start:start + b] for t in tensors)
+            else:
+                rows = order[start:start + b]
+                Xi, yi, wi = (None if t is None else t.index_select(0, rows) for t in tensors)
             if yi is None:
                 yi = torch.zeros(len(Xi), 1)
             yield (Xi if wi is None else pack_weights(Xi, wi)), yi

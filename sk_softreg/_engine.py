@@ -17,7 +17,7 @@ stacked along a leading model axis, with one λ1 and λ2 per model
 (``stacked=True``): every value is then per model, of shape ``(n_models,)``.
 :class:`FlatPenaltyEngine` computes the same on one flat buffer of the
 weights (:mod:`sk_softreg._flat`), with numba's compiled loops where they
-are installed (:mod:`sk_softreg._fused`); it takes single models on the CPU.
+are installed (:mod:`sk_softreg._numba_loops`); it takes single models on the CPU.
 """
 
 import torch

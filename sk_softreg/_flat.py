@@ -7,9 +7,9 @@ kernel over threads only above 32,768 elements, which most of a small
 network's tensors are not. :func:`flatten_` stores the penalized weights, and
 the optimizer's second moments that the Adam thresholds read, as views of one
 buffer each; the same work is then one kernel over each buffer (or, with
-numba installed, one compiled loop: :mod:`sk_softreg._fused`).
+numba installed, one compiled loop: :mod:`sk_softreg._numba_loops`).
 
-Each coordinate goes through the same operations as before, so the trained
+Each coordinate goes through the same operations as tensor by tensor, so the trained
 weights are bit-identical; only the sums reported in history are added up in
 another order. The views keep each tensor's shape and strides (the default
 CNN's ``channels_last`` convolution weights included).
@@ -22,7 +22,7 @@ tensor's storage moves once, at the first proximal step, so a reference to
 
 import torch
 
-from . import _fused
+from . import _numba_loops
 from .penalties import (
     adam_threshold_coefficients,
     l1_penalty,
@@ -64,7 +64,7 @@ class FlatWeights:
         self._views = views
         self._ptrs = [p.data_ptr() for p in params]
         # asked once: the buffer keeps its device, dtype and layout while it lives
-        self._compiled = _fused.applies(weights)
+        self._compiled = _numba_loops.applies(weights)
 
     def intact(self, optimizer=None):
         """True while every parameter still lives in ``weights`` and, when
@@ -104,7 +104,7 @@ class FlatWeights:
     def prox_l1_(self, lambda1):
         """Soft-threshold ``weights`` in place with the thresholds of :meth:`thresholds`.
 
-        Where :func:`sk_softreg._fused.applies`, the Adam step is one compiled
+        Where :func:`sk_softreg._numba_loops.applies`, the Adam step is one compiled
         loop, with the same result per coordinate up to the rounding of the
         square root (the loop's is correctly rounded, torch's CPU kernel's not
         always).
@@ -118,7 +118,7 @@ class FlatWeights:
             coefficients = self._coefficients(lambda1)
             if coefficients is None:
                 return False
-            _fused.soft_threshold_scaled_(self.weights, self.moments, *coefficients)
+            _numba_loops.soft_threshold_scaled_(self.weights, self.moments, *coefficients)
             return True
         with torch.no_grad():
             thresholds = self.thresholds(lambda1)
@@ -130,12 +130,12 @@ class FlatWeights:
     def penalty_values(self, l1=True, l2=True):
         """``Σ|w|`` and ``Σw²`` over ``weights``, without gradient (None where not asked).
 
-        Where :func:`sk_softreg._fused.applies`, both come from one compiled
+        Where :func:`sk_softreg._numba_loops.applies`, both come from one compiled
         loop, summed in float64, as Python floats; otherwise they are 0-d
         tensors from torch's kernels.
         """
         if self._compiled:
-            sum_abs, sum_squares = _fused.abs_and_square_sums(self.weights)
+            sum_abs, sum_squares = _numba_loops.abs_and_square_sums(self.weights)
         else:
             with torch.no_grad():
                 sum_abs = l1_penalty([self.weights]) if l1 else None

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from sk_softreg import _fused
+from sk_softreg import _numba_loops
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +36,6 @@ def digits200():
 
 @pytest.fixture
 def torch_kernels(monkeypatch):
-    """Run without numba's compiled loops (sk_softreg._fused), as where numba is not
+    """Run without numba's compiled loops (sk_softreg._numba_loops), as where numba is not
     installed."""
-    monkeypatch.setattr(_fused, "_kernels", False)
+    monkeypatch.setattr(_numba_loops, "_kernels", False)

@@ -47,7 +47,7 @@ def test_matches_plain_classifier_without_accumulation(digits200, lambda2):
     assert all(v > 0 for v in acc.history[:, "train_l1"])
     # The same objective and steps, computed in part by other kernels: the plain
     # CPU fit takes the correctly rounded square root in the compiled proximal
-    # step (sk_softreg._fused) and adds the λ2 gradient 2·λ2·w after backward;
+    # step (sk_softreg._numba_loops) and adds the λ2 gradient 2·λ2·w after backward;
     # the Accelerate variant keeps torch's kernels and backpropagates λ2·Σw² (loss
     # scaling and gradient accumulation need it in the loss). So the two agree
     # up to rounding.

@@ -399,7 +399,7 @@ ESTIMATORS = {"sk_softreg", "sk_softreg._classifier", "sk_softreg._regressor",
               "sk_softreg.accelerate"}
 #: the engine's modules, below the estimators and the base class
 ENGINE = ["_sklearn", "_weights", "_features", "_fast_loop", "_callbacks", "_fit_state",
-          "_engine", "_flat", "_fused", "_batching", "_images", "_validation", "_progress",
+          "_engine", "_flat", "_numba_loops", "_batching", "_images", "_validation", "_progress",
           "_persistence", "_onnx"]
 
 

@@ -1,4 +1,4 @@
-"""The compiled loops over the flat buffer (sk_softreg._fused, numba where installed).
+"""The compiled loops over the flat buffer (sk_softreg._numba_loops, numba where installed).
 
 They are a speed device only: the soft-threshold must give the weights that
 torch's kernels give fed a correctly rounded square root, bit for bit (torch's
@@ -16,7 +16,7 @@ import pytest
 import torch
 from skorch.callbacks import Callback
 
-from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor, _fused
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor, _numba_loops
 from sk_softreg.penalties import (
     adam_threshold_coefficients,
     l1_penalty,
@@ -70,7 +70,7 @@ def test_soft_threshold_is_torchs_with_a_correctly_rounded_sqrt(dtype, step):
     prox_l1_([expected], [thresholds])
 
     got = weights.clone()
-    _fused.soft_threshold_scaled_(got, moments, scale, shift)
+    _numba_loops.soft_threshold_scaled_(got, moments, scale, shift)
 
     assert torch.equal(_bits(got), _bits(expected))
     assert 0 < int((got == 0).sum()) < len(got)  # some coordinates zeroed, not all
@@ -88,14 +88,14 @@ def test_soft_threshold_is_torchs_with_a_correctly_rounded_sqrt(dtype, step):
 def test_soft_threshold_keeps_nan_weights_nan():
     weights, moments = _buffers(torch.float32, n=64)
     weights[10] = float("nan")
-    _fused.soft_threshold_scaled_(weights, moments, 1e-6, 1e-9)
+    _numba_loops.soft_threshold_scaled_(weights, moments, 1e-6, 1e-9)
     assert torch.isnan(weights[10]) and int(torch.isnan(weights).sum()) == 1
 
 
 @pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
 def test_sums_are_torchs_values_up_to_rounding(dtype, rtol):
     weights, _ = _buffers(dtype)
-    sum_abs, sum_squares = _fused.abs_and_square_sums(weights)
+    sum_abs, sum_squares = _numba_loops.abs_and_square_sums(weights)
     assert type(sum_abs) is type(sum_squares) is float
     assert sum_abs == pytest.approx(float(l1_penalty([weights])), rel=rtol, abs=0)
     assert sum_squares == pytest.approx(float(l2_penalty([weights])), rel=rtol, abs=0)
@@ -103,20 +103,20 @@ def test_sums_are_torchs_values_up_to_rounding(dtype, rtol):
 
 def test_applies_only_where_the_loops_can_work():
     weights = torch.zeros(8)
-    assert _fused.applies(weights) and _fused.applies(weights.double())
-    assert not _fused.applies(weights.bfloat16())
-    assert not _fused.applies(weights.half())
-    assert not _fused.applies(torch.zeros(8, 2)[:, 0])  # not contiguous
-    assert not _fused.applies(torch.zeros(2, 4))
-    assert not _fused.applies(torch.zeros(8, requires_grad=True))
-    assert not _fused.applies(torch.zeros(8, device="meta"))
+    assert _numba_loops.applies(weights) and _numba_loops.applies(weights.double())
+    assert not _numba_loops.applies(weights.bfloat16())
+    assert not _numba_loops.applies(weights.half())
+    assert not _numba_loops.applies(torch.zeros(8, 2)[:, 0])  # not contiguous
+    assert not _numba_loops.applies(torch.zeros(2, 4))
+    assert not _numba_loops.applies(torch.zeros(8, requires_grad=True))
+    assert not _numba_loops.applies(torch.zeros(8, device="meta"))
 
 
 def test_no_loops_without_numba_or_with_its_jit_disabled(monkeypatch, torch_kernels):
-    assert not _fused.applies(torch.zeros(8))
-    monkeypatch.setattr(_fused, "_kernels", None)
+    assert not _numba_loops.applies(torch.zeros(8))
+    monkeypatch.setattr(_numba_loops, "_kernels", None)
     monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
-    assert not _fused.applies(torch.zeros(8))
+    assert not _numba_loops.applies(torch.zeros(8))
 
 
 def test_loops_compile_in_memory_where_numba_cannot_cache(monkeypatch):
@@ -128,12 +128,12 @@ def test_loops_compile_in_memory_where_numba_cannot_cache(monkeypatch):
         return njit(**options)
 
     monkeypatch.setattr(numba, "njit", njit_without_cache_directory)
-    monkeypatch.setattr(_fused, "_kernels", None)
+    monkeypatch.setattr(_numba_loops, "_kernels", None)
     weights, moments = _buffers(torch.float32, n=256)
     expected = weights.clone()
     prox_l1_([expected], [_correctly_rounded_thresholds(moments, 1e-6, 1e-9)])
-    assert _fused.applies(weights)
-    _fused.soft_threshold_scaled_(weights, moments, 1e-6, 1e-9)
+    assert _numba_loops.applies(weights)
+    _numba_loops.soft_threshold_scaled_(weights, moments, 1e-6, 1e-9)
     assert torch.equal(weights, expected)
 
 
@@ -168,16 +168,16 @@ def test_fit_with_the_loops_trains_torchs_weights_up_to_rounding(
         X, y = regression_data
     else:
         X, y = digits[0][:256].reshape(-1, 1, 8, 8).astype(np.float32), digits[1][:256]
-    prox = _Counting(_fused.soft_threshold_scaled_)
-    sums = _Counting(_fused.abs_and_square_sums)
-    monkeypatch.setattr(_fused, "soft_threshold_scaled_", prox)
-    monkeypatch.setattr(_fused, "abs_and_square_sums", sums)
+    prox = _Counting(_numba_loops.soft_threshold_scaled_)
+    sums = _Counting(_numba_loops.abs_and_square_sums)
+    monkeypatch.setattr(_numba_loops, "soft_threshold_scaled_", prox)
+    monkeypatch.setattr(_numba_loops, "abs_and_square_sums", sums)
     compiled = cls(**FAST, **PENALTIES, **params).fit(X, y)
     steps = sum("train_loss" in batch for row in compiled.history for batch in row["batches"])
     assert prox.calls == steps  # every training step
     assert sums.calls == steps - 1  # every batch but the fit's first (no buffer yet)
 
-    monkeypatch.setattr(_fused, "_kernels", False)
+    monkeypatch.setattr(_numba_loops, "_kernels", False)
     eager = cls(**FAST, **PENALTIES, **params).fit(X, y)
     assert (prox.calls, sums.calls) == (steps, steps - 1)  # none without the loops
 
@@ -255,8 +255,8 @@ def test_history_terms_are_those_of_the_weights_at_each_loss(digits, monkeypatch
     """train_l1 and train_l2 hold λ·Σ of the weights each training loss saw, also
     where a callback writes the weights between batches or between epochs."""
     X, y = _images(digits)
-    sums = _Counting(_fused.abs_and_square_sums)
-    monkeypatch.setattr(_fused, "abs_and_square_sums", sums)
+    sums = _Counting(_numba_loops.abs_and_square_sums)
+    monkeypatch.setattr(_numba_loops, "abs_and_square_sums", sums)
     truth = _WeightsAtEachLoss(monkeypatch)
     callbacks = None if callback is None else [callback]
     net = SoftRegCNNClassifier(**FAST, **PENALTIES, **SMALL_CNN, callbacks=callbacks).fit(X, y)
