@@ -17,6 +17,7 @@ pytest.importorskip(
 )
 
 import joblib
+import torch
 from distributed import Client, LocalCluster
 
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
@@ -78,14 +79,42 @@ def _assert_same_results(local, remote):
         np.testing.assert_array_equal(local.cv_results_[key], remote.cv_results_[key])
 
 
-def test_set_torch_threads(client):
-    result = set_torch_threads(client, 1)
-    assert result == {addr: 1 for addr in client.scheduler_info()["workers"]}
-    assert len(result) == 2
-    with pytest.raises(ValueError, match="n_threads must be an int >= 1"):
-        set_torch_threads(client, 0)
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread in this process, as on the workers (``set_torch_threads(client, 1)``);
+    restored after.
+
+    The local and the Dask searches are compared bit for bit, which holds only at equal
+    thread counts: the thread count can change the order of float reductions
+    (docs/distributed.rst).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
+def test_set_torch_threads_reaches_the_task_threads():
+    # A cluster of its own, fresh: a worker thread that already ran torch keeps its
+    # thread count. The worker process starts with OMP_NUM_THREADS=1 (as Dask's nanny
+    # sets by default; here explicitly), so it reports 2 only if the plugin set it.
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                     memory_limit="2GiB", env={"OMP_NUM_THREADS": "1"}) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        (addr,) = client.scheduler_info()["workers"]
+        assert client.run(lambda: os.environ.get("OMP_NUM_THREADS")) == {addr: "1"}
+        assert set_torch_threads(client, 2) == {addr: 2}
+        # read back in a task, where a search's fits run
+        assert client.submit(torch.get_num_threads, pure=False).result() == 2
+        with pytest.raises(ValueError, match="n_threads must be an int >= 1"):
+            set_torch_threads(client, 0)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 def test_grid_search_on_dask_matches_local(client, digits):
     X, y = digits
     grid = {"lambda1": [0.0, 1e-3], "alpha": [0.0, 0.1]}
@@ -105,6 +134,7 @@ def test_grid_search_on_dask_matches_local(client, digits):
     assert pids(remote) <= workers
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_randomized_search_on_dask_matches_local(client, digits):
     X, y = digits
     dist = {"lambda1": [0.0, 1e-4, 1e-3], "lambda2": [0.0, 1e-4], "alpha": [0.0, 0.1]}
@@ -114,6 +144,7 @@ def test_randomized_search_on_dask_matches_local(client, digits):
     _assert_same_results(local, remote)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_regressor_search_on_dask_matches_local(client):
     from sklearn.datasets import load_diabetes
 
