@@ -86,6 +86,8 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
     #: the penalties' gradients through the loss, not added after backward (for training
     #: loops that scale or accumulate the loss's gradient: Accelerate)
     _penalties_in_loss = False
+    #: build Adam and AdamW with fused=True unless the user chose (see get_params_for)
+    _fused_adam_default = True
 
     # ------------------------------------------------------------------
     # checks (in fit, never in __init__)
@@ -290,6 +292,7 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
             params.setdefault("shuffle", True)
         elif (
             prefix == "optimizer"
+            and self._fused_adam_default
             and self.optimizer in _FUSED_OPTIMIZERS
             and _FUSED_OFF_KEYS.isdisjoint(params)
             and self._torch_device().type in _FUSED_DEVICE_TYPES

@@ -60,6 +60,10 @@ class _SoftRegAccelerateMixin(AccelerateMixin):
     # AccelerateMixin's train_step_single scales the loss (mixed precision) and
     # accumulates gradients: the penalties' gradients must come through the loss
     _penalties_in_loss = True
+    # with fused Adam, torch's GradScaler steps the optimizer on an overflowed step and
+    # lets the kernel skip it, so Accelerate's step_was_skipped stays False and the
+    # proximal step would run on a skipped step: keep torch's default Adam here
+    _fused_adam_default = False
 
     def _optimizer_stepped(self):
         if not self.accelerator.sync_gradients:

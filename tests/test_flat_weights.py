@@ -5,7 +5,7 @@ weights to a fit that keeps every tensor in its own storage, fall back when
 anything replaces the tensors mid-fit, and leave no shared storage behind.
 The fits that compare the two run on torch's kernels (``torch_kernels``):
 numba's loops, which only the buffer uses, round the square root of the
-proximal step correctly and torch's CPU kernel not always; test_fused.py
+proximal step correctly and torch's CPU kernel not always; test_numba_loops.py
 compares those loops with torch's kernels.
 """
 
