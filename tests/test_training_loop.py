@@ -1,14 +1,18 @@
 """The estimators train in skorch's own loop: its hooks, history, zero_grad and closure."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
 from sklearn.datasets import make_regression
 from skorch.callbacks import Callback, EpochScoring
 from skorch.dataset import ValidSplit
+from skorch.history import History
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from sk_softreg import SoftRegRegressor
+from sk_softreg._fast_loop import BatchHistory, hook_calls
 
 
 class HookLog(Callback):
@@ -124,3 +128,35 @@ def test_residual_std_does_not_depend_on_the_evaluation_batches(batch_size):
                            early_stopping=False).fit(X, y)
     resid = y - est.predict(X)
     np.testing.assert_allclose(est.residual_std_[0], np.sqrt(np.mean(resid**2)), rtol=1e-5)
+
+
+def test_hook_calls_leave_out_empty_methods_only():
+    est = SoftRegRegressor(callbacks=[("log", HookLog()), ("silent", Silent())], max_epochs=1,
+                           early_stopping=False).fit(*_data())
+    callbacks = dict(est.callbacks_)
+    log, guard = callbacks["log"], callbacks["non_finite"]
+    # NeuralNet.on_batch_begin records the batch row; the guard checks each batch's loss
+    assert hook_calls(est, "on_batch_begin") == [est.on_batch_begin, log.on_batch_begin]
+    assert hook_calls(est, "on_batch_end") == [guard.on_batch_end, log.on_batch_end]
+    assert hook_calls(est, "on_grad_computed") == [log.on_grad_computed]
+    silent = Silent()
+    silent.on_batch_begin = lambda net, **kw: None  # set on the instance: called
+    est.callbacks_.append(("instance", silent))
+    assert hook_calls(est, "on_batch_begin")[-1] is silent.on_batch_begin
+
+
+def test_batch_history_is_a_history():
+    rows = []
+    for cls in (History, BatchHistory):
+        history = cls()
+        history.new_epoch()
+        history.new_batch()
+        history.record_batch("train_loss", 0.5)
+        history.new_batch()
+        history.record_batch("train_loss", 0.25)
+        history.record("epoch", 1)
+        rows.append(history.to_list())
+        restored = pickle.loads(pickle.dumps(history))
+        assert type(restored) is cls and restored.to_list() == history.to_list()
+        assert history[-1, "batches", :, "train_loss"] == [0.5, 0.25]
+    assert rows[0] == rows[1]
