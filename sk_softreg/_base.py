@@ -399,7 +399,7 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         if self.lambda_features:
             features = self._features_value(self._input_weight())
         for term in (l1, l2, features):
-            if term:
+            if term is not None:
                 loss = loss + term
         state = getattr(self, "_fit_state", None)
         if state is not None and state.evaluations is not None:
