@@ -136,3 +136,26 @@ def test_callbacks_receive_the_net_first(hook):
     assert params[:2] == ["self", "net"], _fail(
         f"Callback.{hook} takes {params}", "NonFiniteGuard and EpochProgressBar"
     )
+
+
+def _is_empty(function):
+    """True where the function's body is only a docstring and ``pass``."""
+    import ast
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0].body
+    return all(
+        isinstance(node, ast.Pass)
+        or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+        for node in body
+    )
+
+
+@pytest.mark.parametrize("owner, hook", [
+    (Callback, "on_batch_begin"), (Callback, "on_batch_end"), (Callback, "on_grad_computed"),
+    (NeuralNet, "on_batch_end"), (NeuralNet, "on_grad_computed"),
+])
+def test_the_batch_hooks_the_fast_layer_skips_are_empty(owner, hook):
+    assert _is_empty(getattr(owner, hook)), _fail(
+        f"{owner.__name__}.{hook} is no longer empty", "_fast_loop.hook_calls, which skips it"
+    )
