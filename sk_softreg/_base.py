@@ -29,6 +29,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from sklearn.base import is_classifier
+from sklearn.metrics import check_scoring, get_scorer_names
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     Interval,
@@ -37,9 +38,15 @@ from sklearn.utils._param_validation import (
     validate_parameter_constraints,
 )
 from skorch.dataset import ValidSplit
+from skorch.utils import data_from_dataset, to_numpy
 
 from ._batching import unpack_weights
-from ._callbacks import NonFiniteGuard, SwitchedEarlyStopping, check_finite_weights
+from ._callbacks import (
+    NonFiniteGuard,
+    SwitchedEarlyStopping,
+    ValidationScore,
+    check_finite_weights,
+)
 from ._engine import FlatPenaltyEngine, PenaltyEngine
 from ._fast_loop import FastLoopMixin
 from ._features import FeatureSelectionMixin
@@ -81,6 +88,7 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
         "tol": [_NON_NEGATIVE],
+        "scoring": [StrOptions({"loss", *get_scorer_names()}), callable],
     }
     _finite_params = ("lambda1", "lambda2", "lambda_features", "alpha", "tol")
     #: the penalties' gradients through the loss, not added after backward (for training
@@ -105,6 +113,12 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
                     f" Got {value!r} instead."
                 )
         self._validate_device()
+
+    def _validation_scorer(self):
+        """The scorer of ``scoring``; None for ``"loss"``."""
+        if isinstance(self.scoring, str) and self.scoring == "loss":
+            return None
+        return check_scoring(self, scoring=self.scoring)
 
     # ------------------------------------------------------------------
     # fitting
@@ -141,9 +155,9 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         with self._seeded():
             if reset:
                 self.initialize()
-            with self._training():
+            with self._training() as state:
                 super().partial_fit(self._with_weights(X, sample_weight), y, **fit_params)
-        self._after_fit(X, y, sample_weight)
+        self._after_fit(X, y, sample_weight, held_out=state.dataset_valid)
         return self
 
     def partial_fit(self, X, y=None, classes=None, sample_weight=None, **fit_params):
@@ -179,11 +193,11 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         try:
             if reset:
                 self.initialize()
-            with self._training():
+            with self._training() as state:
                 super().partial_fit(self._with_weights(X, sample_weight), y, **fit_params)
         finally:
             self._incremental = False
-        self._after_fit(X, y, sample_weight)
+        self._after_fit(X, y, sample_weight, held_out=state.dataset_valid)
         return self
 
     @contextmanager
@@ -196,13 +210,13 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
             seed = int(self.random_state)
         else:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        device = self._torch_device()
-        cuda_devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda_devices):
+        with torch.random.fork_rng(devices=self._cuda_devices()):
             torch.manual_seed(seed)
             yield
 
-    def _after_fit(self, X, y, sample_weight=None):
+    def _after_fit(self, X, y, sample_weight=None, held_out=None):
+        """Set the fitted attributes after training on ``X, y``; ``held_out`` is the
+        validation ``Dataset`` of the fit (``early_stopping`` or a ``train_split``), if any."""
         check_finite_weights(self)
         params = self._penalized_params()
         total = sum(p.numel() for p in params)
@@ -219,7 +233,7 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         """skorch's split; with ``early_stopping`` and no ``train_split``, hold out
         ``validation_fraction`` of the data (stratified for a classifier)."""
         if not (self._early_stopping_active() and self.train_split is None):
-            return super().get_split_datasets(X, y, **fit_params)
+            return self._held_out(*super().get_split_datasets(X, y, **fit_params))
         random_state = self.random_state
         if random_state is not None and not isinstance(random_state, numbers.Integral):
             random_state = check_random_state(random_state)
@@ -234,6 +248,13 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
                 f"The validation set is too small ({len(dataset_valid)} sample(s)). Increase "
                 "'validation_fraction' or the size of your dataset."
             )
+        return self._held_out(dataset_train, dataset_valid)
+
+    def _held_out(self, dataset_train, dataset_valid):
+        """Keep the fit's validation set for ``_after_fit``; return both sets."""
+        state = getattr(self, "_fit_state", None)
+        if state is not None:
+            state.dataset_valid = dataset_valid
         return dataset_train, dataset_valid
 
     def _early_stopping_active(self):
@@ -303,18 +324,55 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
     def get_default_callbacks(self):
         """skorch's defaults after the non-finite guard; with ``verbose >= 1`` a tqdm
         bar on stderr replaces the epoch table (``verbose >= 2`` keeps the table
-        too); with ``early_stopping``, skorch's ``EarlyStopping`` on ``valid_loss``."""
+        too); with ``early_stopping``, skorch's ``EarlyStopping`` on ``valid_loss``
+        (``scoring="loss"``) or on ``valid_score``, which :class:`ValidationScore`
+        records (greater is better)."""
         callbacks = [("non_finite", NonFiniteGuard()), *super().get_default_callbacks()]
         if self.verbose >= 1:
             if self.verbose < 2:
                 callbacks = [(name, cb) for name, cb in callbacks if name != "print_log"]
             callbacks.append(("progress", EpochProgressBar()))
         if self.early_stopping:
+            on_loss = self._validation_scorer() is None
+            if not on_loss:
+                callbacks.append(("valid_score", ValidationScore()))
             callbacks.append(("early_stopping", SwitchedEarlyStopping(
-                monitor="valid_loss", patience=self.n_iter_no_change, threshold=self.tol,
-                threshold_mode="abs", lower_is_better=True, load_best=True,
+                monitor="valid_loss" if on_loss else "valid_score",
+                patience=self.n_iter_no_change, threshold=self.tol,
+                threshold_mode="abs", lower_is_better=on_loss, load_best=True,
             )))
         return callbacks
+
+    def _validation_data(self, dataset):
+        """``(X, y, sample_weight)`` of a validation ``Dataset`` for the scorer: y in the
+        user's labels or units (``_user_targets``), sample_weight None if unweighted."""
+        try:
+            X, y = data_from_dataset(dataset)
+        except AttributeError:  # a Dataset of the user's: predict takes it as it is
+            return dataset, self._user_targets(np.asarray([dataset[i][1] for i in range(len(dataset))])), None
+        X, weights = unpack_weights(X)
+        weights = None if weights is None else to_numpy(weights)
+        return X, self._user_targets(to_numpy(y)), weights
+
+    def _user_targets(self, y):
+        """Training targets (as the module's loss sees them) in the user's labels or units."""
+        return y
+
+    def _validation_score(self, X, y, sample_weight):
+        """``scoring`` on the validation data (``sample_weight`` passed when not None).
+
+        Under a forked torch RNG: predicting may draw from it (a ``DataLoader``
+        draws a seed), and the training run must not depend on the scoring.
+        """
+        scorer = self._validation_scorer()
+        kwargs = {} if sample_weight is None else {"sample_weight": sample_weight}
+        with torch.random.fork_rng(devices=self._cuda_devices()):
+            return float(scorer(self, X, y, **kwargs))
+
+    def _cuda_devices(self):
+        """The CUDA device this fit runs on, as a list for ``fork_rng`` (empty on the CPU)."""
+        device = self._torch_device()
+        return [device.index or 0] if device.type == "cuda" else []
 
     # ------------------------------------------------------------------
     # the fit's state
@@ -322,9 +380,9 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
     def _training(self):
         """Within: a :class:`~sk_softreg._fit_state.FitState` for skorch's ``partial_fit``
         (``on_train_begin`` to ``on_train_end``), closed also when training raises."""
-        self._fit_state = FitState()
+        self._fit_state = state = FitState()
         try:
-            yield
+            yield state
         finally:
             self._fit_state.close()
             self._fit_state = None
@@ -411,7 +469,7 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         data = self._data_term(y_pred, y_true, X, weights, training=True)
         if not self.alpha:
             return data, None
-        kl_i = self._kl_term(y_pred, y_true)
+        kl_i = self._kl_term(y_pred, y_true, X)
         kl = kl_i.mean() if weights is None else weighted_mean(kl_i, weights)
         return torch.add(data, kl, alpha=self.alpha), kl
 

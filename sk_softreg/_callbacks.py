@@ -2,6 +2,8 @@
 
 - :class:`SwitchedEarlyStopping` (``"early_stopping"``): skorch's
   ``EarlyStopping``, idle in fits where the net's early stopping is off;
+- :class:`ValidationScore` (``"valid_score"``, early stopping on a ``scoring``
+  other than ``"loss"``): the net's score on the validation set, per epoch;
 - :class:`NonFiniteGuard` (``"non_finite"``): stops a fit whose loss became
   NaN or infinite, with :class:`~sk_softreg.NonFiniteLossError`;
 - :class:`~sk_softreg._progress.EpochProgressBar` (``"progress"``,
@@ -15,7 +17,13 @@ from skorch.callbacks import Callback, EarlyStopping
 
 from ._exceptions import NonFiniteLossError
 
-__all__ = ["NonFiniteGuard", "SwitchedEarlyStopping", "check_finite_weights", "fail_non_finite"]
+__all__ = [
+    "NonFiniteGuard",
+    "SwitchedEarlyStopping",
+    "ValidationScore",
+    "check_finite_weights",
+    "fail_non_finite",
+]
 
 
 class SwitchedEarlyStopping(EarlyStopping):
@@ -29,6 +37,28 @@ class SwitchedEarlyStopping(EarlyStopping):
     def on_train_end(self, net, **kwargs):
         if net._early_stopping_active():
             super().on_train_end(net, **kwargs)
+
+
+class ValidationScore(Callback):
+    """Record ``valid_score`` each epoch: the net's ``scoring`` on the validation set.
+
+    The scorer sees the net itself, as scikit-learn's scorers do, with the
+    validation rows in the user's labels or units and their sample weights.
+    Runs only in fits where the net's early stopping is on.
+    """
+
+    def on_train_begin(self, net, **kwargs):
+        self.data_ = None
+
+    def on_epoch_end(self, net, dataset_valid=None, **kwargs):
+        if dataset_valid is None or not net._early_stopping_active():
+            return
+        if self.data_ is None or self.data_[0] is not dataset_valid:
+            self.data_ = (dataset_valid, *net._validation_data(dataset_valid))
+        net.history.record("valid_score", net._validation_score(*self.data_[1:]))
+
+    def on_train_end(self, net, **kwargs):
+        self.data_ = None  # no copy of the validation data in a pickled net
 
 
 class NonFiniteGuard(Callback):

@@ -108,23 +108,37 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
         deterministic on CPU. The global torch RNG is restored after fit.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data (stratified by
-        class), stop once the validation loss has not improved by ``tol`` for
+        class), stop once its ``scoring`` has not improved by ``tol`` for
         ``n_iter_no_change`` epochs, and restore the weights of the best epoch
         (skorch's ``ValidSplit`` and ``EarlyStopping``, added at
         ``initialize``; ``callbacks`` and ``train_split`` stay as given). With
         a ``train_split`` of your own, its validation set is watched and
         ``validation_fraction`` is unused. In a weighted fit the validation
-        loss is weighted too. Not supported by ``partial_fit``. Without it,
+        loss and score are weighted too. Not supported by ``partial_fit``. Without it,
         every fit runs ``max_epochs`` epochs: unlike scikit-learn's MLP, a
         stalling training loss does not stop it.
     validation_fraction : float in (0, 1), default=0.1
         Fraction of the training data held out when ``early_stopping``.
     n_iter_no_change : int, default=10
-        Epochs without an improvement of the validation loss after which
-        ``early_stopping`` stops training.
+        Epochs without an improvement of ``scoring`` on the validation set
+        after which ``early_stopping`` stops training.
     tol : float, default=1e-4
-        Smallest decrease of the validation loss (absolute, in the units of
-        the data loss) that counts as an improvement for ``early_stopping``.
+        Smallest change of ``scoring`` (absolute, in its units: a decrease of
+        the loss, an increase of a score) that counts as an improvement for
+        ``early_stopping``.
+    scoring : str or callable, default="loss"
+        What ``early_stopping`` watches on the validation set, with the
+        meaning of ``HistGradientBoostingClassifier``'s ``scoring``:
+        ``"loss"`` is the validation loss (the data loss; lower is better,
+        progress is a decrease of more than ``tol``); any other value is a
+        scikit-learn scorer name or a callable ``scorer(estimator, X, y)``,
+        recorded as ``valid_score`` in history (greater is better, progress
+        is an increase of more than ``tol``). The scorer gets the validation
+        rows in your labels, and their sample weights as ``sample_weight``
+        in a weighted fit. ``"loss"`` is the default because on digits
+        ``"accuracy"`` kept no more test accuracy and stopped earlier: a
+        10% validation set resolves accuracy in steps of about 0.7 points
+        (see the user guide).
     criterion : torch criterion class, default=torch.nn.CrossEntropyLoss
         The data loss on logits.
     optimizer : torch optimizer class, default=torch.optim.Adam
@@ -223,6 +237,7 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
         validation_fraction=0.1,
         n_iter_no_change=10,
         tol=1e-4,
+        scoring="loss",
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.Adam,
         lr=2e-3,
@@ -262,6 +277,7 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
+        self.scoring = scoring
 
     # ------------------------------------------------------------------
     # data
@@ -408,6 +424,9 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
             for name, cb in super()._default_callbacks
         ]
 
+    def _user_targets(self, y):
+        return self.classes_[np.asarray(y, dtype=np.intp)]
+
     def check_data(self, X, y):
         # classes_ is set from the original labels in fit; skip skorch's
         # inference from the encoded targets.
@@ -453,7 +472,7 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
             batch = (Xi if weights is None else pack_weights(Xi, weights), yi)
         return super().train_step_single(batch, **fit_params)
 
-    def _kl_term(self, y_pred, y_true):
+    def _kl_term(self, y_pred, y_true, X=None):
         return _KL_TERMS[self.kl](y_pred)
 
     def _data_and_kl(self, y_pred, y_true, X, weights):

@@ -3,7 +3,8 @@
 :class:`FitState` is everything the estimators keep between batches of a
 fit: the penalty engine, the input layer's weight for ``lambda_features``,
 the tensors the fast layer prepared, and the sums of the epoch's penalty
-terms for history. Nothing of it is pickled, and nothing outlives the fit.
+terms for history. Nothing of it is pickled; only the validation set is read
+after the fit, for the fitted attributes computed on it.
 """
 
 import torch
@@ -32,10 +33,14 @@ class FitState:
         Inside a training step: ``(loss, terms, n)`` of each loss evaluation.
     hooks : dict or None
         The fast layer's per-batch callback methods, by hook name.
+    dataset_valid : Dataset or None
+        The fit's validation set (``early_stopping`` or a ``train_split``);
+        kept after :meth:`close` for the fitted attributes computed on it.
     """
 
     __slots__ = (
-        "engine", "engine_module", "feature_weight", "batches", "terms", "evaluations", "hooks"
+        "engine", "engine_module", "feature_weight", "batches", "terms", "evaluations", "hooks",
+        "dataset_valid",
     )
 
     def __init__(self):
@@ -46,6 +51,7 @@ class FitState:
         self.terms = None
         self.evaluations = None
         self.hooks = None
+        self.dataset_valid = None
 
     def close(self):
         """End of the fit: the engine releases what it holds."""

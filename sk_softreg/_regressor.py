@@ -14,8 +14,10 @@ from sklearn.utils.validation import (
 )
 from skorch import NeuralNetRegressor
 from skorch.utils import to_tensor
+from torch.nn.modules.dropout import _DropoutNd
 
 from ._base import SoftRegMixin
+from ._batching import unpack_weights
 from ._validation import FLOAT_DTYPES, first_sample_shape, is_lazy
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
 from .penalties import clamp_log_var, gaussian_soft_kl, soft_target_std
@@ -44,6 +46,23 @@ def auto_lr(batch_size):
     """``lr="auto"``: ``1e-3 * min(batch_size / 64, 4) ** 0.8`` (1e-3 at batch 64,
     1.74e-3 at 128, 3.03e-3 from 256)."""
     return 1e-3 * min(batch_size / 64, 4.0) ** 0.8
+
+
+def std_scale(residual, std, sample_weight=None):
+    """The scale ``s`` per output that makes ``s * std`` the Gaussian-NLL-optimal std
+    on these rows: ``s**2 = sum_i w_i (r_i / std_i)**2 / sum_i w_i``.
+
+    Parameters
+    ----------
+    residual, std : ndarray of shape (n_samples, n_outputs)
+    sample_weight : ndarray of shape (n_samples,) or None
+
+    Returns
+    -------
+    ndarray of shape (n_outputs,)
+    """
+    z2 = (residual.astype(np.float64) / std) ** 2
+    return np.sqrt(np.average(z2, axis=0, weights=sample_weight))
 
 
 def _is_auto(value):
@@ -106,8 +125,8 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         ``early_stopping``.
     early_stopping : bool or "auto", default="auto"
         Train on all but a random ``validation_fraction`` of the rows, stop
-        after ``n_iter_no_change`` epochs without a ``tol`` decrease of
-        ``valid_loss`` and keep the best epoch's weights; as for
+        after ``n_iter_no_change`` epochs without a ``tol`` improvement of
+        ``scoring`` and keep the best epoch's weights; as for
         :class:`SoftRegCNNClassifier` (which also says how a ``train_split``
         of your own is used). ``"auto"``: on in ``fit`` when the validation
         share holds at least 30 rows (``n * validation_fraction >= 30``, 300
@@ -118,8 +137,16 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
     n_iter_no_change : int, default=10
         Patience of ``early_stopping``, in epochs.
     tol : float, default=1e-4
-        Least decrease of ``valid_loss`` (half squared error of the
-        standardized target) that ``early_stopping`` counts as progress.
+        Least improvement of ``scoring`` that ``early_stopping`` counts as
+        progress (for ``"loss"``: a decrease of the half squared error of the
+        standardized target).
+    scoring : str or callable, default="loss"
+        What ``early_stopping`` watches on the validation set, as for
+        :class:`SoftRegCNNClassifier`: ``"loss"`` (the validation half
+        squared error, lower is better) or a scorer name or callable
+        (greater is better; it gets the rows in y's units). The loss ranks
+        epochs as R² and the mean squared error do, without a scorer call
+        per epoch.
     criterion : torch criterion class, default=HalfMSELoss
         Data loss on the predicted means.
     optimizer : torch optimizer class, default=torch.optim.Adam
@@ -221,6 +248,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         validation_fraction=0.1,
         n_iter_no_change=10,
         tol=1e-4,
+        scoring="loss",
         criterion=HalfMSELoss,
         optimizer=torch.optim.Adam,
         lr="auto",
@@ -258,6 +286,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
+        self.scoring = scoring
 
     # ------------------------------------------------------------------
     # data
@@ -417,16 +446,70 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
             y_true = y_true.view_as(mu)
         return self.criterion_(mu, y_true)
 
-    def _kl_term(self, y_pred, y_true):
+    def _kl_term(self, y_pred, y_true, X=None):
+        """Per-sample Gaussian KL, on the output as ``predict`` computes it.
+
+        The std that ``predict`` returns comes from the network without
+        dropout, so the KL that fits it sees that network too: in training,
+        the module's dropout layers are switched off for a second forward
+        pass of ``X``, whose output the KL (value and gradient) uses, while
+        the data loss keeps the dropout output. With dropout, the KL optimum
+        ``tau**2 + E[(y - mu)**2]`` would otherwise include the dropout noise
+        of ``mu`` and overstate the std (see the user guide).
+        """
+        if X is not None and self.module_.training:
+            dropouts = [m for m in self.module_.modules() if isinstance(m, _DropoutNd) and m.training]
+            if dropouts:
+                y_pred = self._forward_without(dropouts, X)
         mu, log_var = self._split_output(y_pred)
         return gaussian_soft_kl(y_true.view_as(mu), mu, log_var, self.tau)
 
-    def _after_fit(self, X, y, sample_weight=None):
-        super()._after_fit(X, y, sample_weight)
-        mu, _ = self._predict_standardized(X)
+    def _forward_without(self, dropouts, X):
+        """The module's output on ``X`` with the layers ``dropouts`` in eval mode."""
+        for layer in dropouts:
+            layer.training = False
+        try:
+            return self.infer(X)
+        finally:
+            for layer in dropouts:
+                layer.training = True
+
+    def _after_fit(self, X, y, sample_weight=None, held_out=None):
+        """skorch's attributes, then ``residual_std_`` (training rows) and ``std_scale_``
+        (the held-out rows if the fit had any, else the training rows)."""
+        super()._after_fit(X, y, sample_weight, held_out)
+        mu, log_var = self._predict_standardized(X)
         residual = y.reshape(len(y), -1) - mu
         mse = np.average(residual.astype(np.float64) ** 2, axis=0, weights=sample_weight)
         self.residual_std_ = np.sqrt(mse) * self.y_scale_
+        self.std_scale_ = np.ones(self.n_outputs_)
+        if not self.alpha:
+            return
+        if held_out is not None and len(held_out):
+            residual, log_var, sample_weight = self._held_out_residuals(held_out)
+        std = self._predictive_std(torch.from_numpy(log_var.astype(np.float64))).numpy()
+        self.std_scale_ = std_scale(residual, std, sample_weight)
+
+    def _user_targets(self, y):
+        y = np.asarray(y, dtype=np.float64).reshape(len(y), -1) * self.y_scale_ + self.y_mean_
+        return y[:, 0] if self._y_1d else y
+
+    def _held_out_residuals(self, dataset):
+        """Standardized residuals, log-variances and sample weights (or None) on ``dataset``."""
+        residuals, log_vars, weights = [], [], []
+        for Xi, yi in self.get_iterator(dataset, training=False):
+            y_pred = self.evaluation_step((Xi, yi), training=False)
+            with torch.no_grad():
+                mu, log_var = self._split_output(y_pred)
+            yi = to_tensor(yi, device="cpu").reshape(mu.shape)
+            residuals.append((yi - mu.cpu()).numpy())
+            log_vars.append(log_var.cpu().numpy())
+            weights.append(unpack_weights(Xi)[1])
+        if weights[0] is not None:
+            weights = torch.cat([torch.as_tensor(w).cpu() for w in weights]).numpy()
+        else:
+            weights = None
+        return np.concatenate(residuals), np.concatenate(log_vars), weights
 
     # ------------------------------------------------------------------
     # prediction
@@ -490,7 +573,11 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         torch.Tensor of shape (n_samples, n_outputs)
         """
         if self.alpha:
-            return soft_target_std(log_var, self.tau)
+            scale = getattr(self, "std_scale_", None)  # absent in files saved by 0.1.0
+            std = soft_target_std(log_var, self.tau)
+            if scale is None:
+                return std
+            return std * torch.as_tensor(scale, dtype=log_var.dtype, device=log_var.device)
         residual = torch.as_tensor(
             self.residual_std_ / self.y_scale_, dtype=log_var.dtype, device=log_var.device
         )

@@ -158,3 +158,92 @@ def test_valid_acc_scores_any_labels(labels):
                                n_iter_no_change=20, random_state=0, device="cpu")
     est.fit(X, labels[k])
     assert est.history[-1, "valid_acc"] > 0.9
+
+
+# ----------------------------------------------------------------------
+# scoring: what early stopping watches
+def three_blobs(labels, n=150, seed=0):
+    rng = np.random.RandomState(seed)
+    k = np.arange(n) % 3
+    X = (rng.rand(n, 1, 4, 4) * 0.6 + k[:, None, None, None] / 4).astype(np.float32)
+    return X, labels[k]
+
+
+class Recorder:
+    """A scorer callable that records what it was given and returns a constant."""
+
+    def __init__(self, value=0.5):
+        self.value, self.calls = value, []
+
+    def __call__(self, estimator, X, y, sample_weight=None):
+        self.calls.append((estimator, len(X), np.array(y), sample_weight))
+        return self.value
+
+
+def test_score_stops_on_valid_score_in_the_users_labels():
+    X, y = three_blobs(np.array(["cat", "dog", "owl"]))
+    X_valid, y_valid = three_blobs(np.array(["cat", "dog", "owl"]), n=60, seed=1)
+    from skorch.dataset import Dataset
+    from skorch.helper import predefined_split
+
+    valid = Dataset(X_valid, np.searchsorted(["cat", "dog", "owl"], y_valid))
+    est = SoftRegCNNClassifier(max_epochs=30, early_stopping=True, n_iter_no_change=3,
+                               scoring="accuracy", train_split=predefined_split(valid),
+                               random_state=0, device="cpu").fit(X, y)
+    scores = np.array(est.history[:, "valid_score"])
+    assert len(scores) == est.n_iter_
+    assert scores[est.best_epoch_ - 1] == scores.max()
+    # the best epoch's score is the accuracy of the restored weights on the validation rows
+    assert scores[est.best_epoch_ - 1] == pytest.approx(est.score(X_valid, y_valid))
+    assert est.n_iter_ == 30 or est.n_iter_ == np.argmax(scores) + 1 + 3
+
+
+def test_a_constant_score_stops_after_the_patience():
+    X, y = three_blobs(np.arange(3))
+    scorer = Recorder()
+    est = SoftRegCNNClassifier(max_epochs=20, early_stopping=True, n_iter_no_change=2,
+                               scoring=scorer, random_state=0, device="cpu").fit(X, y)
+    assert est.n_iter_ == 3 and est.best_epoch_ == 1  # no later epoch improved by tol
+    assert len(scorer.calls) == 3 and all(c[0] is est for c in scorer.calls)
+    n_valid, labels, weights = scorer.calls[0][1:]
+    assert n_valid == 15 and set(labels) <= {0, 1, 2} and weights is None
+    assert "valid_score" not in est.set_params(scoring="loss").fit(X, y).history[-1]
+
+
+def test_weighted_fit_passes_the_validation_weights_to_the_scorer():
+    X, y = three_blobs(np.arange(3))
+    w = 1.0 + np.arange(len(y)) / len(y)
+    scorer = Recorder()
+    SoftRegCNNClassifier(max_epochs=2, early_stopping=True, scoring=scorer, random_state=0,
+                         device="cpu").fit(X, y, sample_weight=w)
+    weights = scorer.calls[0][3]  # the rows' weights, divided by the largest (as fit does)
+    assert weights is not None and len(weights) == 15
+    assert np.isclose(weights[:, None] * w.max(), w[None, :], rtol=1e-6).any(axis=1).all()
+
+
+def test_regressor_scorer_gets_y_in_its_units(noisy):
+    X, y = noisy
+    scorer = Recorder()
+    reg(early_stopping=True, scoring=scorer, max_epochs=3, validation_fraction=0.25).fit(X, y)
+    received = scorer.calls[0][2]
+    assert received.shape == (30,) and np.isin(received.round(4), y.round(4)).all()
+    r2 = reg(early_stopping=True, scoring="r2", max_epochs=5, validation_fraction=0.25).fit(X, y)
+    assert np.isfinite(r2.history[:, "valid_score"]).all()
+
+
+def test_unknown_scoring_raises_sklearns_error(noisy):
+    X, y = noisy
+    with pytest.raises(InvalidParameterError, match="'scoring' parameter of SoftRegRegressor"):
+        reg(early_stopping=True, scoring="no_such_score").fit(X, y)
+
+
+def test_scoring_does_not_change_the_training_run(digits):
+    """Predicting for the scorer draws from torch's RNG (a DataLoader's seed); under a
+    forked RNG, the weights and losses are those of a fit that watches the loss."""
+    X, y = digits[0][:300], digits[1][:300]
+    kw = dict(early_stopping=True, n_iter_no_change=50, max_epochs=3, random_state=0,
+              device="cpu", **TINY_CNN)
+    on_loss = SoftRegCNNClassifier(**kw).fit(X, y)
+    on_accuracy = SoftRegCNNClassifier(scoring="accuracy", **kw).fit(X, y)
+    assert on_accuracy.history[:, "valid_loss"] == on_loss.history[:, "valid_loss"]
+    assert on_accuracy.history[:, "valid_score"] == on_accuracy.history[:, "valid_acc"]

@@ -1,0 +1,127 @@
+"""The regressor's predictive std: the KL on the dropout-free output, and ``std_scale_``."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+from sklearn.datasets import make_regression
+from sklearn.model_selection import train_test_split
+from skorch.dataset import Dataset, ValidSplit
+from skorch.helper import predefined_split
+
+from sk_softreg import SoftRegRegressor
+from sk_softreg._regressor import std_scale
+from sk_softreg.penalties import gaussian_soft_kl
+
+Z90 = norm.ppf(0.95)
+
+
+def coverage_and_nll(y, mean, std):
+    coverage = np.mean(np.abs(y - mean) <= Z90 * std)
+    nll = np.mean(0.5 * np.log(2 * np.pi * std**2) + 0.5 * ((y - mean) / std) ** 2)
+    return coverage, nll
+
+
+@pytest.fixture(scope="module")
+def easy():
+    """The issue's easy problem: constant noise, R² about 0.99, 1,000 training rows
+    (dropout 0.5 under the size rule). One split and one seed, as reported there."""
+    X, y = make_regression(2000, 6, noise=5, random_state=0)
+    return train_test_split(X, y, test_size=0.5, random_state=0)
+
+
+def test_alpha_std_holds_where_the_network_fits_well(easy):
+    X_tr, X_te, y_tr, y_te = easy
+    plain = SoftRegRegressor(random_state=0, device="cpu").fit(X_tr, y_tr)
+    soft = SoftRegRegressor(alpha=0.1, random_state=0, device="cpu").fit(X_tr, y_tr)
+    _, nll_plain = coverage_and_nll(y_te, *plain.predict(X_te, return_std=True))
+    coverage, nll = coverage_and_nll(y_te, *soft.predict(X_te, return_std=True))
+    assert 0.85 <= coverage <= 0.95
+    assert nll <= nll_plain + 0.05
+
+
+def small_reg(**kwargs):
+    params = dict(alpha=0.1, max_epochs=8, random_state=0, device="cpu", batch_size=32)
+    return SoftRegRegressor(**{**params, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = make_regression(400, 5, noise=10, random_state=1)
+    return X.astype(np.float32), y
+
+
+def z_squared(reg, X, y):
+    mean, std = reg.predict(X, return_std=True)
+    return np.mean(((y - mean) / std) ** 2)
+
+
+def test_without_held_out_rows_the_scale_calibrates_the_training_rows(data):
+    X, y = data
+    reg = small_reg(early_stopping=False).fit(X, y)
+    assert reg.std_scale_.shape == (1,) and reg.std_scale_[0] != 1.0
+    np.testing.assert_allclose(z_squared(reg, X, y), 1.0, rtol=1e-4)
+
+
+def test_partial_fit_calibrates_on_the_rows_of_the_call(data):
+    X, y = data
+    reg = small_reg().partial_fit(X[:200], y[:200]).partial_fit(X[200:], y[200:])
+    np.testing.assert_allclose(z_squared(reg, X[200:], y[200:]), 1.0, rtol=1e-4)
+
+
+def test_the_scale_comes_from_the_validation_set_when_there_is_one(data):
+    X, y = data
+    X_fit, X_valid, y_fit, y_valid = X[:300], X[300:], y[:300], y[300:]
+    valid = Dataset(X_valid, ((y_valid - y_fit.mean()) / y_fit.std()).astype(np.float32))
+    reg = small_reg(train_split=predefined_split(valid)).fit(X_fit, y_fit)
+    np.testing.assert_allclose(z_squared(reg, X_valid, y_valid), 1.0, rtol=1e-4)
+    assert not np.isclose(z_squared(reg, X_fit, y_fit), 1.0, rtol=1e-2)
+
+
+def test_early_stopping_calibrates_on_its_held_out_rows(data):
+    X, y = data
+    reg = small_reg(early_stopping=True, validation_fraction=0.25).fit(X, y)
+    # the rows that ValidSplit held out: those whose z² averages exactly 1
+    _, valid = ValidSplit(0.25, random_state=0)(Dataset(X, y), y)
+    idx = np.asarray(valid.indices)
+    np.testing.assert_allclose(z_squared(reg, X[idx], y[idx]), 1.0, rtol=1e-4)
+
+
+def test_weighted_scale_uses_the_weights(data):
+    X, y = data
+    w = np.where(np.arange(len(y)) % 2 == 0, 1.0, 3.0)
+    reg = small_reg(early_stopping=False).fit(X, y, sample_weight=w)
+    mean, std = reg.predict(X, return_std=True)
+    np.testing.assert_allclose(np.average(((y - mean) / std) ** 2, weights=w), 1.0, rtol=1e-4)
+
+
+def test_alpha_zero_keeps_the_residual_std(data):
+    X, y = data
+    reg = small_reg(alpha=0.0).fit(X, y)
+    np.testing.assert_array_equal(reg.std_scale_, [1.0])
+    np.testing.assert_allclose(reg.predict(X[:5], return_std=True)[1], reg.residual_std_[0])
+
+
+def test_std_scale_formula():
+    residual = np.array([[1.0, 2.0], [3.0, -2.0]])
+    std = np.array([[1.0, 2.0], [1.0, 1.0]])
+    np.testing.assert_allclose(std_scale(residual, std), np.sqrt([(1 + 9) / 2, (1 + 4) / 2]))
+    np.testing.assert_allclose(std_scale(residual, std, np.array([3.0, 1.0])), np.sqrt([(3 + 9) / 4, (3 + 4) / 4]))
+
+
+def test_kl_sees_the_output_without_dropout(data):
+    X, y = data
+    reg = small_reg(max_epochs=1, module__dropout=0.5).fit(X, y)
+    module = reg.module_.train()
+    X_t = torch.as_tensor(X[:64])
+    y_t = torch.as_tensor(((y[:64] - reg.y_mean_) / reg.y_scale_).astype(np.float32))
+    with torch.no_grad():
+        y_train = module(X_t)
+        kl = reg._kl_term(y_train, y_t, X_t)
+        y_eval = module.eval()(X_t)
+    module.train()
+    mu, log_var = reg._split_output(y_eval)
+    torch.testing.assert_close(kl, gaussian_soft_kl(y_t.view_as(mu), mu, log_var, reg.tau))
+    assert all(m.training for m in module.modules())  # dropout switched back on
+    mu_train, log_var_train = reg._split_output(y_train)
+    assert not torch.allclose(kl, gaussian_soft_kl(y_t.view_as(mu), mu_train, log_var_train, reg.tau))
