@@ -218,6 +218,22 @@ def test_plot_history_draws_a_multilabel_fit(data):
     plt.close("all")
 
 
+def test_cli_predict_lists_the_labels_present(fitted, data, tmp_path, capsys):
+    import joblib
+
+    from sk_softreg.cli import main
+
+    _, _, X_test, _ = data
+    joblib.dump(fitted, tmp_path / "m.joblib")
+    np.save(tmp_path / "x.npy", X_test[:6].reshape(-1, 1, 8, 8).astype(np.float32))
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "m.joblib"), str(tmp_path / "x.npy")]) == 0
+    rows = [line.split(",") for line in capsys.readouterr().out.strip().splitlines()]
+    assert rows[0] == ["file", "label", "proba_0", "proba_1", "proba_2"]
+    expected = [" ".join(str(j) for j in np.flatnonzero(r)) for r in fitted.predict(X_test[:6])]
+    assert [row[1] for row in rows[1:]] == expected
+
+
 def test_fast_path_and_dataloader_agree(data):
     X, Y, X_test, _ = data
     fast = clf(alpha=0.1).fit(X, Y).predict_proba(X_test)
