@@ -124,7 +124,8 @@ class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, Neura
         deterministic on CPU. The global torch RNG is restored after fit.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data (stratified by
-        class; for multilabel targets a plain random split), stop once the validation loss has not improved by ``tol`` for
+        class; for multilabel targets a plain random split), stop once the
+        validation loss has not improved by ``tol`` for
         ``n_iter_no_change`` epochs, and restore the weights of the best epoch
         (skorch's ``ValidSplit`` and ``EarlyStopping``, added at
         ``initialize``; ``callbacks`` and ``train_split`` stay as given). With
@@ -300,23 +301,23 @@ class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, Neura
                 "for a torch Dataset; pass criterion__weight=torch.tensor([...]) (one weight "
                 "per class, in the order of classes_) instead."
             )
-        if isinstance(self.class_weight, str) and partial:
-            raise ValueError(
-                "class_weight 'balanced' is not supported for partial_fit. In order to use "
-                "'balanced' weights, use compute_class_weight('balanced', classes=classes, "
-                "y=y) on a large enough sample of the targets and pass the resulting "
-                "weights as a dict to the class_weight parameter."
-            )
         if is_label_matrix(y):
             # per-label weights cannot fold into per-row ones: "balanced" becomes the
             # criterion's pos_weight (MultilabelMixin.initialize_criterion)
-            self._reject_label_matrix_class_weight()
+            self._check_label_matrix_class_weight(partial)
             return weights
         labels = column_or_1d(y)
         check_consistent_length(X, labels)
         if weights is None:
             weights = np.ones(len(labels))
         if isinstance(self.class_weight, str):
+            if partial:
+                raise ValueError(
+                    "class_weight 'balanced' is not supported for partial_fit. In order to use "
+                    "'balanced' weights, use compute_class_weight('balanced', classes=classes, "
+                    "y=y) on a large enough sample of the targets and pass the resulting "
+                    "weights as a dict to the class_weight parameter."
+                )
             # n_samples / (n_classes * count), counted with the weights over the rows
             # that keep a positive weight; the other rows keep their weight 0
             positive = weights > 0

@@ -158,14 +158,19 @@ class MultilabelMixin:
         _warn_constant_labels(Y)
         return Y.astype(np.float32)
 
-    def _reject_label_matrix_class_weight(self):
-        """``class_weight`` for multilabel targets: only ``"balanced"``, which becomes
-        the criterion's ``pos_weight`` (see :meth:`initialize_criterion`)."""
+    def _check_label_matrix_class_weight(self, partial):
+        """``class_weight`` for multilabel targets: only ``"balanced"``, in ``fit``; it
+        becomes the criterion's ``pos_weight`` (see :meth:`initialize_criterion`)."""
+        own = "criterion__pos_weight=torch.tensor([...]) with one weight per label"
         if isinstance(self.class_weight, dict):
             raise ValueError(
                 "class_weight as a dict is not supported for multilabel targets (its keys "
-                "name classes of a 1-D y). Use class_weight='balanced', or "
-                "criterion__pos_weight=torch.tensor([...]) with one weight per label."
+                f"name classes of a 1-D y). Use class_weight='balanced', or {own}."
+            )
+        if partial:
+            raise ValueError(
+                "class_weight 'balanced' is not supported for partial_fit. For multilabel "
+                f"targets, compute the weights on a large enough sample and pass {own}."
             )
 
     def initialize_criterion(self):

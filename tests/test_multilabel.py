@@ -159,6 +159,8 @@ def test_class_weight_dict_is_refused_for_multilabel_targets(data):
     X, Y, _, _ = data
     with pytest.raises(ValueError, match="class_weight as a dict is not supported for multilabel"):
         clf(class_weight={0: 2.0}).fit(X, Y)
+    with pytest.raises(ValueError, match="'balanced' is not supported for partial_fit. For mult"):
+        clf(class_weight="balanced").partial_fit(X, Y)
 
 
 # ----------------------------------------------------------------------
