@@ -231,7 +231,7 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
     # early stopping
     def get_split_datasets(self, X, y=None, **fit_params):
         """skorch's split; with ``early_stopping`` and no ``train_split``, hold out
-        ``validation_fraction`` of the data (stratified for a classifier)."""
+        ``validation_fraction`` of the data (stratified where ``_stratified_split`` says)."""
         if not (self._early_stopping_active() and self.train_split is None):
             return self._held_out(*super().get_split_datasets(X, y, **fit_params))
         random_state = self.random_state
@@ -239,7 +239,7 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
             random_state = check_random_state(random_state)
         split = ValidSplit(
             float(self.validation_fraction),
-            stratified=is_classifier(self) and y is not None,
+            stratified=self._stratified_split(y),
             random_state=random_state,
         )
         dataset_train, dataset_valid = split(self.get_dataset(X, y), y, **fit_params)
@@ -256,6 +256,10 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         if state is not None:
             state.dataset_valid = dataset_valid
         return dataset_train, dataset_valid
+
+    def _stratified_split(self, y):
+        """Whether the early-stopping split stratifies by ``y``: for a classifier's labels."""
+        return is_classifier(self) and y is not None
 
     def _early_stopping_active(self):
         """Whether this fit holds out ``validation_fraction`` and stops early.

@@ -20,6 +20,7 @@ from skorch.utils import to_tensor
 from ._base import SoftRegMixin
 from ._batching import pack_weights, unpack_weights
 from ._images import ImageInputMixin
+from ._multilabel import THRESHOLD, MultilabelMixin, is_label_matrix
 from ._torchvision import TorchvisionClassifierNet
 from ._validation import first_sample_shape, is_lazy
 from .modules import SoftRegCNN
@@ -30,7 +31,7 @@ __all__ = ["SoftRegCNNClassifier"]
 _KL_TERMS = {"label_smoothing": kl_from_uniform, "confidence_penalty": kl_to_uniform}
 
 
-class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
+class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, NeuralNetClassifier):
     """A CNN classifier trained with L1, L2 and KL soft regularization.
 
     The training objective for a batch B is
@@ -41,6 +42,14 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
     where W are the penalized weights (see ``penalize``). It is a real
     ``skorch.NeuralNetClassifier``: callbacks, history, ``module__*``
     parameters and user modules keep working.
+
+    ``y`` is either 1-D class labels or, for multilabel problems, an
+    ``(n, L)`` indicator matrix of 0 and 1 (one column per label, as
+    ``sklearn.preprocessing.MultiLabelBinarizer`` gives): then CE is the
+    binary cross-entropy of each label's logit, and both CE and KL are means
+    over the labels. An ``(n, 1)`` column is the binary target, as
+    scikit-learn's ``type_of_target`` says. See "Multilabel targets" in the
+    user guide.
 
     Parameters
     ----------
@@ -73,7 +82,9 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
     kl : {"label_smoothing", "confidence_penalty"}, default="label_smoothing"
         ``"label_smoothing"`` uses ``KL(u || p)`` (u uniform over classes), which
         equals label smoothing up to scale and a constant; ``"confidence_penalty"``
-        uses ``KL(p || u) = log K - H(p)``.
+        uses ``KL(p || u) = log K - H(p)``. For multilabel targets, the same two
+        directions between each label's Bernoulli(p) and Bernoulli(1/2)
+        (K = 2 per label).
     penalize : {"weights", "all"} or callable, default="weights"
         Which parameters the λ penalties act on: kernels with ``ndim > 1``,
         every parameter, or those for which ``penalize(name, param)`` is true.
@@ -102,13 +113,19 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
         ``n_samples / (n_classes * np.bincount(y))``, counted with
         ``sample_weight``. ``"balanced"`` is not supported by ``partial_fit``;
         neither form by a torch ``Dataset`` X (use ``criterion__weight``).
+        For multilabel targets only ``"balanced"`` applies: it weights each
+        label's positives in the data loss (not in the KL term) by the
+        label's negatives over its positives, counted with ``sample_weight``
+        and each count floored at one mean row (``pos_weight_``, the
+        ``pos_weight`` of ``BCEWithLogitsLoss``); a dict raises a ValueError.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialization, shuffling, dropout, ``train_transform``
         and the validation split of ``early_stopping``. An int makes fit
         deterministic on CPU. The global torch RNG is restored after fit.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data (stratified by
-        class), stop once its ``scoring`` has not improved by ``tol`` for
+        class; for multilabel targets a plain random split), stop once its
+        ``scoring`` has not improved by ``tol`` for
         ``n_iter_no_change`` epochs, and restore the weights of the best epoch
         (skorch's ``ValidSplit`` and ``EarlyStopping``, added at
         ``initialize``; ``callbacks`` and ``train_split`` stay as given). With
@@ -140,7 +157,9 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
         10% validation set resolves accuracy in steps of about 0.7 points
         (see the user guide).
     criterion : torch criterion class, default=torch.nn.CrossEntropyLoss
-        The data loss on logits.
+        The data loss on logits. For multilabel targets ``CrossEntropyLoss``
+        is built as ``torch.nn.BCEWithLogitsLoss``; another criterion gets
+        the ``(n, L)`` logits and float 0/1 targets.
     optimizer : torch optimizer class, default=torch.optim.Adam
     lr : float, default=2e-3
         Learning rate.
@@ -167,7 +186,13 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
-        The class labels seen in fit.
+        The class labels seen in fit; for multilabel targets ``np.arange(L)``,
+        the column indices of Y.
+    multilabel_ : bool
+        Whether the estimator was fit on a multilabel indicator matrix.
+    pos_weight_ : ndarray of shape (n_labels,)
+        Only for multilabel targets with ``class_weight="balanced"``: the
+        weight of each label's positives in the data loss.
     n_features_in_ : int
         Values per sample (``C * H * W``).
     feature_names_in_ : ndarray of str
@@ -292,6 +317,11 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
                 "for a torch Dataset; pass criterion__weight=torch.tensor([...]) (one weight "
                 "per class, in the order of classes_) instead."
             )
+        if is_label_matrix(y):
+            # per-label weights cannot fold into per-row ones: "balanced" becomes the
+            # criterion's pos_weight (MultilabelMixin.initialize_criterion)
+            self._check_label_matrix_class_weight(partial)
+            return weights
         labels = column_or_1d(y)
         check_consistent_length(X, labels)
         if weights is None:
@@ -344,6 +374,13 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
         if is_lazy(X):
             return self._validate_fit_dataset(X, y, reset, classes)
         X = self._check_X(X, reset=reset)
+        multilabel = is_label_matrix(y)
+        if not reset:
+            self._check_target_kind(multilabel)
+        if multilabel:
+            Y = self._validate_label_matrix(y, reset, classes, sample_weight)
+            check_consistent_length(X, Y)
+            return X, Y
         y = column_or_1d(y, warn=True)
         check_consistent_length(X, y)
         check_classification_targets(y)
@@ -375,7 +412,13 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
         known = self.classes is not None and len(self.classes) or classes is not None
         labels = None
         if not pairs:
-            labels = column_or_1d(np.asarray(list(y) if is_lazy(y) else y), warn=True)
+            labels = np.asarray(list(y) if is_lazy(y) else y)
+            if is_label_matrix(labels):
+                raise ValueError(
+                    f"{type(self).__name__} supports multilabel targets only for in-memory X "
+                    "(arrays, lists, DataFrames), not for a torch Dataset."
+                )
+            labels = column_or_1d(labels, warn=True)
             check_consistent_length(X, labels)
         elif reset and not known:
             # the folder names, or one pass over the data
@@ -404,6 +447,8 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
                 f"but the data contains only one class: {np.asarray(labels[0]).item()!r}."
             )
         self.classes_inferred_ = labels
+        self.multilabel_ = False
+        self.__dict__.pop("pos_weight_", None)
 
     def _encode(self, y):
         classes = self.classes_
@@ -425,6 +470,8 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
         ]
 
     def _user_targets(self, y):
+        if self._is_multilabel():  # the indicators, in the dtype of fit's Y
+            return np.asarray(y).astype(np.dtype(self._y_dtype))
         return self.classes_[np.asarray(y, dtype=np.intp)]
 
     def check_data(self, X, y):
@@ -442,7 +489,11 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
         from ._onnx import ProbabilityGraph, cpu_copy
 
         graph = ProbabilityGraph(cpu_copy(self.module_), self._get_predict_nonlinearity())
-        metadata = {"classes": self.classes_, "input_shape": self.input_shape_}
+        metadata = {
+            "classes": self.classes_,
+            "input_shape": self.input_shape_,
+            "multilabel": bool(self._is_multilabel()),
+        }
         return graph, ["probabilities"], metadata
 
     def __setattr__(self, name, value):
@@ -473,6 +524,8 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
         return super().train_step_single(batch, **fit_params)
 
     def _kl_term(self, y_pred, y_true, X=None):
+        if self._is_multilabel():
+            return self._multilabel_kl(y_pred)
         return _KL_TERMS[self.kl](y_pred)
 
     def _data_and_kl(self, y_pred, y_true, X, weights):
@@ -483,13 +536,14 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
         ``cross_entropy`` call gives the value and the gradient; the KL mean
         for history is one pass without gradient. Only for an unweighted batch
         and a plain ``torch.nn.CrossEntropyLoss`` (no class weights, mean
-        reduction, no label smoothing of its own); otherwise the two terms
-        are computed apart.
+        reduction, no label smoothing of its own) and a 1-D target; otherwise
+        the two terms are computed apart.
         """
         criterion = self.criterion_
         if (
             not self.alpha
             or self.kl != "label_smoothing"
+            or self._is_multilabel()
             or weights is not None
             or type(criterion) is not torch.nn.CrossEntropyLoss
             or criterion.weight is not None
@@ -513,6 +567,9 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
     def predict_proba(self, X):
         """Class probabilities: the softmax of the module's logits.
 
+        For multilabel targets (``multilabel_``), each label's probability:
+        the sigmoid of its logit, not renormalized across labels.
+
         Parameters
         ----------
         X : array-like of shape (n, C, H, W), (n, H, W) or (n, F), or a torch Dataset
@@ -520,17 +577,23 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
         Returns
         -------
         ndarray of shape (n_samples, n_classes)
-            float64 rows that sum to 1, columns ordered as ``classes_``.
+            float64 rows that sum to 1, columns ordered as ``classes_``; for
+            multilabel targets, one column per label.
         """
         check_is_fitted(self)
         # lazy data, and skorch's scoring callbacks pass validation Datasets
         if not is_lazy(X):
             X = self._check_X(X, reset=False)
         proba = super().predict_proba(X).astype(np.float64)
+        if self._is_multilabel():
+            return proba
         return proba / proba.sum(axis=1, keepdims=True)
 
     def predict(self, X):
         """Predicted class labels, drawn from ``classes_``.
+
+        For multilabel targets, the indicator matrix ``predict_proba(X) > 0.5``
+        in the dtype of the ``Y`` of fit (as scikit-learn's ``MLPClassifier``).
 
         Parameters
         ----------
@@ -538,20 +601,27 @@ class SoftRegCNNClassifier(ImageInputMixin, SoftRegMixin, NeuralNetClassifier):
 
         Returns
         -------
-        ndarray of shape (n_samples,)
+        ndarray of shape (n_samples,) or (n_samples, n_labels)
         """
         proba = self.predict_proba(X)
+        if self._is_multilabel():
+            return self._threshold(proba)
         return self.classes_[np.argmax(proba, axis=1)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
+        tags.classifier_tags.multi_label = True
         return tags
 
 
 def _index_accuracy(net, X, y):
-    """Accuracy of the predicted class indices against targets ``y`` that are indices."""
-    return float(np.mean(np.argmax(net.predict_proba(X), axis=1) == np.asarray(y)))
+    """Accuracy of the predicted class indices against targets ``y`` that are indices;
+    for an ``(n, L)`` indicator ``y``, subset accuracy (every label right)."""
+    proba, y = net.predict_proba(X), np.asarray(y)
+    if y.ndim == 2:
+        return float(np.mean(np.all((proba > THRESHOLD) == (y == 1), axis=1)))
+    return float(np.mean(np.argmax(proba, axis=1) == y))
 
 
 def _class_names(dataset):

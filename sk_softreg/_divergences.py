@@ -12,6 +12,8 @@ import torch.nn.functional as F
 __all__ = [
     "LOG_VAR_MAX",
     "LOG_VAR_MIN",
+    "bernoulli_kl_from_half",
+    "bernoulli_kl_to_half",
     "clamp_log_var",
     "gaussian_soft_kl",
     "kl_from_uniform",
@@ -72,6 +74,67 @@ def kl_to_uniform(logits):
     """
     log_p = F.log_softmax(logits, dim=-1)
     return (log_p.exp() * log_p).sum(dim=-1) + math.log(logits.shape[-1])
+
+
+def bernoulli_kl_from_half(logits):
+    """KL from Bernoulli(1/2) to each label's predicted Bernoulli(p), p = sigmoid(z).
+
+    The multilabel form of :func:`kl_from_uniform` (label smoothing), one
+    value per label:
+
+    .. math::
+
+        \\mathrm{KL}\\big(\\mathrm{B}(\\tfrac12) \\,\\|\\, \\mathrm{B}(p)\\big)
+        = -\\tfrac12 \\log p - \\tfrac12 \\log(1 - p) - \\log 2
+        = \\tfrac12 \\big[\\operatorname{softplus}(-z) + \\operatorname{softplus}(z)\\big] - \\log 2 .
+
+    It equals :func:`kl_from_uniform` of the two-class logits ``(0, z)``.
+    Adding ``alpha`` times it to the binary cross-entropy gives ``(1 + alpha)``
+    times the binary cross-entropy against the smoothed target
+    ``(1 - eps) * y + eps / 2``, ``eps = alpha / (1 + alpha)``, minus
+    ``alpha * log 2``. Computed with ``softplus``, so it stays finite for any
+    logit; its gradient ``p - 1/2`` does not vanish at saturation.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        The logits ``z``, one per label (any shape, e.g. ``(n, L)``).
+
+    Returns
+    -------
+    torch.Tensor
+        Elementwise KL, the shape of ``logits``; non-negative, 0 iff ``z == 0``.
+    """
+    return 0.5 * (F.softplus(-logits) + F.softplus(logits)) - math.log(2.0)
+
+
+def bernoulli_kl_to_half(logits):
+    """KL from each label's predicted Bernoulli(p), p = sigmoid(z), to Bernoulli(1/2).
+
+    The multilabel form of :func:`kl_to_uniform` (the confidence penalty),
+    one value per label:
+
+    .. math::
+
+        \\mathrm{KL}\\big(\\mathrm{B}(p) \\,\\|\\, \\mathrm{B}(\\tfrac12)\\big)
+        = p \\log p + (1 - p) \\log(1 - p) + \\log 2 = \\log 2 - H(p),
+
+    with ``log p = -softplus(-z)`` and ``log(1 - p) = -softplus(z)``, so it
+    stays finite for any logit. It equals :func:`kl_to_uniform` of the
+    two-class logits ``(0, z)``.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        The logits ``z``, one per label (any shape, e.g. ``(n, L)``).
+
+    Returns
+    -------
+    torch.Tensor
+        Elementwise KL, the shape of ``logits``; in ``[0, log 2]``.
+    """
+    p = torch.sigmoid(logits)
+    return math.log(2.0) - p * F.softplus(-logits) - (1.0 - p) * F.softplus(logits)
 
 
 def gaussian_soft_kl(y, mu, log_var, tau):

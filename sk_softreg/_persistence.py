@@ -204,7 +204,7 @@ def save(estimator, path):
             fitted[key] = _encode(value)
         except _Unencodable:
             warnings.warn(f"Fitted attribute {key!r} cannot be saved and is dropped.", UserWarning, stacklevel=2)
-    for key in ("_y_1d", "_n_fit_rows"):
+    for key in ("_y_1d", "_n_fit_rows", "_y_dtype"):
         if hasattr(estimator, key):
             fitted[key] = _encode(getattr(estimator, key))
 

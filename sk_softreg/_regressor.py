@@ -83,7 +83,9 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
 
     ``fit`` takes arrays, or lazy data: a torch ``Dataset`` of ``(x, y)`` pairs
     (``x`` a float32 tensor of shape ``(n_features,)``), or a skorch
-    ``SliceDataset`` with the targets as ``y``.
+    ``SliceDataset`` with the targets as ``y``. A 2-D ``y`` is one regression
+    target per column, a matrix of 0 and 1 included: for multilabel
+    classification use :class:`~sk_softreg.SoftRegCNNClassifier`.
 
     Parameters
     ----------

@@ -136,7 +136,7 @@ class SklearnPlumbingMixin:
         classifier's images ``(batch, C, H, W)``, the regressor's rows
         ``(batch, n_features)``, float32) and computes what ``predict_proba``
         (classifier: ``"probabilities"``, softmax inside the graph, columns
-        ordered as ``classes_``) or ``predict(X, return_std=True)`` (regressor:
+        ordered as ``classes_``; for multilabel targets each label's sigmoid) or ``predict(X, return_std=True)`` (regressor:
         ``"mean"`` and ``"std"`` in y's units) return. Needs the optional extra
         ``pip install "sk-softreg[onnx]"``; see the ONNX page of the docs.
 

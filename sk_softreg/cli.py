@@ -86,7 +86,9 @@ def _parser():
     fit.add_argument("--random-state", type=int, default=0)
     fit.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    predict = sub.add_parser("predict", help="predict a folder of images or a .npy array")
+    predict = sub.add_parser(
+        "predict", help="predict a folder of images or a .npy array (multilabel models: the "
+        "labels present, separated by spaces)")
     predict.add_argument("model")
     predict.add_argument("input", help="folder of images (searched recursively) or .npy file")
     predict.add_argument("-o", "--output", default=None, help="CSV file (default: stdout)")
@@ -222,7 +224,12 @@ def _predict(args):
     else:
         raise CLIError(f"{args.input!r} is neither a folder of images nor a .npy file")
     proba = model.predict_proba(X)
-    labels = model.classes_[np.argmax(proba, axis=1)]
+    if getattr(model, "multilabel_", False):  # the labels present, as predict has them
+        from ._multilabel import THRESHOLD
+
+        labels = [" ".join(map(str, model.classes_[row > THRESHOLD])) for row in proba]
+    else:
+        labels = model.classes_[np.argmax(proba, axis=1)]
     if args.output is None:
         _write_csv(sys.stdout, model.classes_, names, labels, proba)
     else:

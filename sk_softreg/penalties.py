@@ -26,6 +26,8 @@ import torch
 from ._divergences import (
     LOG_VAR_MAX,
     LOG_VAR_MIN,
+    bernoulli_kl_from_half,
+    bernoulli_kl_to_half,
     clamp_log_var,
     gaussian_soft_kl,
     kl_from_uniform,
@@ -50,6 +52,8 @@ __all__ = [
     "prox_group_l2_",
     "kl_from_uniform",
     "kl_to_uniform",
+    "bernoulli_kl_from_half",
+    "bernoulli_kl_to_half",
     "gaussian_soft_kl",
     "soft_target_std",
     "clamp_log_var",

@@ -82,6 +82,24 @@ def test_classifier_graph_ends_and_metadata(digits_split, tmp_path):
     np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], clf.predict(X[:20]))
 
 
+def test_multilabel_graph_ends_in_the_per_label_sigmoid(digits_split, tmp_path):
+    import onnx
+
+    X, y, X_test, _ = digits_split
+    Y = np.c_[y % 2 == 0, y >= 5, np.isin(y, [2, 3, 5, 7])].astype(int)
+    clf = SoftRegCNNClassifier(max_epochs=1, random_state=0, device="cpu",
+                               module__channels=(4,), module__hidden_units=8).fit(X, Y)
+    path = tmp_path / "multilabel.onnx"
+    clf.export_onnx(path)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["multilabel"]) is True and json.loads(meta["classes"]) == [0, 1, 2]
+    (proba,) = _run(path, X_test.reshape(-1, 1, 8, 8))
+    expected = clf.predict_proba(X_test)
+    assert proba.shape == expected.shape == (len(X_test), 3)
+    assert np.abs(proba - expected).max() <= TOL
+    assert not np.allclose(proba.sum(axis=1), 1.0)  # no softmax across labels
+
+
 class MeansOnly(nn.Module):
     """Returns one mean per output: the regressor adds its learned log-variance."""
 

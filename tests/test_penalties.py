@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from sk_softreg.penalties import (
+    bernoulli_kl_from_half,
+    bernoulli_kl_to_half,
     gaussian_soft_kl,
     kl_from_uniform,
     kl_to_uniform,
@@ -113,6 +115,44 @@ def test_classifier_kls_are_nonnegative_and_finite_at_large_gaps(kl):
 def test_confidence_penalty_is_bounded_by_log_k():
     logits = torch.tensor([[100.0, 0.0, 0.0, 0.0]])
     assert kl_to_uniform(logits).item() == pytest.approx(math.log(4), rel=1e-5)
+
+
+def test_bernoulli_kls_hand_values():
+    # p = sigmoid(log 3) = 3/4: sum over the two outcomes of a log(a / b)
+    z = torch.tensor([[math.log(3.0), 0.0]], dtype=torch.float64)
+    from_half = sum(0.5 * math.log(0.5 / q) for q in (0.75, 0.25))
+    to_half = sum(q * math.log(q / 0.5) for q in (0.75, 0.25))
+    assert bernoulli_kl_from_half(z)[0, 0].item() == pytest.approx(from_half, rel=1e-12)
+    assert bernoulli_kl_to_half(z)[0, 0].item() == pytest.approx(to_half, rel=1e-12)
+    assert bernoulli_kl_from_half(z)[0, 1].item() == bernoulli_kl_to_half(z)[0, 1].item() == 0.0
+
+
+def test_bernoulli_kls_are_the_two_class_kls_of_logits_0_and_z():
+    # alpha means for a label what it means for one multiclass label with two classes
+    z = torch.linspace(-30, 30, 61)
+    two_class = torch.stack([torch.zeros_like(z), z], dim=1)
+    torch.testing.assert_close(bernoulli_kl_from_half(z), kl_from_uniform(two_class))
+    torch.testing.assert_close(bernoulli_kl_to_half(z), kl_to_uniform(two_class))
+
+
+def test_bce_plus_bernoulli_kl_is_scaled_label_smoothing():
+    # BCE + a KL(B(1/2) || B(p)) = (1 + a) BCE against (1 - e) y + e / 2, e = a / (1 + a), - a log 2
+    torch.manual_seed(0)
+    z, y, a = torch.randn(50, 4, dtype=torch.float64) * 3, torch.randint(0, 2, (50, 4)).double(), 0.3
+    eps = a / (1 + a)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    left = bce(z, y, reduction="none") + a * bernoulli_kl_from_half(z)
+    right = (1 + a) * bce(z, (1 - eps) * y + eps / 2, reduction="none") - a * math.log(2)
+    torch.testing.assert_close(left, right)
+
+
+@pytest.mark.parametrize("kl", [bernoulli_kl_from_half, bernoulli_kl_to_half])
+def test_bernoulli_kls_are_nonnegative_and_finite_at_large_logits(kl):
+    z = torch.tensor([-200.0, -40.0, 0.0, 40.0, 200.0])
+    values = kl(z)
+    assert torch.isfinite(values).all() and (values >= -1e-6).all()
+    if kl is bernoulli_kl_to_half:
+        assert values[0].item() == pytest.approx(math.log(2), rel=1e-6)
 
 
 def test_gaussian_soft_kl_formula_and_minimum():
