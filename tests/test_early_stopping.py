@@ -247,3 +247,15 @@ def test_scoring_does_not_change_the_training_run(digits):
     on_accuracy = SoftRegCNNClassifier(scoring="accuracy", **kw).fit(X, y)
     assert on_accuracy.history[:, "valid_loss"] == on_loss.history[:, "valid_loss"]
     assert on_accuracy.history[:, "valid_score"] == on_accuracy.history[:, "valid_acc"]
+
+
+def test_multilabel_scorer_gets_the_indicators():
+    rng = np.random.RandomState(0)
+    X = rng.rand(100, 8, 8).astype(np.float32)
+    Y = (rng.rand(100, 4) < 0.4).astype(np.int64)
+    scorer = Recorder()
+    SoftRegCNNClassifier(max_epochs=2, early_stopping=True, scoring=scorer, random_state=0,
+                         device="cpu", **TINY_CNN).fit(X, Y)
+    received = scorer.calls[0][2]
+    assert received.shape == (10, 4) and received.dtype == np.int64
+    assert {tuple(row) for row in received} <= {tuple(row) for row in Y}
