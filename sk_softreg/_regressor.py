@@ -188,6 +188,11 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
     residual_std_ : ndarray of shape (n_outputs,)
         Standard deviation of the training residuals, in y's units; the std
         that ``predict(return_std=True)`` returns when ``alpha == 0``.
+    std_scale_ : ndarray of shape (n_outputs,)
+        With ``alpha > 0``, the factor on the variance head's std that
+        minimizes the Gaussian NLL on the fit's validation rows
+        (``early_stopping`` or a ``train_split``), else on the training rows
+        (see the user guide); 1 when ``alpha == 0``.
     sparsity_ : float
         Fraction of the penalized weights that are exactly zero.
     feature_importances_ : ndarray of shape (n_features,)
@@ -533,8 +538,9 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         X : array-like of shape (n_samples, n_features), or a torch Dataset
         return_std : bool, default=False
             Also return the predictive std of y: from the variance head,
-            corrected for the soft target's width ``tau``, when ``alpha > 0``
-            (see the user guide), else ``residual_std_``.
+            corrected for the soft target's width ``tau`` and scaled by
+            ``std_scale_``, when ``alpha > 0`` (see the user guide), else
+            ``residual_std_``.
 
         Returns
         -------
@@ -559,7 +565,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
     def _predictive_std(self, log_var):
         """Predictive std of y, in standardized units, from the head's log-variances.
 
-        With ``alpha > 0``, ``sqrt(max(exp(log_var) - tau**2, tau**2))``
+        With ``alpha > 0``, ``std_scale_ * sqrt(max(exp(log_var) - tau**2, tau**2))``
         (:func:`~sk_softreg.penalties.soft_target_std`): the KL optimum is
         ``sigma**2 = tau**2 + E[(y - mu)**2 | x]``, so the head's sigma includes
         the soft target's own width. With ``alpha == 0`` the head is untrained
