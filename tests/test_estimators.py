@@ -431,16 +431,32 @@ def test_regressor_rejects_module_with_wrong_width(regression_data):
 # defaults meet the documented quality bars
 def test_default_classifier_reaches_97_percent_on_digits(digits):
     X, y = digits
+    # one stratified 75/25 split and seed: a floor under the 0.983 that the user guide's
+    # early-stopping section measures on this split (seeds 0, 1, 2); seed 0 scores 0.987
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
     est = SoftRegCNNClassifier(random_state=0, device="cpu").fit(X_tr, y_tr)
     assert est.score(X_te, y_te) >= 0.97
 
 
-def test_default_regressor_beats_ridge_on_diabetes():
+def test_default_regressor_on_diabetes_against_ridge():
+    """The user guide's diabetes figures, on the 80/20 splits of ``benchmarks/real_data.py``.
+
+    On its three splits (seeds 0, 1, 2) the defaults' mean R² is above Ridge's (0.410
+    against 0.403). Single splits differ from Ridge by -0.14 to +0.03, and over ten splits
+    Ridge is ahead (0.458 against 0.440, each wins five); a dropout of 0.1 or none there
+    falls 0.029 behind, so the ten-split gap is held under 0.025.
+    """
     X, y = load_diabetes(return_X_y=True)
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, random_state=0)
-    scaler = StandardScaler().fit(X_tr)
-    X_tr, X_te = scaler.transform(X_tr), scaler.transform(X_te)
-    ridge = Ridge().fit(X_tr, y_tr).score(X_te, y_te)
-    ours = SoftRegRegressor(random_state=0, device="cpu").fit(X_tr, y_tr).score(X_te, y_te)
-    assert ours > ridge
+    ours, ridge = [], []
+    for seed in range(10):
+        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, random_state=seed)
+        scaler = StandardScaler().fit(X_tr)
+        X_tr, X_te = scaler.transform(X_tr), scaler.transform(X_te)
+        ridge.append(Ridge().fit(X_tr, y_tr).score(X_te, y_te))
+        est = SoftRegRegressor(random_state=seed, device="cpu").fit(X_tr, y_tr)
+        ours.append(est.score(X_te, y_te))
+    ours, ridge = np.array(ours), np.array(ridge)
+    # the benchmark's three splits, as the defaults table shows them: margin 0.0065 there
+    assert ours[:3].mean() > ridge[:3].mean()
+    # ten splits: measured 0.018 behind Ridge (dropout 0.5), 0.022 at 0.3, 0.029 at 0.1 or 0
+    assert ours.mean() > ridge.mean() - 0.025

@@ -252,7 +252,8 @@ def test_class_weight_balanced_raises_balanced_accuracy():
     for class_weight in (None, "balanced"):
         est = clf(class_weight=class_weight, max_epochs=8, lr=1e-2, alpha=0.0).fit(X_tr, y_tr)
         scores[class_weight] = balanced_accuracy_score(y_te, est.predict(X_te))
-    # unweighted, the minority class is never predicted (0.5); balanced finds it
+    # unweighted, the minority class is never predicted (0.5); balanced finds it. One split
+    # and seed: measured 0.50 and 0.87, so the 0.2 margin is not tight
     assert scores["balanced"] > scores[None] + 0.2
 
 
