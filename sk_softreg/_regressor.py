@@ -190,9 +190,9 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         that ``predict(return_std=True)`` returns when ``alpha == 0``.
     std_scale_ : ndarray of shape (n_outputs,)
         With ``alpha > 0``, the factor on the variance head's std that
-        minimizes the Gaussian NLL on the fit's validation rows
-        (``early_stopping`` or a ``train_split``), else on the training rows
-        (see the user guide); 1 when ``alpha == 0``.
+        minimizes the Gaussian NLL on the training rows, or on the fit's
+        validation rows (``early_stopping`` or a ``train_split``) where
+        that is larger (see the user guide); 1 when ``alpha == 0``.
     sparsity_ : float
         Fraction of the penalized weights that are exactly zero.
     feature_importances_ : ndarray of shape (n_features,)
@@ -482,8 +482,14 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
                 layer.training = True
 
     def _after_fit(self, X, y, sample_weight=None, held_out=None):
-        """skorch's attributes, then ``residual_std_`` (training rows) and ``std_scale_``
-        (the held-out rows if the fit had any, else the training rows)."""
+        """skorch's attributes, then ``residual_std_`` and ``std_scale_``.
+
+        ``std_scale_`` is :func:`std_scale` on the training rows, or on the
+        held-out rows if the fit had any and they ask for a larger one: test
+        residuals are not expected below the training residuals, and a
+        smaller held-out scale is the optimism of early stopping's choice of
+        epoch on those very rows, or their sampling noise.
+        """
         super()._after_fit(X, y, sample_weight, held_out)
         mu, log_var = self._predict_standardized(X)
         residual = y.reshape(len(y), -1) - mu
@@ -492,10 +498,15 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         self.std_scale_ = np.ones(self.n_outputs_)
         if not self.alpha:
             return
+        scale = self._std_scale(residual, log_var, sample_weight)
         if held_out is not None and len(held_out):
-            residual, log_var, sample_weight = self._held_out_residuals(held_out)
+            scale = np.maximum(scale, self._std_scale(*self._held_out_residuals(held_out)))
+        self.std_scale_ = scale
+
+    def _std_scale(self, residual, log_var, sample_weight):
+        """:func:`std_scale` of the unscaled predictive std on these rows."""
         std = self._predictive_std(torch.from_numpy(log_var.astype(np.float64))).numpy()
-        self.std_scale_ = std_scale(residual, std, sample_weight)
+        return std_scale(residual, std, sample_weight)
 
     def _user_targets(self, y):
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1) * self.y_scale_ + self.y_mean_

@@ -390,7 +390,9 @@ def test_return_std_is_floored_at_tau():
         alpha=1.0, tau=0.2, max_epochs=20, module__dropout=0.0, random_state=0, device="cpu"
     ).fit(X, y)
     _, std = est.predict(X, return_std=True)
-    assert std.min() >= 0.2 * est.y_scale_[0] * (1 - 1e-6)
+    # the floor applies to the head's std, before the scalar std_scale_
+    assert std.min() >= 0.2 * est.y_scale_[0] * est.std_scale_[0] * (1 - 1e-6)
+    assert np.isclose(std.min(), 0.2 * est.y_scale_[0] * est.std_scale_[0], rtol=1e-5)
 
 
 class MeanOnly(nn.Module):

@@ -76,22 +76,34 @@ def test_partial_fit_calibrates_on_the_rows_of_the_call(data):
     np.testing.assert_allclose(z_squared(reg, X[200:], y[200:]), 1.0, rtol=1e-4)
 
 
-def test_the_scale_comes_from_the_validation_set_when_there_is_one(data):
+def scale_on(reg, X, y):
+    """The NLL-optimal factor on ``reg``'s std for these rows."""
+    mean, std = reg.predict(X, return_std=True)
+    return np.sqrt(np.mean(((y - mean) / (std / reg.std_scale_[0])) ** 2))
+
+
+def test_the_scale_is_the_larger_of_the_training_and_validation_rows(data):
     X, y = data
     X_fit, X_valid, y_fit, y_valid = X[:300], X[300:], y[:300], y[300:]
     valid = Dataset(X_valid, ((y_valid - y_fit.mean()) / y_fit.std()).astype(np.float32))
     reg = small_reg(train_split=predefined_split(valid)).fit(X_fit, y_fit)
-    np.testing.assert_allclose(z_squared(reg, X_valid, y_valid), 1.0, rtol=1e-4)
-    assert not np.isclose(z_squared(reg, X_fit, y_fit), 1.0, rtol=1e-2)
+    on_valid, on_train = scale_on(reg, X_valid, y_valid), scale_on(reg, X_fit, y_fit)
+    assert not np.isclose(on_valid, on_train, rtol=1e-2)
+    np.testing.assert_allclose(reg.std_scale_[0], max(on_valid, on_train), rtol=1e-4)
+    # validation rows that ask for more width than the training rows decide it
+    noisy = Dataset(X_valid, valid.y * 3.0)
+    wide = small_reg(train_split=predefined_split(noisy)).fit(X_fit, y_fit)
+    np.testing.assert_allclose(wide.std_scale_[0], scale_on(wide, X_valid, 3.0 * (y_valid - y_fit.mean()) + y_fit.mean()), rtol=1e-4)
+    assert wide.std_scale_[0] > 1.5 * scale_on(wide, X_fit, y_fit)
 
 
-def test_early_stopping_calibrates_on_its_held_out_rows(data):
+def test_early_stopping_uses_its_held_out_rows(data):
     X, y = data
     reg = small_reg(early_stopping=True, validation_fraction=0.25).fit(X, y)
-    # the rows that ValidSplit held out: those whose z² averages exactly 1
     _, valid = ValidSplit(0.25, random_state=0)(Dataset(X, y), y)
     idx = np.asarray(valid.indices)
-    np.testing.assert_allclose(z_squared(reg, X[idx], y[idx]), 1.0, rtol=1e-4)
+    expected = max(scale_on(reg, X[idx], y[idx]), scale_on(reg, X, y))
+    np.testing.assert_allclose(reg.std_scale_[0], expected, rtol=1e-4)
 
 
 def test_weighted_scale_uses_the_weights(data):
