@@ -1,0 +1,557 @@
+"""Training many fits of one architecture as one stacked model.
+
+A grid search over penalties trains the same small network many times.
+Here each of those fits (a *member*) is first set up by its own estimator,
+exactly as its ``fit`` would (:func:`prepare_member`: data checks, sample
+weights, seeding, ``initialize()``, the early-stopping split and the tensor
+batches), so that its initialization, rows and fitted attributes are the
+independent fit's. :func:`train_stack` then trains the members together:
+
+- the weights of all members are rows of one ``(n_members, n_params)``
+  buffer, and the network runs once per step for all of them
+  (``torch.func.functional_call`` under ``torch.func.vmap``);
+- every member draws its own batches from its own random stream, as its
+  own ``TensorBatches`` would, so its shuffles are the independent fit's;
+- each member's loss is its estimator's own per-sample data loss and KL term,
+  averaged over its own batch (with its sample weights), plus its own λ1, λ2
+  and α; the λ terms go through the stacked
+  :class:`~sk_softreg._engine.PenaltyEngine` and the proximal L1 step;
+- one :class:`~sk_softreg._stacked_optim.StackedAdam` steps the members
+  that have a batch in this step; a member whose epoch has ended, that
+  stopped early or diverged does not move;
+- each epoch, each member's history row, validation loss and early
+  stopping (its own skorch ``EarlyStopping`` callback) are the fit's own.
+
+At the end the weights go back into each member's ``module_`` and the
+estimator's own ``_after_fit`` sets ``sparsity_``, ``n_iter_``,
+``best_epoch_``, ``residual_std_`` and the rest. With dropout 0 and a
+``random_state`` the members' predictions match independent fits to float
+rounding; with dropout each member draws its own masks, not the fit's.
+"""
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from ._batching import TensorBatches
+from ._callbacks import fail_non_finite
+from ._engine import PenaltyEngine
+from ._exceptions import NonFiniteLossError
+from ._stacked_optim import StackedAdam, stackable_adam_reason
+
+__all__ = ["STACKABLE_PARAMS", "Member", "prepare_member", "stack_key", "train_stack"]
+
+#: estimator parameters that may differ between the members of one stack
+STACKABLE_PARAMS = (
+    "lambda1", "lambda2", "alpha", "lambda_features", "tau", "class_weight", "random_state",
+)
+
+
+class Member:
+    """One fit (a candidate on a fold) set up by its estimator and ready to train.
+
+    Attributes
+    ----------
+    net : SoftRegMixin
+        The estimator, initialized; fitted when :func:`train_stack` returns
+        without an ``error``.
+    X, y, sample_weight : arrays
+        The validated data its ``_after_fit`` takes.
+    train, valid : TensorBatches or None
+        Its training and validation batches.
+    rng : torch.ByteTensor
+        Its torch RNG state at the start of training.
+    reason : str or None
+        Why it cannot be stacked (it is fitted on its own instead).
+    error : Exception or None
+        What its fit raised (it then gets ``error_score``).
+    """
+
+    def __init__(self, net):
+        self.net = net
+        self.X = self.y = self.sample_weight = None
+        self.train = self.valid = self.rng = None
+        self.reason = None
+        self.error = None
+        self.running = True
+        self.stopper = None
+
+
+def prepare_member(net, X, y, sample_weight=None, **fit_params):
+    """Set up ``net`` as its ``fit(X, y, sample_weight)`` would, up to the first epoch.
+
+    The steps are those of :meth:`~sk_softreg._base.SoftRegMixin.fit` and of
+    skorch's ``fit_loop`` before its epochs, in their order, so the member's
+    initialization and random stream are the independent fit's.
+
+    Returns
+    -------
+    Member
+    """
+    member = Member(net)
+    net._validate_hyperparameters()
+    X, y, sample_weight = net._weighted_rows(X, y, sample_weight)
+    X, y = net._validate_fit_data(X, y, reset=True, sample_weight=sample_weight)
+    member.X, member.y, member.sample_weight = X, y, sample_weight
+    with net._seeded():
+        net.initialize()
+        Xw = net._with_weights(X, sample_weight)
+        net.check_data(Xw, y)
+        dataset_train, dataset_valid = net.get_split_datasets(Xw, y, **fit_params)
+        member.train = net.get_iterator(dataset_train, training=True)
+        if dataset_valid is not None:
+            member.valid = net.get_iterator(dataset_valid, training=False)
+        member.rng = torch.get_rng_state()
+    member.reason = _unstackable_reason(member, fit_params)
+    return member
+
+
+def _unstackable_reason(member, fit_params):
+    """Why ``member`` cannot train in a stack, or None."""
+    net = member.net
+    if fit_params:
+        return f"fit parameters for the module's forward ({', '.join(sorted(fit_params))})"
+    if net.callbacks:
+        return "callbacks of your own"
+    if getattr(net, "train_transform", None) is not None:
+        return "a train_transform"
+    if net.lambda_features:
+        return "lambda_features > 0 (not implemented in stacks yet)"
+    if not isinstance(member.train, TensorBatches) or (
+        member.valid is not None and not isinstance(member.valid, TensorBatches)
+    ):
+        return "data or iterator options that do not go through tensor batches"
+    if getattr(net, "log_var_", None) is not None:
+        return "a module that returns means only (its log-variance is a second module)"
+    criterion = net.criterion_
+    if not isinstance(getattr(criterion, "reduction", None), str):
+        return f"the criterion {type(criterion).__name__} (no 'reduction' to set to 'none')"
+    if getattr(criterion, "weight", None) is not None:
+        return "a criterion with class weights (use class_weight)"
+    module_params = {id(p) for p in net.module_.parameters()}
+    learnable = {id(p) for _, p in net.get_all_learnable_params()}
+    if learnable != module_params:
+        return "learnable parameters outside module_"
+    reason = stackable_adam_reason(net.optimizer_)
+    if reason is not None:
+        return reason
+    return _unstackable_layer(net.module_)
+
+
+def _unstackable_layer(module):
+    """A reason naming the first layer that ``vmap`` cannot train, or None."""
+    for name, sub in module.named_modules():
+        if (
+            isinstance(sub, torch.nn.modules.batchnorm._BatchNorm)
+            and sub.track_running_stats
+        ):
+            return (
+                f"the layer {name or type(module).__name__!r} ({type(sub).__name__}) updates "
+                "running statistics in training mode, which vmap cannot stack"
+            )
+    return None
+
+
+def stack_key(member):
+    """What must be equal for members to train in one stack.
+
+    The architecture as built (the module's repr and parameter shapes, so a
+    fold with fewer classes goes apart), the optimizer's settings (a
+    learning rate resolved from the data size included), the batch sizes, the
+    epochs, the penalty method and selection, and whether there is a
+    validation set.
+    """
+    net = member.net
+    group = net.optimizer_.param_groups[0]
+    shapes = tuple((n, tuple(p.shape), p.dtype) for n, p in net.module_.named_parameters())
+    stopper = dict(net.callbacks_).get("early_stopping")
+    stop = None
+    if stopper is not None and net._early_stopping_active():
+        stop = (stopper.patience, stopper.threshold, stopper.threshold_mode, stopper.monitor)
+    return (
+        type(net), repr(net.module_), shapes, str(net.device), type(net.optimizer_),
+        tuple((k, repr(v)) for k, v in sorted(group.items()) if k != "params"),
+        type(net.criterion_), repr(net.criterion_), getattr(net, "kl", None),
+        member.train.batch_size, member.train.shuffle, member.train.drop_last,
+        None if member.valid is None else member.valid.batch_size,
+        net.max_epochs, stop, net.l1_method, tuple(_penalized_names(net)),
+    )
+
+
+def _penalized_names(net):
+    penalized = {id(p) for p in net._penalized_params()}
+    return [n for n, p in net.module_.named_parameters() if id(p) in penalized]
+
+
+# ----------------------------------------------------------------------
+# the stacked training loop
+class _Stack:
+    """The members' weights as rows of one buffer, and their data as pools of rows."""
+
+    def __init__(self, members):
+        self.members = members
+        template = members[0].net
+        self.module = template.module_
+        self.device = next(self.module.parameters()).device
+        penalized = _penalized_names(template)
+        names = [n for n, _ in self.module.named_parameters()]
+        names = penalized + [n for n in names if n not in penalized]
+        self.layout, start = [], 0
+        for name in names:
+            shape = tuple(self.module.get_parameter(name).shape)
+            size = math.prod(shape)
+            self.layout.append((name, shape, start, start + size))
+            start += size
+        self.penalized = slice(0, sum(end - s for n, _, s, end in self.layout if n in penalized))
+        with torch.no_grad():
+            rows = [
+                torch.cat([m.net.module_.get_parameter(n).detach().reshape(-1) for n in names])
+                for m in members
+            ]
+        self.flat = torch.stack(rows).requires_grad_(True)
+        self.buffers = {
+            name: torch.stack([m.net.module_.get_buffer(name) for m in members])
+            for name, _ in self.module.named_buffers()
+        }
+        self.train = _Rows([m.train for m in members])
+        self.valid = _Rows([m.valid for m in members]) if members[0].valid is not None else None
+
+    def params(self):
+        """The members' parameters as views of the buffer, ``(n_members, *shape)`` each."""
+        m = len(self.members)
+        return {
+            name: self.flat[:, start:end].view(m, *shape)
+            for name, shape, start, end in self.layout
+        }
+
+    def forward(self, X):
+        """The module's output for each member's batch: X is ``(n_members, batch, ...)``."""
+        def call(params, buffers, x):
+            return torch.func.functional_call(self.module, {**params, **buffers}, (x,))
+
+        return torch.func.vmap(call, randomness="different")(self.params(), self.buffers, X)
+
+    @torch.no_grad()
+    def load_into(self, index, member):
+        """Copy the weights of row ``index`` into ``member``'s own module."""
+        params = self.params()
+        for name, p in member.net.module_.named_parameters():
+            p.copy_(params[name][index])
+
+
+class _Rows:
+    """The members' rows of X, y and weights pooled into tensors (equal X stored once)."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        parts, self.x_offsets = [], []
+        for b in batches:
+            offset = 0
+            for part in parts:
+                if part is b.X or (part.shape == b.X.shape and torch.equal(part, b.X)):
+                    break
+                offset += len(part)
+            else:
+                parts.append(b.X)
+            self.x_offsets.append(offset)
+        self.X = torch.cat(parts) if len(parts) > 1 else parts[0]
+        self.y = torch.cat([b.y for b in batches])
+        self.w = torch.cat([
+            b.sample_weight.to(torch.float32) if b.sample_weight is not None
+            else torch.ones(len(b.X), device=b.X.device)
+            for b in batches
+        ])
+        self.y_offsets = np.cumsum([0] + [len(b.X) for b in batches[:-1]]).tolist()
+
+    def index(self, orders, running):
+        """Per-step gather indices for this epoch: ``(steps, n_members, batch)`` each.
+
+        Returns ``(x_index, y_index, mask, sizes)``; ``mask`` marks real rows
+        (padding repeats row 0 with weight 0), ``sizes`` is the host-side
+        ``(steps, n_members)`` array of batch sizes (0: no batch).
+        """
+        size = self.batches[0].batch_size
+        steps = max(len(b) for b, on in zip(self.batches, running) if on)
+        device = self.X.device
+        xs, ys, counts = [], [], np.zeros((steps, len(self.batches)), dtype=np.int64)
+        for m, (b, order, on) in enumerate(zip(self.batches, orders, running)):
+            n = len(b.X)
+            stop = (n - n % size if b.drop_last else n) if on else 0
+            counts[: -(-stop // size), m] = np.minimum(size, stop - np.arange(0, stop, size))
+            rows = (order if order is not None else torch.arange(n, device=device))[:stop]
+            pad = torch.full((steps * size - stop,), -1, dtype=torch.int64, device=device)
+            rows = torch.cat([rows.to(device), pad])
+            xs.append(torch.where(rows >= 0, rows + self.x_offsets[m], 0))
+            ys.append(torch.where(rows >= 0, rows + self.y_offsets[m], 0))
+        x_index = torch.stack(xs).view(len(xs), steps, size).transpose(0, 1).contiguous()
+        y_index = torch.stack(ys).view(len(ys), steps, size).transpose(0, 1).contiguous()
+        mask = torch.arange(size, device=device) < torch.as_tensor(counts, device=device)[..., None]
+        return x_index, y_index, mask, counts
+
+    def gather(self, x_index, y_index, mask):
+        """The batch tensors of one step: X ``(n_members, batch, ...)``, y, weights."""
+        m, b = x_index.shape
+        X = self.X.index_select(0, x_index.reshape(-1)).view(m, b, *self.X.shape[1:])
+        y = self.y.index_select(0, y_index.reshape(-1))
+        w = self.w.index_select(0, y_index.reshape(-1)).view(m, b) * mask
+        return X, y, w
+
+
+def _member_losses(stack, y_pred, y, w, training):
+    """Each member's data loss and mean KL on its batch: two ``(n_members,)`` tensors.
+
+    Members are grouped by the estimator parameters their loss reads (``tau``),
+    and each group's rows go through one member's own ``_per_sample_data_loss``
+    and ``_kl_term``; the means are weighted by ``w`` (mask × sample weight).
+    """
+    m, b = w.shape
+    groups = {}
+    for i, member in enumerate(stack.members):
+        groups.setdefault(getattr(member.net, "tau", None), []).append(i)
+    data = kl = None
+    for rows in groups.values():
+        net = stack.members[rows[0]].net
+        whole = len(rows) == m
+        index = torch.as_tensor(rows, device=w.device)
+        pred, target = y_pred, y.view(m, b, *y.shape[1:])
+        if not whole:
+            pred, target = pred.index_select(0, index), target.index_select(0, index)
+        pred = pred.reshape(len(rows) * b, *y_pred.shape[2:])
+        target = target.reshape(len(rows) * b, *y.shape[1:])
+        group_data = _per_row(net._per_sample_data_loss(pred, target, None, training), len(rows), b)
+        group_kl = None
+        if training and any(stack.members[i].net.alpha for i in rows):
+            group_kl = _per_row(net._kl_term(pred, target), len(rows), b)
+        if whole:
+            data, kl = group_data, group_kl
+            break
+        if data is None:
+            data, kl = torch.zeros(m, b, device=w.device), torch.zeros(m, b, device=w.device)
+        data = data.index_put((index,), group_data)
+        if group_kl is not None:
+            kl = kl.index_put((index,), group_kl)
+    total = w.sum(1).clamp_min(torch.finfo(w.dtype).tiny)
+    valid = w > 0
+    data = torch.where(valid, data, 0.0).mul(w).sum(1) / total
+    if kl is None:
+        return data, torch.zeros_like(data)
+    return data, torch.where(valid, kl, 0.0).mul(w).sum(1) / total
+
+
+def _per_row(values, m, b):
+    """Per-sample values ``(m*b, ...)`` averaged over trailing axes, as ``(m, b)``."""
+    return values.reshape(m * b, -1).mean(dim=1).view(m, b)
+
+
+def train_stack(members, progress=None):
+    """Train ``members`` (one :func:`stack_key`) together; each ends fitted or with ``error``.
+
+    Parameters
+    ----------
+    members : list of Member
+    progress : callable or None
+        Called after each epoch with ``(epoch, n_running)``.
+    """
+    stack = _Stack(members)
+    nets = [m.net for m in members]
+    template = nets[0]
+    device = stack.device
+    lambda1 = torch.tensor([n.lambda1 for n in nets], dtype=torch.float32, device=device)
+    lambda2 = torch.tensor([n.lambda2 for n in nets], dtype=torch.float32, device=device)
+    alpha = torch.tensor([n.alpha for n in nets], dtype=torch.float32, device=device)
+    optimizer = StackedAdam.like(template.optimizer_, stack.flat)
+    penalized = stack.flat.detach()[:, stack.penalized]
+    engine = PenaltyEngine([penalized], lambda1, lambda2, template.l1_method, stacked=True)
+    with_penalties = bool(lambda1.any() or lambda2.any()) and penalized.shape[1] > 0
+    proximal = template.l1_method == "proximal" and with_penalties and bool(lambda1.any())
+    for member in members:
+        member.running = True
+        stopper = dict(member.net.callbacks_).get("early_stopping")
+        if stopper is not None and member.valid is not None and member.net._early_stopping_active():
+            member.stopper = stopper
+            stopper.on_train_begin(member.net)
+        member.net.history.clear()
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        seeds = [n.random_state for n in nets if isinstance(n.random_state, (int, np.integer))]
+        if seeds:
+            torch.manual_seed(int(seeds[0]))
+        for epoch in range(1, template.max_epochs + 1):
+            running = [m.running for m in members]
+            if not any(running):
+                break
+            start = time.perf_counter()
+            orders = _draw_orders(members, running)
+            records = _train_epoch(stack, orders, running, optimizer, engine, lambda1, lambda2,
+                                   alpha, with_penalties, proximal)
+            valid = _validate(stack, running) if stack.valid is not None else None
+            duration = time.perf_counter() - start
+            for i, member in enumerate(members):
+                if running[i]:
+                    _end_epoch(stack, i, member, epoch, records, valid, duration)
+            if progress is not None:
+                progress(epoch, sum(m.running for m in members))
+    for i, member in enumerate(members):
+        if member.error is None:
+            _finish(stack, i, member)
+
+
+def _draw_orders(members, running):
+    """Each running member's row order for this epoch, from its own random stream."""
+    orders = []
+    for member, on in zip(members, running):
+        if not on:
+            orders.append(None)
+            continue
+        outer = torch.get_rng_state()
+        torch.set_rng_state(member.rng)
+        orders.append(member.train.epoch_order())
+        if member.valid is not None:
+            member.valid.epoch_order()  # the validation iterator's draw
+        member.rng = torch.get_rng_state()
+        torch.set_rng_state(outer)
+    return orders
+
+
+def _train_epoch(stack, orders, running, optimizer, engine, lambda1, lambda2, alpha,
+                 with_penalties, proximal):
+    """One epoch of stacked steps; returns the host copies of the per-step records."""
+    x_index, y_index, mask, sizes = stack.train.index(orders, running)
+    active = mask.any(dim=2)
+    stack.module.train()
+    records = []
+    for s in range(len(sizes)):
+        X, y, w = stack.train.gather(x_index[s], y_index[s], mask[s])
+        y_pred = stack.forward(X)
+        data, kl = _member_losses(stack, y_pred, y, w, training=True)
+        objective = data + torch.where(alpha > 0, alpha * kl, 0.0)
+        l1 = l2 = torch.zeros_like(objective)
+        if with_penalties:
+            sum_abs, sum_squares = engine.values()
+            l1, l2 = lambda1 * sum_abs, lambda2 * sum_squares
+        stack.flat.grad = None
+        objective.sum().backward()
+        if with_penalties:
+            engine.params[0].grad = stack.flat.grad[:, stack.penalized]
+            engine.add_grads_()
+        optimizer.step(active[s])
+        if proximal:
+            thresholds = optimizer.l1_thresholds(lambda1, active[s], stack.penalized)
+            _prox(engine.params[0], thresholds)
+        records.append(torch.stack([(objective + l1 + l2).detach(), l1, l2, alpha * kl.detach()]))
+    return torch.stack(records).cpu().numpy(), sizes
+
+
+@torch.no_grad()
+def _prox(weights, thresholds):
+    weights.sub_(torch.clamp(weights, min=-thresholds, max=thresholds))
+
+
+@torch.no_grad()
+def _validate(stack, running):
+    """Each member's validation batch losses and accuracy (classifiers) on host."""
+    x_index, y_index, mask, sizes = stack.valid.index([None] * len(running), running)
+    stack.module.eval()
+    losses, correct = [], np.zeros(len(running))
+    classifier = hasattr(stack.members[0].net, "classes_")
+    for s in range(len(sizes)):
+        X, y, w = stack.valid.gather(x_index[s], y_index[s], mask[s])
+        y_pred = stack.forward(X)
+        data, _ = _member_losses(stack, y_pred, y, w, training=False)
+        losses.append(data)
+        if classifier:
+            hits = (y_pred.argmax(-1) == y.view(mask[s].shape)) & mask[s]
+            correct += hits.sum(1).cpu().numpy()
+    return torch.stack(losses).cpu().numpy(), sizes, correct, classifier
+
+
+def _end_epoch(stack, i, member, epoch, records, valid, duration):
+    """Write member ``i``'s history row, check its losses, and run its early stopping."""
+    net = member.net
+    (values, sizes) = records
+    rows = sizes[:, i]
+    n = rows > 0
+    history = net.history
+    history.new_epoch()
+    history.record("epoch", len(history))
+    batch_losses = values[n, 0, i]
+    for loss, size in zip(batch_losses, rows[n]):
+        history.new_batch()
+        history.record_batch("train_loss", float(loss))
+        history.record_batch("train_batch_size", int(size))
+    valid_losses = valid_rows = None
+    if valid is not None:
+        losses, vsizes, correct, classifier = valid
+        valid_rows = vsizes[:, i]
+        valid_losses = losses[valid_rows > 0, i]
+        for loss, size in zip(valid_losses, valid_rows[valid_rows > 0]):
+            history.new_batch()
+            history.record_batch("valid_loss", float(loss))
+            history.record_batch("valid_batch_size", int(size))
+    history.record("train_batch_count", int(n.sum()))
+    if valid is not None:
+        history.record("valid_batch_count", int((valid_rows > 0).sum()))
+    total = rows[n].sum()
+    for key, column in (("train_l1", 1), ("train_l2", 2), ("train_kl", 3)):
+        history.record(key, float(np.dot(values[n, column, i], rows[n]) / total))
+    history.record("train_features", 0.0)
+    history.record("dur", duration)
+    _record_best(history, "train_loss", float(np.average(batch_losses, weights=rows[n])), True)
+    if valid is not None:
+        _record_best(history, "valid_loss",
+                     float(np.average(valid_losses, weights=valid_rows[valid_rows > 0])), True)
+        if classifier:
+            _record_best(history, "valid_acc", float(correct[i] / valid_rows.sum()), False)
+    if not _finite_epoch(member, epoch, batch_losses, valid_losses):
+        return
+    if member.stopper is not None:
+        stack.load_into(i, member)
+        try:
+            member.stopper.on_epoch_end(net)
+        except KeyboardInterrupt:
+            member.running = False
+    if epoch >= net.max_epochs:
+        member.running = False
+
+
+def _record_best(history, key, value, lower_is_better):
+    """Record ``key`` and ``key_best`` as skorch's scoring callbacks do."""
+    previous = [row[key] for row in history[:-1] if key in row]
+    if lower_is_better:
+        best = all(value < p for p in previous)
+    else:
+        best = all(value > p for p in previous)
+    history.record(key, value)
+    history.record(key + "_best", bool(best))
+
+
+def _finite_epoch(member, epoch, batch_losses, valid_losses):
+    """Stop ``member`` with a :class:`~sk_softreg.NonFiniteLossError` where a loss is not
+    finite, worded as the non-finite guard of its own fit; True if all are finite."""
+    for key, losses in (("training", batch_losses), ("validation", valid_losses)):
+        bad = np.flatnonzero(~np.isfinite(losses)) if losses is not None else []
+        if len(bad):
+            member.running = False
+            where = f"at epoch {epoch}, batch {bad[0] + 1}"
+            verb = "diverged" if key == "training" else "stopped"
+            try:
+                fail_non_finite(member.net, f"{verb}: the {key} loss became {losses[bad[0]]} {where}")
+            except NonFiniteLossError as error:
+                member.error = error
+            return False
+    return True
+
+
+def _finish(stack, i, member):
+    """Weights back into the member's module, its best epoch restored, ``_after_fit``."""
+    net = member.net
+    stack.load_into(i, member)
+    if member.stopper is not None:
+        member.stopper.on_train_end(net)
+    try:
+        net._after_fit(member.X, member.y, member.sample_weight)
+    except Exception as error:  # non-finite weights: the member gets error_score
+        member.error = error
+
