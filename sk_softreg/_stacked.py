@@ -369,9 +369,10 @@ def train_stack(members, progress=None):
     for member in members:
         member.running = True
         stopper = dict(member.net.callbacks_).get("early_stopping")
-        if stopper is not None and member.valid is not None and member.net._early_stopping_active():
-            member.stopper = stopper
-            stopper.on_train_begin(member.net)
+        if stopper is not None:
+            stopper.on_train_begin(member.net)  # not switched: as skorch's on_train_begin
+            if member.valid is not None and member.net._early_stopping_active():
+                member.stopper = stopper
         member.net.history.clear()
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
