@@ -190,7 +190,7 @@ def _penalized_names(net):
 class _Stack:
     """The members' weights as rows of one buffer, and their data as pools of rows."""
 
-    def __init__(self, members):
+    def __init__(self, members, moments=None):
         self.members = members
         template = members[0].net
         self.module = template.module_
@@ -217,6 +217,35 @@ class _Stack:
         }
         self.train = _Rows([m.train for m in members])
         self.valid = _Rows([m.valid for m in members]) if members[0].valid is not None else None
+        nets = [m.net for m in members]
+        self.lambda1, self.lambda2, self.alpha = (
+            torch.tensor([getattr(n, name) for n in nets], dtype=torch.float32, device=self.device)
+            for name in ("lambda1", "lambda2", "alpha")
+        )
+        self.optimizer = StackedAdam.like(template.optimizer_, self.flat)
+        if moments is not None:
+            for state, value in zip(self.optimizer.state(), moments):
+                state.copy_(value)
+        penalized = self.flat.detach()[:, self.penalized]
+        self.engine = PenaltyEngine(
+            [penalized], self.lambda1, self.lambda2, template.l1_method, stacked=True
+        )
+        self.with_penalties = bool(self.lambda1.any() or self.lambda2.any()) and penalized.shape[1]
+        self.proximal = (
+            template.l1_method == "proximal" and self.with_penalties and bool(self.lambda1.any())
+        )
+
+    def subset(self, keep):
+        """The stack of members ``keep`` only, with their weights and Adam moments.
+
+        Every member's module gets its current weights first (the members
+        left out keep them).
+        """
+        for i, member in enumerate(self.members):
+            self.load_into(i, member)
+        index = torch.as_tensor(keep, device=self.device)
+        moments = [state.index_select(0, index) for state in self.optimizer.state()]
+        return _Stack([self.members[i] for i in keep], moments)
 
     def params(self):
         """The members' parameters as views of the buffer, ``(n_members, *shape)`` each."""
@@ -354,18 +383,6 @@ def train_stack(members, progress=None):
     progress : callable or None
         Called after each epoch with ``(epoch, n_running)``.
     """
-    stack = _Stack(members)
-    nets = [m.net for m in members]
-    template = nets[0]
-    device = stack.device
-    lambda1 = torch.tensor([n.lambda1 for n in nets], dtype=torch.float32, device=device)
-    lambda2 = torch.tensor([n.lambda2 for n in nets], dtype=torch.float32, device=device)
-    alpha = torch.tensor([n.alpha for n in nets], dtype=torch.float32, device=device)
-    optimizer = StackedAdam.like(template.optimizer_, stack.flat)
-    penalized = stack.flat.detach()[:, stack.penalized]
-    engine = PenaltyEngine([penalized], lambda1, lambda2, template.l1_method, stacked=True)
-    with_penalties = bool(lambda1.any() or lambda2.any()) and penalized.shape[1] > 0
-    proximal = template.l1_method == "proximal" and with_penalties and bool(lambda1.any())
     for member in members:
         member.running = True
         stopper = dict(member.net.callbacks_).get("early_stopping")
@@ -374,29 +391,36 @@ def train_stack(members, progress=None):
             if member.valid is not None and member.net._early_stopping_active():
                 member.stopper = stopper
         member.net.history.clear()
-    cuda = [device.index or 0] if device.type == "cuda" else []
+    stack = _Stack(members)
+    max_epochs = members[0].net.max_epochs
+    cuda = [stack.device.index or 0] if stack.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
-        seeds = [n.random_state for n in nets if isinstance(n.random_state, (int, np.integer))]
+        seeds = [m.net.random_state for m in members]
+        seeds = [s for s in seeds if isinstance(s, (int, np.integer))]
         if seeds:
-            torch.manual_seed(int(seeds[0]))
-        for epoch in range(1, template.max_epochs + 1):
-            running = [m.running for m in members]
+            torch.manual_seed(int(seeds[0]))  # the stack's own stream (dropout)
+        for epoch in range(1, max_epochs + 1):
+            running = [m.running for m in stack.members]
             if not any(running):
                 break
+            if 2 * sum(running) <= len(running):  # stopped members no longer cost a step
+                stack = stack.subset([i for i, on in enumerate(running) if on])
+                running = [True] * len(stack.members)
             start = time.perf_counter()
-            orders = _draw_orders(members, running)
-            records = _train_epoch(stack, orders, running, optimizer, engine, lambda1, lambda2,
-                                   alpha, with_penalties, proximal)
+            orders = _draw_orders(stack.members, running)
+            records = _train_epoch(stack, orders, running)
             valid = _validate(stack, running) if stack.valid is not None else None
             duration = time.perf_counter() - start
-            for i, member in enumerate(members):
+            for i, member in enumerate(stack.members):
                 if running[i]:
                     _end_epoch(stack, i, member, epoch, records, valid, duration)
             if progress is not None:
                 progress(epoch, sum(m.running for m in members))
-    for i, member in enumerate(members):
+    for i, member in enumerate(stack.members):
+        stack.load_into(i, member)
+    for member in members:
         if member.error is None:
-            _finish(stack, i, member)
+            _finish(member)
 
 
 def _draw_orders(members, running):
@@ -416,8 +440,7 @@ def _draw_orders(members, running):
     return orders
 
 
-def _train_epoch(stack, orders, running, optimizer, engine, lambda1, lambda2, alpha,
-                 with_penalties, proximal):
+def _train_epoch(stack, orders, running):
     """One epoch of stacked steps; returns the host copies of the per-step records."""
     x_index, y_index, mask, sizes = stack.train.index(orders, running)
     active = mask.any(dim=2)
@@ -427,20 +450,21 @@ def _train_epoch(stack, orders, running, optimizer, engine, lambda1, lambda2, al
         X, y, w = stack.train.gather(x_index[s], y_index[s], mask[s])
         y_pred = stack.forward(X)
         data, kl = _member_losses(stack, y_pred, y, w, training=True)
+        alpha = stack.alpha
         objective = data + torch.where(alpha > 0, alpha * kl, 0.0)
         l1 = l2 = torch.zeros_like(objective)
-        if with_penalties:
-            sum_abs, sum_squares = engine.values()
-            l1, l2 = lambda1 * sum_abs, lambda2 * sum_squares
+        if stack.with_penalties:
+            sum_abs, sum_squares = stack.engine.values()
+            l1, l2 = stack.lambda1 * sum_abs, stack.lambda2 * sum_squares
         stack.flat.grad = None
         objective.sum().backward()
-        if with_penalties:
-            engine.params[0].grad = stack.flat.grad[:, stack.penalized]
-            engine.add_grads_()
-        optimizer.step(active[s])
-        if proximal:
-            thresholds = optimizer.l1_thresholds(lambda1, active[s], stack.penalized)
-            _prox(engine.params[0], thresholds)
+        if stack.with_penalties:
+            stack.engine.params[0].grad = stack.flat.grad[:, stack.penalized]
+            stack.engine.add_grads_()
+        stack.optimizer.step(active[s])
+        if stack.proximal:
+            thresholds = stack.optimizer.l1_thresholds(stack.lambda1, active[s], stack.penalized)
+            _prox(stack.engine.params[0], thresholds)
         records.append(torch.stack([(objective + l1 + l2).detach(), l1, l2, alpha * kl.detach()]))
     return torch.stack(records).cpu().numpy(), sizes
 
@@ -507,11 +531,13 @@ def _end_epoch(stack, i, member, epoch, records, valid, duration):
             _record_best(history, "valid_acc", float(correct[i] / valid_rows.sum()), False)
     if not _finite_epoch(member, epoch, batch_losses, valid_losses):
         return
-    if member.stopper is not None:
-        stack.load_into(i, member)
+    stopper = member.stopper
+    if stopper is not None:
+        if stopper._is_score_improved(history[-1, stopper.monitor]):
+            stack.load_into(i, member)  # the weights the callback keeps as the best
         try:
-            member.stopper.on_epoch_end(net)
-        except KeyboardInterrupt:
+            stopper.on_epoch_end(net)
+        except KeyboardInterrupt:  # how skorch's EarlyStopping ends a fit
             member.running = False
     if epoch >= net.max_epochs:
         member.running = False
@@ -545,14 +571,12 @@ def _finite_epoch(member, epoch, batch_losses, valid_losses):
     return True
 
 
-def _finish(stack, i, member):
-    """Weights back into the member's module, its best epoch restored, ``_after_fit``."""
+def _finish(member):
+    """The member's best epoch restored (early stopping), then its own ``_after_fit``."""
     net = member.net
-    stack.load_into(i, member)
     if member.stopper is not None:
         member.stopper.on_train_end(net)
     try:
         net._after_fit(member.X, member.y, member.sample_weight)
     except Exception as error:  # non-finite weights: the member gets error_score
         member.error = error
-

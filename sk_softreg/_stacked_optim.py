@@ -68,6 +68,10 @@ class StackedAdam:
         #: each model's step count, as a float column (n_models, 1)
         self.steps = torch.zeros(len(flat), 1, dtype=flat.dtype, device=flat.device)
 
+    def state(self):
+        """The per-model state tensors: ``[exp_avg, exp_avg_sq, steps]``."""
+        return [self.exp_avg, self.exp_avg_sq, self.steps]
+
     @classmethod
     def like(cls, optimizer, flat):
         """A stacked copy of the hyperparameters of a model's own Adam or AdamW."""

@@ -26,6 +26,7 @@ from sk_softreg import (
     NonFiniteLossError,
     SoftRegCNNClassifier,
     SoftRegRegressor,
+    _stacked,
 )
 from sk_softreg._demo import sparsest_within_one_se
 from sk_softreg._stacked import prepare_member, train_stack
@@ -243,11 +244,16 @@ def test_diverging_member_gets_error_score_and_the_others_go_on(reg_data):
         BatchedGridSearchCV(_regressor(), grid, cv=2, error_score="raise").fit(X, y)
 
 
-def test_early_stopping_per_member(reg_data):
+def test_early_stopping_per_member(reg_data, monkeypatch):
     X, y = reg_data
     est = _regressor(early_stopping=True, n_iter_no_change=1, max_epochs=30, lr=0.05)
     grid = {"alpha": [0.0, 1.0], "lambda1": [0.0, 3e-3], "random_state": [0, 1]}
+    shrinks = []
+    subset = _stacked._Stack.subset
+    monkeypatch.setattr(_stacked._Stack, "subset",
+                        lambda self, keep: shrinks.append(len(keep)) or subset(self, keep))
     batched, plain = _both(est, grid, X, y, scoring=SCORING, refit=False, cv=2)
+    assert shrinks  # the stack dropped its stopped members and went on
     n_iter = np.concatenate([batched.cv_results_[f"split{i}_test_n_iter"] for i in range(2)])
     assert len(set(n_iter)) > 1 and n_iter.max() < 30  # members stopped at different epochs
     _assert_same_splits(batched, plain)
