@@ -279,7 +279,7 @@ class _Rows:
         for b in batches:
             offset = 0
             for part in parts:
-                if part is b.X or (part.shape == b.X.shape and torch.equal(part, b.X)):
+                if part is b.X or _equal(part, b.X):
                     break
                 offset += len(part)
             else:
@@ -326,6 +326,16 @@ class _Rows:
         y = self.y.index_select(0, y_index.reshape(-1))
         w = self.w.index_select(0, y_index.reshape(-1)).view(m, b) * mask
         return X, y, w
+
+
+def _equal(a, b):
+    """Whether two tensors hold the same values (on the CPU through numpy, which does not
+    wake torch's thread pool for it)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.device.type == "cpu":
+        return bool(np.array_equal(a.numpy(), b.numpy()))
+    return torch.equal(a, b)
 
 
 def _member_losses(stack, y_pred, y, w, training):
@@ -502,19 +512,20 @@ def _end_epoch(stack, i, member, epoch, records, valid, duration):
     history.new_epoch()
     history.record("epoch", len(history))
     batch_losses = values[n, 0, i]
-    for loss, size in zip(batch_losses, rows[n]):
-        history.new_batch()
-        history.record_batch("train_loss", float(loss))
-        history.record_batch("train_batch_size", int(size))
+    batches = list.__getitem__(history, -1)["batches"]  # the row skorch's batches go to
+    batches += [
+        {"train_loss": float(loss), "train_batch_size": int(size)}
+        for loss, size in zip(batch_losses, rows[n])
+    ]
     valid_losses = valid_rows = None
     if valid is not None:
         losses, vsizes, correct, classifier = valid
         valid_rows = vsizes[:, i]
         valid_losses = losses[valid_rows > 0, i]
-        for loss, size in zip(valid_losses, valid_rows[valid_rows > 0]):
-            history.new_batch()
-            history.record_batch("valid_loss", float(loss))
-            history.record_batch("valid_batch_size", int(size))
+        batches += [
+            {"valid_loss": float(loss), "valid_batch_size": int(size)}
+            for loss, size in zip(valid_losses, valid_rows[valid_rows > 0])
+        ]
     history.record("train_batch_count", int(n.sum()))
     if valid is not None:
         history.record("valid_batch_count", int((valid_rows > 0).sum()))

@@ -325,29 +325,40 @@ def _evaluate_task(base_estimator, X, y, task, candidates, splits, kwargs):
     """
     fit_params = kwargs["fit_params"] or {}
     prepared, results, fallbacks = [], [], []
-    for cand, split in task:
+
+    def fit_alone(cand, split, reason):
+        """The fit as GridSearchCV makes it, for a fit that does not stack."""
         train, test = splits[split]
-        estimator = clone(base_estimator).set_params(**clone(candidates[cand], safe=False))
-        start = time.time()
-        member = _prepare(estimator, X, y, train, _check_method_params(X, fit_params, indices=train))
-        if member is not None and member.reason is None:
-            prepared.append(((cand, split), estimator, member, time.time() - start))
-            continue
-        reason = member.reason if member is not None else _not_softreg(estimator)
         fallbacks.append(reason)
         results.append(((cand, split), _fit_and_score(
             clone(base_estimator), X, y, train=train, test=test, parameters=candidates[cand],
             return_n_test_samples=True, return_times=True, return_parameters=False, **kwargs,
         )))
+
+    for cand, split in task:
+        train = splits[split][0]
+        estimator = clone(base_estimator).set_params(**clone(candidates[cand], safe=False))
+        start = time.time()
+        member = _prepare(estimator, X, y, train, _check_method_params(X, fit_params, indices=train))
+        if member is None or member.reason is not None:
+            fit_alone(cand, split, _not_softreg(estimator) if member is None else member.reason)
+        else:
+            prepared.append(((cand, split), estimator, member, time.time() - start))
     stacks = {}
     for item in prepared:
         member = item[2]
-        key = None if member.error is not None else stack_key(member)
-        stacks.setdefault(key, []).append(item)
+        stacks.setdefault(None if member.error is not None else stack_key(member), []).append(item)
+    n_stacks = 0
     for key, items in stacks.items():
         start = time.time()
         if key is not None:
-            train_stack([item[2] for item in items], progress=_progress_bar(kwargs["verbose"], items))
+            try:
+                train_stack([item[2] for item in items], progress=_progress_bar(kwargs["verbose"], items))
+            except Exception as error:  # e.g. an operation that vmap does not support
+                for (cand, split), *_ in items:
+                    fit_alone(cand, split, f"training the stack raised {error!r}")
+                continue
+            n_stacks += 1
         share = (time.time() - start + sum(item[3] for item in items)) / len(items)
         for (cand, split), estimator, member, _ in items:
             train, test = splits[split]
@@ -359,7 +370,7 @@ def _evaluate_task(base_estimator, X, y, task, candidates, splits, kwargs):
                 )
             result["fit_time"] = share
             results.append(((cand, split), result))
-    return results, sum(key is not None for key in stacks), fallbacks
+    return results, n_stacks, fallbacks
 
 
 def _not_softreg(estimator):

@@ -60,6 +60,18 @@ class NormedMLP(nn.Module):
         return self.head(self.body(X))
 
 
+class Branchy(nn.Module):
+    """Data-dependent control flow in forward, which vmap cannot trace."""
+
+    def __init__(self, n_features=1, n_outputs=1):
+        super().__init__()
+        self.lin = nn.Linear(n_features, 2 * n_outputs)
+
+    def forward(self, X):
+        out = self.lin(X)
+        return out * 2 if out.sum() > 1e9 else out
+
+
 def _pred(row):
     """A scorer returning the prediction (first output) for test row ``row``."""
     def score(est, X, y):
@@ -287,6 +299,17 @@ def test_unstackable_modules_fall_back_with_a_warning(reg_data, module, layer):
     with pytest.warns(StackingFallbackWarning, match=layer):
         batched = BatchedGridSearchCV(est, grid, cv=2, scoring=SCORING, refit=False).fit(X, y)
     plain = GridSearchCV(est, grid, cv=2, scoring=SCORING, refit=False).fit(X, y)
+    assert batched.n_fallback_fits_ == 4 and batched.n_stacks_ == 0
+    _assert_same_splits(batched, plain, atol=0)
+
+
+def test_a_stack_that_vmap_cannot_train_falls_back(reg_data):
+    X, y = reg_data
+    est = SoftRegRegressor(module=Branchy, max_epochs=2, random_state=0, device="cpu")
+    with pytest.warns(StackingFallbackWarning, match="training the stack raised"):
+        batched = BatchedGridSearchCV(est, {"alpha": [0.0, 0.5]}, cv=2, scoring=SCORING,
+                                      refit=False).fit(X, y)
+    plain = GridSearchCV(est, {"alpha": [0.0, 0.5]}, cv=2, scoring=SCORING, refit=False).fit(X, y)
     assert batched.n_fallback_fits_ == 4 and batched.n_stacks_ == 0
     _assert_same_splits(batched, plain, atol=0)
 
