@@ -49,6 +49,10 @@ STACKABLE_PARAMS = (
 )
 
 
+#: the epoch scores a stack records in each member's history (early stopping may watch them)
+_RECORDED = ("valid_loss", "valid_acc", "train_loss")
+
+
 class Member:
     """One fit (a candidate on a fold) set up by its estimator and ready to train.
 
@@ -134,6 +138,9 @@ def _unstackable_reason(member, fit_params):
     learnable = {id(p) for _, p in net.get_all_learnable_params()}
     if learnable != module_params:
         return "learnable parameters outside module_"
+    stopper = dict(net.callbacks_).get("early_stopping")
+    if stopper is not None and stopper.monitor not in _RECORDED:
+        return f"early stopping on {stopper.monitor!r} (stacks record {', '.join(_RECORDED)})"
     reason = stackable_adam_reason(net.optimizer_)
     if reason is not None:
         return reason
