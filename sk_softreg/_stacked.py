@@ -40,6 +40,7 @@ from ._callbacks import fail_non_finite
 from ._engine import PenaltyEngine
 from ._exceptions import NonFiniteLossError
 from ._stacked_optim import StackedAdam, stackable_adam_reason
+from .penalties import prox_group_l2_
 
 __all__ = ["STACKABLE_PARAMS", "Member", "prepare_member", "stack_key", "train_stack"]
 
@@ -108,6 +109,8 @@ def prepare_member(net, X, y, sample_weight=None, **fit_params):
         if dataset_valid is not None:
             member.valid = net.get_iterator(dataset_valid, training=False)
         member.rng = torch.get_rng_state()
+    if net.lambda_features:
+        net._feature_weight()  # a module without an input nn.Linear fails as its fit would
     member.reason = _unstackable_reason(member, fit_params)
     return member
 
@@ -121,8 +124,6 @@ def _unstackable_reason(member, fit_params):
         return "callbacks of your own"
     if getattr(net, "train_transform", None) is not None:
         return "a train_transform"
-    if net.lambda_features:
-        return "lambda_features > 0 (not implemented in stacks yet)"
     if not isinstance(member.train, TensorBatches) or (
         member.valid is not None and not isinstance(member.valid, TensorBatches)
     ):
@@ -241,6 +242,36 @@ class _Stack:
         self.proximal = (
             template.l1_method == "proximal" and self.with_penalties and bool(self.lambda1.any())
         )
+        self.lambda_features = [float(n.lambda_features) for n in nets]
+        self.features = None  # the input layer's weight: (columns of the buffer, its shape)
+        if any(self.lambda_features):
+            weight = template._feature_weight()
+            name = next(n for n, p in self.module.named_parameters() if p is weight)
+            _, shape, start, end = next(entry for entry in self.layout if entry[0] == name)
+            self.features = (slice(start, end), shape)
+
+    def feature_values(self):
+        """Each member's ``λf·Σ_j ‖W1[:, j]‖`` (0 without ``lambda_features``), ``(n_members,)``."""
+        if self.features is None:
+            return torch.zeros(len(self.members), device=self.device)
+        columns, shape = self.features
+        with torch.no_grad():
+            weight = self.flat[:, columns].view(len(self.members), *shape)
+            norms = torch.linalg.vector_norm(weight, dim=1).sum(dim=1)
+        return torch.tensor(self.lambda_features, device=self.device) * norms
+
+    @torch.no_grad()
+    def prox_features_(self, active):
+        """Each active member's group soft-threshold of its input layer's columns, in its
+        own Adam metric, after the L1 step (as :meth:`~sk_softreg._features.
+        FeatureSelectionMixin._prox_features` does in a fit)."""
+        columns, shape = self.features
+        ones = torch.ones(len(self.members), device=self.device)
+        steps = self.optimizer.l1_thresholds(ones, active, columns)
+        weights = self.flat.detach()[:, columns]
+        for m, (on, lam) in enumerate(zip(active.tolist(), self.lambda_features)):
+            if on and lam:
+                prox_group_l2_(weights[m].view(shape), steps[m].view(shape), lam)
 
     def subset(self, keep):
         """The stack of members ``keep`` only, with their weights and Adam moments.
@@ -470,6 +501,7 @@ def _train_epoch(stack, orders, running):
         alpha = stack.alpha
         objective = data + torch.where(alpha > 0, alpha * kl, 0.0)
         l1 = l2 = torch.zeros_like(objective)
+        features = stack.feature_values()
         if stack.with_penalties:
             sum_abs, sum_squares = stack.engine.values()
             l1, l2 = stack.lambda1 * sum_abs, stack.lambda2 * sum_squares
@@ -482,7 +514,10 @@ def _train_epoch(stack, orders, running):
         if stack.proximal:
             thresholds = stack.optimizer.l1_thresholds(stack.lambda1, active[s], stack.penalized)
             _prox(stack.engine.params[0], thresholds)
-        records.append(torch.stack([(objective + l1 + l2).detach(), l1, l2, alpha * kl.detach()]))
+        if stack.features is not None:
+            stack.prox_features_(active[s])
+        total = (objective + l1 + l2 + features).detach()
+        records.append(torch.stack([total, l1, l2, alpha * kl.detach(), features]))
     return torch.stack(records).cpu().numpy(), sizes
 
 
@@ -537,9 +572,8 @@ def _end_epoch(stack, i, member, epoch, records, valid, duration):
     if valid is not None:
         history.record("valid_batch_count", int((valid_rows > 0).sum()))
     total = rows[n].sum()
-    for key, column in (("train_l1", 1), ("train_l2", 2), ("train_kl", 3)):
+    for key, column in (("train_l1", 1), ("train_l2", 2), ("train_kl", 3), ("train_features", 4)):
         history.record(key, float(np.dot(values[n, column, i], rows[n]) / total))
-    history.record("train_features", 0.0)
     history.record("dur", duration)
     _record_best(history, "train_loss", float(np.average(batch_losses, weights=rows[n])), True)
     if valid is not None:

@@ -64,8 +64,7 @@ class BatchedGridSearchCV(GridSearchCV):
     setting; so do folds whose training labels lack a class (their network
     has fewer outputs). Fits that cannot be stacked (a BatchNorm layer, an
     optimizer other than Adam / AdamW, callbacks of your own, a
-    ``train_transform``, ``lambda_features > 0``, a module returning means
-    only, ...) are trained one by one as ``GridSearchCV`` would, with a
+    ``train_transform``, a module returning means only, ...) are trained one by one as ``GridSearchCV`` would, with a
     :class:`StackingFallbackWarning` that says why.
 
     Parameters

@@ -163,6 +163,16 @@ def test_pipeline_and_sample_weight_equal_independent_fits(reg_data):
     assert batched.n_stacks_ == 1
 
 
+def test_lambda_features_stacks_and_selects_as_the_fit(reg_data):
+    X, y = reg_data
+    scoring = {**SCORING, "selected": _attr("n_features_selected_")}
+    grid = {"lambda_features": [0.0, 3.0], "lambda1": [0.0, 1e-3]}
+    batched, plain = _both(_regressor(max_epochs=4), grid, X, y, scoring=scoring, refit=False)
+    _assert_same_splits(batched, plain)
+    assert batched.n_stacks_ == 1 and batched.n_fallback_fits_ == 0
+    assert min(batched.cv_results_["mean_test_selected"]) < X.shape[1]  # inputs dropped
+
+
 def test_stacked_trainer_matches_fit_on_unequal_members(reg_data):
     """Members with their own seeds, class of rows and validation splits, trained directly."""
     X, y = reg_data
