@@ -12,6 +12,7 @@ import warnings
 import joblib
 import numpy as np
 import pytest
+import sklearn
 import torch
 from _user_module import UserMeans
 from sklearn.base import clone
@@ -171,6 +172,19 @@ def test_lambda_features_stacks_and_selects_as_the_fit(reg_data):
     _assert_same_splits(batched, plain)
     assert batched.n_stacks_ == 1 and batched.n_fallback_fits_ == 0
     assert min(batched.cv_results_["mean_test_selected"]) < X.shape[1]  # inputs dropped
+
+
+def test_sample_weight_through_metadata_routing(reg_data):
+    X, y = reg_data
+    w = np.random.default_rng(2).uniform(0.2, 2.0, len(y))
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = _regressor().set_fit_request(sample_weight=True).set_score_request(sample_weight=False)
+        batched, plain = _both(est, {"alpha": [0.0, 0.5]}, X, y, scoring=SCORING, refit=False,
+                               fit_params={"sample_weight": w})
+        unweighted = BatchedGridSearchCV(est, {"alpha": [0.0, 0.5]}, refit=False, scoring=SCORING,
+                                         cv=KFold(3, shuffle=True, random_state=0)).fit(X, y)
+    _assert_same_splits(batched, plain)
+    assert not np.allclose(unweighted.cv_results_["mean_test_p0"], batched.cv_results_["mean_test_p0"])
 
 
 def test_stacked_trainer_matches_fit_on_unequal_members(reg_data):
