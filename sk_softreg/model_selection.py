@@ -3,7 +3,7 @@
 :class:`BatchedGridSearchCV` is scikit-learn's ``GridSearchCV`` (same
 parameters, same ``cv_results_``, refit, scoring and delegation) whose
 candidate × fold fits are trained together where they can be: the fits whose
-parameters differ only in :data:`~sk_softreg._stacked.STACKABLE_PARAMS`
+parameters differ only in :data:`~sk_softreg._stacked_members.STACKABLE_PARAMS`
 (``lambda1``, ``lambda2``, ``alpha``, ``lambda_features``, ``tau``,
 ``class_weight``, ``random_state``) share one network run per step
 (:mod:`sk_softreg._stacked`). Every fit is still scored as one fitted
@@ -33,7 +33,8 @@ from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import _check_method_params, indexable
 
 from ._base import SoftRegMixin
-from ._stacked import STACKABLE_PARAMS, Member, prepare_member, stack_key, train_stack
+from ._stacked import train_stack
+from ._stacked_members import STACKABLE_PARAMS, Member, prepare_member, stack_key
 
 __all__ = ["BatchedGridSearchCV", "StackingFallbackWarning"]
 
@@ -378,12 +379,12 @@ def _not_softreg(estimator):
 
 
 def _prepare(estimator, X, y, train, fit_params):
-    """The fit's :class:`~sk_softreg._stacked.Member`; None where the net is not sk_softreg's.
+    """The fit's :class:`~sk_softreg._stacked_members.Member`; None where the net is not sk_softreg's.
 
     ``estimator.fit`` runs with the net's own ``fit`` replaced by one that
     records its arguments, so a Pipeline fits its steps before the net as in
     its own ``fit`` (routing included); the net is then set up by
-    :func:`~sk_softreg._stacked.prepare_member`. An exception on the way is
+    :func:`~sk_softreg._stacked_members.prepare_member`. An exception on the way is
     kept as the member's ``error`` (the fit then gets ``error_score``).
     """
     net = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator

@@ -30,7 +30,8 @@ from sk_softreg import (
     _stacked,
 )
 from sk_softreg._demo import sparsest_within_one_se
-from sk_softreg._stacked import prepare_member, train_stack
+from sk_softreg._stacked import train_stack
+from sk_softreg._stacked_members import prepare_member
 from sk_softreg.model_selection import StackingFallbackWarning
 from sk_softreg.plot import sparsity_scorer
 
