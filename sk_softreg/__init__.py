@@ -10,10 +10,12 @@ from ._exceptions import ModelFileError, NonFiniteLossError
 from ._persistence import load
 from ._regressor import SoftRegRegressor
 from ._show_versions import show_versions
+from .model_selection import BatchedGridSearchCV
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchedGridSearchCV",
     "ModelFileError",
     "NonFiniteLossError",
     "SoftRegCNNClassifier",

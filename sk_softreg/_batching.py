@@ -150,16 +150,27 @@ class TensorBatches:
         n, b = len(self.X), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def __iter__(self):
-        n, b = len(self.X), self.batch_size
+    def epoch_order(self):
+        """Draw one epoch's row order from the global torch RNG, as ``iter()`` does.
+
+        Returns
+        -------
+        torch.Tensor or None
+            The permutation of the rows (on ``X``'s device) when shuffled,
+            None otherwise. The draws are the DataLoader's either way.
+        """
         # the DataLoader iterator's base seed (discarded without workers)
         torch.empty((), dtype=torch.int64).random_()
-        order = None
-        if self.shuffle:
-            seed = int(torch.empty((), dtype=torch.int64).random_().item())
-            generator = torch.Generator()
-            generator.manual_seed(seed)
-            order = torch.randperm(n, generator=generator).to(self.X.device)
+        if not self.shuffle:
+            return None
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        return torch.randperm(len(self.X), generator=generator).to(self.X.device)
+
+    def __iter__(self):
+        n, b = len(self.X), self.batch_size
+        order = self.epoch_order()
         stop = n - n % b if self.drop_last else n
         tensors = (self.X, self.y, self.sample_weight)
         for start in range(0, stop, b):

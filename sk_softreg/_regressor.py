@@ -1,6 +1,7 @@
 """SoftRegRegressor: tabular regression with λ1 / λ2 penalties and a Gaussian KL term."""
 
 import numbers
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -63,6 +64,28 @@ def std_scale(residual, std, sample_weight=None):
     """
     z2 = (residual.astype(np.float64) / std) ** 2
     return np.sqrt(np.average(z2, axis=0, weights=sample_weight))
+
+
+def dropout_layers(module):
+    """The dropout layers of ``module`` (a list)."""
+    return [m for m in module.modules() if isinstance(m, _DropoutNd)]
+
+
+def active_dropout(module):
+    """The dropout layers of ``module`` that are in training mode (a list)."""
+    return [m for m in dropout_layers(module) if m.training]
+
+
+@contextmanager
+def dropout_off(layers):
+    """Within: the dropout ``layers`` in eval mode (the rest of the module as it is)."""
+    for layer in layers:
+        layer.training = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.training = True
 
 
 def _is_auto(value):
@@ -464,22 +487,13 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         ``tau**2 + E[(y - mu)**2]`` would otherwise include the dropout noise
         of ``mu`` and overstate the std (see the user guide).
         """
-        if X is not None and self.module_.training:
-            dropouts = [m for m in self.module_.modules() if isinstance(m, _DropoutNd) and m.training]
-            if dropouts:
-                y_pred = self._forward_without(dropouts, X)
+        if X is not None:
+            layers = active_dropout(self.module_)
+            if layers:
+                with dropout_off(layers):
+                    y_pred = self.infer(X)
         mu, log_var = self._split_output(y_pred)
         return gaussian_soft_kl(y_true.view_as(mu), mu, log_var, self.tau)
-
-    def _forward_without(self, dropouts, X):
-        """The module's output on ``X`` with the layers ``dropouts`` in eval mode."""
-        for layer in dropouts:
-            layer.training = False
-        try:
-            return self.infer(X)
-        finally:
-            for layer in dropouts:
-                layer.training = True
 
     def _after_fit(self, X, y, sample_weight=None, held_out=None):
         """skorch's attributes, then ``residual_std_`` and ``std_scale_``.

@@ -1,0 +1,248 @@
+"""BatchedGridSearchCV against GridSearchCV(n_jobs=2): wall time, peak memory, equal results.
+
+Run from the repository root::
+
+    python benchmarks/search.py                 # all workloads, written to benchmarks/search.md
+    python benchmarks/search.py --quick         # a smoke run (fewer epochs, 1 repeat), not written
+
+Workloads (issue 35), each with the same grid and folds for every search:
+
+- ``regressor``: ``SoftRegRegressor`` defaults (early stopping, size-based dropout,
+  batch size and learning rate) on Bikeshare (8,645 rows; one-hot calendar
+  columns and standardized numeric ones, encoded once up front), the grid
+  ``alpha`` in {0, 0.1} x ``lambda1`` in {0, 1e-4} x ``lambda2`` in {0, 1e-3},
+  ``KFold(5, shuffle=True, random_state=0)``;
+- ``classifier_mlp``: ``SoftRegCNNClassifier`` with an MLP module (``nn.Flatten``,
+  ``nn.Linear``) on the digits table, the main job's grid, ``KFold(5, shuffle=True)``;
+- ``cnn``: the main job's search on digits (the default CNN, its grid, 3 stratified
+  folds on the 75% training part), stacked.
+
+Each search runs in a fresh subprocess (so that its peak RSS, children included,
+is its own) with ``refit=False``: the refit is one ordinary fit in every search.
+The regressor and the MLP classifier train with their default epochs (the
+regressor stops early); the CNN is capped at 10 epochs and runs once, to keep the
+run to minutes (``--max-epochs`` caps every workload). Torch uses one thread in
+``BatchedGridSearchCV(n_jobs=1, 1 thread)``, as in each of ``GridSearchCV(n_jobs=2)``'s
+workers. Reported: the median wall time over the repeats, the ratio to
+``GridSearchCV(n_jobs=2)``, the peak RSS (the largest of the process and its
+workers), the largest difference of a candidate's ``mean_test_score`` from
+``GridSearchCV``'s, and whether the best candidates agree (``same``), or the stacked
+search's best is within one standard deviation of ``GridSearchCV``'s best fold
+scores (``within 1 std``).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+WORKLOADS = ("regressor", "classifier_mlp", "cnn")
+SEARCHES = (
+    "GridSearchCV(n_jobs=2)", "BatchedGridSearchCV(n_jobs=1, 1 thread)", "BatchedGridSearchCV(n_jobs=2)",
+)
+#: epochs per fit where the run caps them (None: the estimator's default) and repeats
+EPOCHS = {"regressor": None, "classifier_mlp": None, "cnn": 10}
+REPEATS = {"cnn": 1}
+
+
+def bikeshare():
+    """Bikeshare from ISLP (or ``$BIKESHARE_CSV``), encoded: X float32, y = log1p(bikers)."""
+    import pandas as pd
+
+    path = os.environ.get("BIKESHARE_CSV")
+    if path is None:
+        from ISLP import load_data
+
+        df = load_data("Bikeshare")
+    else:
+        df = pd.read_csv(path)
+    categorical = ["season", "mnth", "hr", "weekday", "weathersit"]
+    numeric = ["day", "holiday", "workingday", "temp", "atemp", "hum", "windspeed"]
+    codes = pd.get_dummies(df[categorical].astype(str)).to_numpy(np.float32)
+    values = df[numeric].to_numpy(np.float64)
+    values = (values - values.mean(0)) / values.std(0)
+    return np.hstack([values, codes]).astype(np.float32), np.log1p(df["bikers"].to_numpy(float))
+
+
+def flat_mlp():
+    """A module class for the classifier: Flatten, Linear(·, 128), ReLU, Linear(128, K)."""
+    from torch import nn
+
+    class FlatMLP(nn.Module):
+        def __init__(self, input_shape=(1, 8, 8), n_classes=10):
+            super().__init__()
+            self.net = nn.Sequential(
+                nn.Flatten(), nn.Linear(int(np.prod(input_shape)), 128), nn.ReLU(),
+                nn.Linear(128, n_classes),
+            )
+
+        def forward(self, X):
+            return self.net(X)
+
+    return FlatMLP
+
+
+def setup(workload, max_epochs):
+    """``(estimator, grid, X, y, cv, scoring)`` of a workload."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+
+    from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
+    from sk_softreg._demo import DEFAULT_GRID
+
+    epochs = {} if max_epochs is None else {"max_epochs": max_epochs}
+    if workload == "regressor":
+        X, y = bikeshare()
+        grid = {"alpha": [0.0, 0.1], "lambda1": [0.0, 1e-4], "lambda2": [0.0, 1e-3]}
+        est = SoftRegRegressor(random_state=0, device="cpu", **epochs)
+        return est, grid, X, y, KFold(5, shuffle=True, random_state=0), None
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    if workload == "classifier_mlp":
+        est = SoftRegCNNClassifier(module=flat_mlp(), random_state=0, device="cpu", **epochs)
+        return est, DEFAULT_GRID, X, y, KFold(5, shuffle=True, random_state=0), None
+    X, _, y, _ = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
+    est = SoftRegCNNClassifier(random_state=0, device="cpu", **epochs)
+    return est, DEFAULT_GRID, X, y, StratifiedKFold(3), None
+
+
+def run_one(workload, search, max_epochs):
+    """Fit one search; the result as a dict (in this process)."""
+    import warnings
+
+    import torch
+    from sklearn.model_selection import GridSearchCV
+
+    from sk_softreg import BatchedGridSearchCV
+
+    est, grid, X, y, cv, scoring = setup(workload, max_epochs)
+    if "1 thread" in search:
+        torch.set_num_threads(1)  # as each of GridSearchCV(n_jobs=2)'s workers
+    cls = BatchedGridSearchCV if search.startswith("Batched") else GridSearchCV
+    n_jobs = 2 if "n_jobs=2" in search else None
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fitted = cls(est, grid, cv=cv, scoring=scoring, n_jobs=n_jobs, refit=False).fit(X, y)
+    seconds = time.perf_counter() - start
+    rss = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    results = fitted.cv_results_
+    return {
+        "seconds": seconds,
+        "rss_mb": rss / 1024,
+        "scores": [float(v) for v in results["mean_test_score"]],
+        "std": [float(v) for v in results["std_test_score"]],
+        "best": int(np.argmin(results["rank_test_score"])),
+        "stacks": getattr(fitted, "n_stacks_", None),
+        "fallbacks": getattr(fitted, "n_fallback_fits_", None),
+        "warnings": sorted({str(w.message)[:120] for w in caught if "stacked" in str(w.message)}),
+    }
+
+
+def run_subprocess(workload, search, max_epochs):
+    cmd = [sys.executable, __file__, "--one", workload, search]
+    if max_epochs is not None:
+        cmd += ["--max-epochs", str(max_epochs)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def compare(workload, repeats, max_epochs, searches):
+    """All searches of a workload, interleaved over the repeats."""
+    runs = {s: [] for s in searches}
+    for _ in range(repeats):
+        for search in searches:
+            runs[search].append(run_subprocess(workload, search, max_epochs))
+    return runs
+
+
+def table(all_runs):
+    lines = [
+        "| workload | search | wall s (median) | ratio to GridSearchCV(n_jobs=2) | peak RSS MB "
+        "| max abs. diff. of mean_test_score | best candidate | stacks / fallback fits |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for workload, runs in all_runs.items():
+        reference = runs[SEARCHES[0]]
+        ref_time = float(np.median([r["seconds"] for r in reference]))
+        ref_scores = np.asarray(reference[0]["scores"])
+        for search, rs in runs.items():
+            seconds = float(np.median([r["seconds"] for r in rs]))
+            diff = float(np.max(np.abs(np.asarray(rs[0]["scores"]) - ref_scores)))
+            same = _same_best(rs[0], reference[0])
+            stacks = "" if rs[0]["stacks"] is None else f"{rs[0]['stacks']} / {rs[0]['fallbacks']}"
+            lines.append(
+                f"| {workload} | {search} | {seconds:.2f} | {seconds / ref_time:.2f} | "
+                f"{max(r['rss_mb'] for r in rs):.0f} | {diff:.4f} | {same} | {stacks} |"
+            )
+    return "\n".join(lines)
+
+
+def _same_best(run, reference):
+    """"same", "within 1 std" (of the reference's best candidate's fold scores) or "no"."""
+    best, ref = run["best"], reference["best"]
+    if best == ref:
+        return "same"
+    gap = reference["scores"][ref] - reference["scores"][best]
+    return "within 1 std" if gap < reference["std"][ref] else "no"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "SEARCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=WORKLOADS)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-epochs", type=int, default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "search.md"))
+    args = parser.parse_args(argv)
+    if args.one:
+        json.dump(run_one(*args.one, args.max_epochs), sys.stdout)
+        sys.stdout.write("\n")
+        return
+    all_runs, caps = {}, {}
+    for workload in args.workloads:
+        epochs = args.max_epochs if args.max_epochs is not None else EPOCHS[workload]
+        repeats = min(args.repeats, REPEATS.get(workload, args.repeats))
+        if args.quick:
+            epochs, repeats = epochs or 3, 1
+        caps[workload] = (epochs, repeats)
+        all_runs[workload] = compare(workload, repeats, epochs, SEARCHES)
+    text = table(all_runs)
+    sys.stderr.write(text + "\n")
+    if args.quick:
+        return
+    details = {w: {s: rs[0] for s, rs in runs.items()} for w, runs in all_runs.items()}
+    header = (
+        f"# BatchedGridSearchCV against GridSearchCV\n\n"
+        f"Written by `python benchmarks/search.py {' '.join(argv or sys.argv[1:])}` on "
+        f"{datetime.date.today().isoformat()}, {platform.platform()}, {os.cpu_count()} CPU cores, "
+        f"load average {os.getloadavg()[0]:.2f} at the end.\n\n"
+        "The machine was shared: 2 CPU cores, with other engineers' jobs running during the "
+        "run, so the ratios are indicative. Each search ran in a fresh subprocess; "
+        "GridSearchCV(n_jobs=2)'s time includes starting its two joblib workers, as a user's "
+        "does. refit=False; searches interleaved within each repeat.\n\n"
+        + "".join(
+            f"- {w}: epochs per fit {'the defaults' if e is None else f'at most {e}'}, "
+            f"median of {r} repeat(s)\n"
+            for w, (e, r) in caps.items()
+        )
+        + "\n"
+    )
+    with open(args.out, "w") as f:
+        f.write(header + text + "\n\n## Per-candidate mean_test_score (first repeat)\n\n```json\n")
+        f.write(json.dumps(details, indent=1) + "\n```\n")
+
+
+if __name__ == "__main__":
+    main()

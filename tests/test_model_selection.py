@@ -1,0 +1,354 @@
+"""BatchedGridSearchCV: the same search as GridSearchCV, with the fits trained as stacks.
+
+Every comparison runs both searches on the same grid and folds. With dropout
+0 and a random_state, a stacked member's predictions equal the independent
+fit's to float rounding, so scorers that return a prediction (``_pred``) or a
+fitted attribute (``_attr``) compare the fitted members themselves.
+"""
+
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import sklearn
+import torch
+from _user_module import UserMeans
+from sklearn.base import clone
+from sklearn.exceptions import FitFailedWarning
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from sk_softreg import (
+    BatchedGridSearchCV,
+    NonFiniteLossError,
+    SoftRegCNNClassifier,
+    SoftRegRegressor,
+    _stacked,
+)
+from sk_softreg._demo import sparsest_within_one_se
+from sk_softreg._stacked import train_stack
+from sk_softreg._stacked_members import prepare_member
+from sk_softreg.model_selection import StackingFallbackWarning
+from sk_softreg.plot import sparsity_scorer
+
+TOL = 1e-4
+
+
+class FlatMLP(nn.Module):
+    """An MLP for the classifier: ``nn.Flatten`` and ``nn.Linear`` layers."""
+
+    def __init__(self, input_shape=(1, 8, 8), n_classes=10, hidden=16):
+        super().__init__()
+        n = int(np.prod(input_shape))
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+
+    def forward(self, X):
+        return self.net(X)
+
+
+class NormedMLP(nn.Module):
+    """An MLP with a BatchNorm layer, which vmap cannot train."""
+
+    def __init__(self, n_features=1, n_outputs=1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_features, 8), nn.BatchNorm1d(8), nn.ReLU())
+        self.head = nn.Linear(8, 2 * n_outputs)
+
+    def forward(self, X):
+        return self.head(self.body(X))
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow in forward, which vmap cannot trace."""
+
+    def __init__(self, n_features=1, n_outputs=1):
+        super().__init__()
+        self.lin = nn.Linear(n_features, 2 * n_outputs)
+
+    def forward(self, X):
+        out = self.lin(X)
+        return out * 2 if out.sum() > 1e9 else out
+
+
+def _pred(row):
+    """A scorer returning the prediction (first output) for test row ``row``."""
+    def score(est, X, y):
+        out = est.predict_proba(X) if hasattr(est, "predict_proba") else est.predict(X)
+        return float(np.ravel(out[row])[0])
+    return score
+
+
+def _attr(name, fn=float):
+    def score(est, X, y):
+        net = est[-1] if hasattr(est, "steps") else est
+        return fn(getattr(net, name))
+    return score
+
+
+SCORING = {"p0": _pred(0), "p1": _pred(1), "p2": _pred(-1), "sparsity": _attr("sparsity_"),
+           "n_iter": _attr("n_iter_"), "best_epoch": _attr("best_epoch_"),
+           "history": _attr("history_", len)}
+
+
+def _both(estimator, grid, X, y, **kwargs):
+    """BatchedGridSearchCV and GridSearchCV fitted on the same grid and folds."""
+    kwargs.setdefault("cv", KFold(3, shuffle=True, random_state=0))
+    fit_params = kwargs.pop("fit_params", {})
+    batched = BatchedGridSearchCV(estimator, grid, **kwargs).fit(X, y, **fit_params)
+    plain = GridSearchCV(estimator, grid, **kwargs).fit(X, y, **fit_params)
+    return batched, plain
+
+
+def _assert_same_splits(batched, plain, atol=TOL):
+    keys = [k for k in plain.cv_results_ if k.startswith("split") or k.startswith("mean_test")]
+    assert keys
+    for key in keys:
+        np.testing.assert_allclose(batched.cv_results_[key], plain.cv_results_[key], atol=atol,
+                                   err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def reg_data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(160, 5))
+    y = X @ np.array([1.0, -2.0, 0.5, 0.0, 1.5]) + 0.3 * rng.normal(size=160)
+    return X, y  # y of unit-ish scale: a 1e-4 tolerance on predictions means something
+
+
+REG_GRID = {"lambda1": [0.0, 1e-3], "lambda2": [0.0, 1e-2], "alpha": [0.0, 0.5]}
+
+
+def _regressor(**params):
+    params = {"max_epochs": 3, "module__dropout": 0.0, "module__hidden_units": (16,),
+              "random_state": 0, "device": "cpu", **params}
+    return SoftRegRegressor(**params)
+
+
+def _classifier(**params):
+    params = {"module": FlatMLP, "max_epochs": 3, "random_state": 0, "device": "cpu",
+              "batch_size": 32, **params}
+    return SoftRegCNNClassifier(**params)
+
+
+# ----------------------------------------------------------------------
+# equivalence with independent fits
+def test_regressor_members_equal_independent_fits(reg_data):
+    X, y = reg_data
+    batched, plain = _both(_regressor(early_stopping=True, n_iter_no_change=2), REG_GRID, X, y,
+                           scoring=SCORING, refit=False)
+    _assert_same_splits(batched, plain)
+    assert batched.n_stacks_ == 1 and batched.n_fallback_fits_ == 0
+    assert np.ptp(batched.cv_results_["mean_test_p0"]) > 1e-3  # the candidates differ
+
+
+def test_classifier_mlp_members_equal_independent_fits(small_digits):
+    X, y = small_digits
+    grid = {"lambda1": [0.0, 1e-3], "alpha": [0.0, 0.1], "random_state": [0, 1]}
+    batched, plain = _both(_classifier(class_weight="balanced"), grid, X[:150], y[:150],
+                           scoring=SCORING, refit=False, cv=3)
+    _assert_same_splits(batched, plain)
+    assert batched.n_stacks_ == 1
+
+
+def test_pipeline_and_sample_weight_equal_independent_fits(reg_data):
+    X, y = reg_data
+    w = np.random.default_rng(1).uniform(0.2, 2.0, len(y))
+    pipe = make_pipeline(StandardScaler(), _regressor())
+    grid = {"softregregressor__alpha": [0.0, 0.5], "softregregressor__lambda1": [0.0, 1e-3]}
+    batched, plain = _both(pipe, grid, X * 5 + 3, y, scoring=SCORING, refit=False,
+                           fit_params={"softregregressor__sample_weight": w})
+    _assert_same_splits(batched, plain)
+    assert batched.n_stacks_ == 1
+
+
+def test_lambda_features_stacks_and_selects_as_the_fit(reg_data):
+    X, y = reg_data
+    scoring = {**SCORING, "selected": _attr("n_features_selected_")}
+    grid = {"lambda_features": [0.0, 3.0], "lambda1": [0.0, 1e-3]}
+    batched, plain = _both(_regressor(max_epochs=4), grid, X, y, scoring=scoring, refit=False)
+    _assert_same_splits(batched, plain)
+    assert batched.n_stacks_ == 1 and batched.n_fallback_fits_ == 0
+    assert min(batched.cv_results_["mean_test_selected"]) < X.shape[1]  # inputs dropped
+
+
+def test_sample_weight_through_metadata_routing(reg_data):
+    X, y = reg_data
+    w = np.random.default_rng(2).uniform(0.2, 2.0, len(y))
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = _regressor().set_fit_request(sample_weight=True).set_score_request(sample_weight=False)
+        batched, plain = _both(est, {"alpha": [0.0, 0.5]}, X, y, scoring=SCORING, refit=False,
+                               fit_params={"sample_weight": w})
+        unweighted = BatchedGridSearchCV(est, {"alpha": [0.0, 0.5]}, refit=False, scoring=SCORING,
+                                         cv=KFold(3, shuffle=True, random_state=0)).fit(X, y)
+    _assert_same_splits(batched, plain)
+    assert not np.allclose(unweighted.cv_results_["mean_test_p0"], batched.cv_results_["mean_test_p0"])
+
+
+def test_stacked_trainer_matches_fit_on_unequal_members(reg_data):
+    """Members with their own seeds, class of rows and validation splits, trained directly."""
+    X, y = reg_data
+    settings = [dict(random_state=0, lambda1=1e-3), dict(random_state=3, alpha=0.5, tau=0.3),
+                dict(random_state=5, lambda2=1e-2)]
+    rows = [slice(0, 160), slice(0, 131), slice(20, 117)]  # unequal rows and batch counts
+    base = _regressor(early_stopping=True, batch_size=32, max_epochs=4)
+    members = [prepare_member(clone(base).set_params(**s), X[r], y[r]) for s, r in zip(settings, rows)]
+    train_stack(members)
+    for member, s, r in zip(members, settings, rows):
+        alone = clone(base).set_params(**s).fit(X[r], y[r])
+        np.testing.assert_allclose(member.net.predict(X), alone.predict(X), atol=TOL)
+        assert member.net.n_iter_ == alone.n_iter_
+        assert [h["train_batch_count"] for h in member.net.history_] == [
+            h["train_batch_count"] for h in alone.history_]
+        assert list(member.net.history_[-1]) == list(alone.history_[-1])
+        np.testing.assert_allclose(member.net.residual_std_, alone.residual_std_, rtol=1e-4)
+        np.testing.assert_allclose(member.net.std_scale_, alone.std_scale_, rtol=1e-4)
+        np.testing.assert_allclose(member.net.predict(X, return_std=True)[1],
+                                   alone.predict(X, return_std=True)[1], rtol=1e-3)
+
+
+# ----------------------------------------------------------------------
+# the interface is GridSearchCV's
+def test_cv_results_refit_and_delegation_match_gridsearch(small_digits):
+    X, y = small_digits
+    grid = {"lambda1": [0.0, 3e-3], "alpha": [0.0, 0.1]}
+    scoring = {"accuracy": "accuracy", "sparsity": sparsity_scorer}
+    batched, plain = _both(_classifier(), grid, X[:150], y[:150], scoring=scoring,
+                           refit=sparsest_within_one_se, return_train_score=True)
+    assert list(batched.cv_results_) == list(plain.cv_results_)
+    for key, value in plain.cv_results_.items():
+        assert np.asarray(batched.cv_results_[key]).dtype == np.asarray(value).dtype, key
+    assert batched.best_params_ == plain.best_params_
+    assert batched.best_index_ == plain.best_index_
+    assert batched.multimetric_ and batched.n_splits_ == 3 and batched.refit_time_ > 0
+    assert set(batched.scorer_) == {"accuracy", "sparsity"}
+    np.testing.assert_allclose(batched.predict_proba(X[150:160]), plain.predict_proba(X[150:160]))
+    np.testing.assert_array_equal(batched.predict(X[150:]), plain.predict(X[150:]))
+
+
+def test_clone_pickle_joblib_and_params(reg_data, tmp_path):
+    X, y = reg_data
+    search = BatchedGridSearchCV(_regressor(), {"alpha": [0.0, 0.5]}, cv=2, max_stack_size=3)
+    assert clone(search).get_params()["max_stack_size"] == 3
+    search.fit(X, y)
+    assert search.n_stacks_ == 2  # 4 fits in stacks of at most 3
+    loaded = pickle.loads(pickle.dumps(search))
+    np.testing.assert_array_equal(loaded.predict(X[:5]), search.predict(X[:5]))
+    joblib.dump(search, tmp_path / "search.joblib")
+    loaded = joblib.load(tmp_path / "search.joblib")
+    np.testing.assert_array_equal(loaded.predict(X[:5]), search.predict(X[:5]))
+
+
+def test_n_jobs_splits_the_stack_and_gives_the_same_results(reg_data):
+    X, y = reg_data
+    grid = {"alpha": [0.0, 0.5], "lambda1": [0.0, 1e-3]}
+    one = BatchedGridSearchCV(_regressor(), grid, cv=2, scoring=SCORING, refit=False).fit(X, y)
+    two = BatchedGridSearchCV(_regressor(), grid, cv=2, scoring=SCORING, refit=False,
+                              n_jobs=2).fit(X, y)
+    assert one.n_stacks_ == 1 and two.n_stacks_ == 2
+    _assert_same_splits(two, one)
+
+
+def test_other_parameters_make_their_own_stacks(reg_data):
+    X, y = reg_data
+    grid = {"alpha": [0.0, 0.5], "lr": [1e-3, 3e-3]}
+    batched, plain = _both(_regressor(), grid, X, y, scoring=SCORING, refit=False, cv=2)
+    assert batched.n_stacks_ == 2
+    _assert_same_splits(batched, plain)
+
+
+def test_verbose_draws_a_bar_over_epochs(reg_data, capsys):
+    X, y = reg_data
+    BatchedGridSearchCV(_regressor(), {"alpha": [0.0, 0.5]}, cv=2, verbose=1).fit(X, y)
+    err = capsys.readouterr().err
+    assert "stack of 4" in err and "training=" in err
+
+
+# ----------------------------------------------------------------------
+# reliability
+def test_diverging_member_gets_error_score_and_the_others_go_on(reg_data):
+    X, y = reg_data
+    grid = {"lambda2": [0.0, 1e38]}
+    with pytest.warns(FitFailedWarning, match="NonFiniteLossError"):
+        batched = BatchedGridSearchCV(_regressor(), grid, cv=2, scoring=SCORING,
+                                      refit=False).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitFailedWarning)
+        plain = GridSearchCV(_regressor(), grid, cv=2, scoring=SCORING, refit=False).fit(X, y)
+    scores = batched.cv_results_["mean_test_p0"]
+    assert np.isfinite(scores[0]) and np.isnan(scores[1])
+    np.testing.assert_allclose(scores[0], plain.cv_results_["mean_test_p0"][0], atol=TOL)
+    with pytest.raises(NonFiniteLossError, match="diverged"):
+        BatchedGridSearchCV(_regressor(), grid, cv=2, error_score="raise").fit(X, y)
+
+
+def test_early_stopping_per_member(reg_data, monkeypatch):
+    X, y = reg_data
+    est = _regressor(early_stopping=True, n_iter_no_change=1, max_epochs=30, lr=0.05)
+    grid = {"alpha": [0.0, 1.0], "lambda1": [0.0, 3e-3], "random_state": [0, 1]}
+    shrinks = []
+    subset = _stacked._Stack.subset
+    monkeypatch.setattr(_stacked._Stack, "subset",
+                        lambda self, keep: shrinks.append(len(keep)) or subset(self, keep))
+    batched, plain = _both(est, grid, X, y, scoring=SCORING, refit=False, cv=2)
+    assert shrinks  # the stack dropped its stopped members and went on
+    n_iter = np.concatenate([batched.cv_results_[f"split{i}_test_n_iter"] for i in range(2)])
+    assert len(set(n_iter)) > 1 and n_iter.max() < 30  # members stopped at different epochs
+    _assert_same_splits(batched, plain)
+
+
+def test_fold_with_a_missing_class_gets_its_own_stack(small_digits):
+    X, y = small_digits
+    X, y = X[:90], y[:90] % 3
+    y = np.where(np.arange(90) < 3, 3, y)  # class 3 only in the first fold's test rows
+    batched, plain = _both(_classifier(), {"alpha": [0.0, 0.1]}, X, y, cv=KFold(3),
+                           scoring={"p0": _pred(0), "acc": "accuracy"}, refit=False)
+    assert batched.n_stacks_ == 2
+    _assert_same_splits(batched, plain)
+
+
+@pytest.mark.parametrize("grid", [{"no_such_param": [1, 2]}, []])
+def test_bad_param_grid_raises_as_gridsearch(reg_data, grid):
+    X, y = reg_data
+    with pytest.raises(Exception) as expected:
+        GridSearchCV(_regressor(), grid, cv=2).fit(X, y)
+    with pytest.raises(type(expected.value)) as got:
+        BatchedGridSearchCV(_regressor(), grid, cv=2).fit(X, y)
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("module, layer", [(NormedMLP, "BatchNorm1d"), (UserMeans, "means only")])
+def test_unstackable_modules_fall_back_with_a_warning(reg_data, module, layer):
+    X, y = reg_data
+    est = SoftRegRegressor(module=module, max_epochs=2, random_state=0, device="cpu")
+    grid = {"alpha": [0.0, 0.5]}
+    with pytest.warns(StackingFallbackWarning, match=layer):
+        batched = BatchedGridSearchCV(est, grid, cv=2, scoring=SCORING, refit=False).fit(X, y)
+    plain = GridSearchCV(est, grid, cv=2, scoring=SCORING, refit=False).fit(X, y)
+    assert batched.n_fallback_fits_ == 4 and batched.n_stacks_ == 0
+    _assert_same_splits(batched, plain, atol=0)
+
+
+def test_a_stack_that_vmap_cannot_train_falls_back(reg_data):
+    X, y = reg_data
+    est = SoftRegRegressor(module=Branchy, max_epochs=2, random_state=0, device="cpu")
+    with pytest.warns(StackingFallbackWarning, match="training the stack raised"):
+        batched = BatchedGridSearchCV(est, {"alpha": [0.0, 0.5]}, cv=2, scoring=SCORING,
+                                      refit=False).fit(X, y)
+    plain = GridSearchCV(est, {"alpha": [0.0, 0.5]}, cv=2, scoring=SCORING, refit=False).fit(X, y)
+    assert batched.n_fallback_fits_ == 4 and batched.n_stacks_ == 0
+    _assert_same_splits(batched, plain, atol=0)
+
+
+def test_global_rng_draws_are_those_of_gridsearch(reg_data):
+    """Stacks train on forked RNG streams: the global stream moves as under GridSearchCV."""
+    X, y = reg_data
+    states = []
+    for cls in (BatchedGridSearchCV, GridSearchCV):
+        torch.manual_seed(123)
+        cls(_regressor(), {"alpha": [0.0, 0.5]}, cv=2).fit(X, y)
+        states.append(torch.get_rng_state())
+    assert torch.equal(*states)
