@@ -65,7 +65,12 @@ class SklearnPlumbingMixin:
         _drop_lr_schedulers(state)
         return state
 
+    #: parameters added since 0.1.0, with the value that keeps an older pickle's behaviour
+    _added_params = {"scoring": "loss"}
+
     def __setstate__(self, state):
+        for name, value in self._added_params.items():
+            state.setdefault(name, value)
         requested = state.pop("_device_param", "cpu")
         state["device"] = resolve_device(requested)
         with warnings.catch_warnings():

@@ -418,8 +418,10 @@ def test_regressor_user_module_with_means_only_gets_learned_log_variance(regress
     optimum = np.log(np.mean(residual**2) + est.tau**2)
     log_var = est.log_var_.log_var.item()
     assert optimum < log_var < -0.1
-    # the reported std of y removes the soft target's width: sqrt(sigma**2 - tau**2)
+    # the reported std of y removes the soft target's width, sqrt(sigma**2 - tau**2),
+    # times the fitted scale
     expected = np.sqrt(max(np.exp(log_var) - est.tau**2, est.tau**2)) * est.y_scale_[0]
+    expected *= est.std_scale_[0]
     np.testing.assert_allclose(std, expected, rtol=1e-5)
 
 

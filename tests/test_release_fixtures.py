@@ -37,6 +37,7 @@ def test_pickle_of_the_previous_release_loads_and_predicts_the_same(name):
     X, expected = _expected(name)
     est = joblib.load(RELEASE / f"{name}.pkl")
     assert type(est) is CLASSES[name]
+    assert est.get_params()["scoring"] == "loss"  # a parameter added since: its old behaviour
     for got, want in zip(_outputs(est, X), expected):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
