@@ -1,0 +1,148 @@
+"""SoftRegSelectorCV: a warm-started lambda_features path chosen by CV, refit on the kept inputs."""
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import make_friedman1
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LinearRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils._param_validation import InvalidParameterError
+
+import sk_softreg
+from sk_softreg import SoftRegRegressor, SoftRegSelectorCV
+
+
+def _data(n=600, n_features=8, seed=1):
+    X, y = make_friedman1(n, n_features=n_features, noise=0.5, random_state=seed)
+    return StandardScaler().fit_transform(X), y
+
+
+def _selector(**kwargs):
+    params = dict(n_lambdas=8, lambda_max=0.3, lambda_min_ratio=0.03, cv=3,
+                  dense_epochs=60, path_epochs=5)
+    params["estimator"] = SoftRegRegressor(max_epochs=60, random_state=0)
+    params.update(kwargs)
+    return SoftRegSelectorCV(**params)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, y = _data()
+    return _selector().fit(X, y), X, y
+
+
+def test_exported():
+    assert "SoftRegSelectorCV" in sk_softreg.__all__
+    assert sk_softreg.feature_selection.SoftRegSelectorCV is SoftRegSelectorCV
+
+
+def test_keeps_the_informative_inputs_and_drops_noise(fitted):
+    sel, X, y = fitted
+    assert sel.support_[:5].all(), sel.support_
+    assert sel.support_[5:].sum() <= 1, sel.support_
+    assert sel.score(X, y) > 0.8
+
+
+def test_attributes_shapes(fitted):
+    sel, X, y = fitted
+    n_l = len(sel.lambdas_)
+    assert n_l == 8 and np.all(np.diff(sel.lambdas_) > 0)
+    assert sel.cv_scores_.shape == (n_l, 3)
+    assert sel.cv_n_features_.shape == (n_l, 3)
+    assert sel.n_features_path_.shape == (n_l,)
+    assert np.all(np.diff(sel.n_features_path_) <= 2)  # roughly decreasing along the path
+    assert sel.best_lambda_ == sel.lambdas_[sel.best_index_]
+    assert sel.support_.dtype == bool and sel.support_.shape == (8,)
+    assert sel.n_features_in_ == 8
+    assert sel.feature_importances_.shape == (8,)
+    # an input kept at the chosen lambda leaves after it
+    assert np.all(sel.feature_importances_[sel.support_] > sel.best_lambda_)
+    assert np.all(sel.feature_importances_[~sel.support_] <= sel.best_lambda_)
+    np.testing.assert_array_equal(sel.get_support(), sel.support_)
+    assert sel.transform(X).shape == (len(X), sel.support_.sum())
+    assert sel.estimator_.n_features_in_ == sel.support_.sum()
+    assert sel.estimator_.lambda_features == 0.0
+    assert sel.predict(X).shape == (len(X),)
+
+
+def test_one_se_is_sparser_than_best(fitted):
+    sel, X, y = fitted
+    best = sel._choose.__func__(clone(sel).set_params(selection="best"), sel.cv_scores_)
+    assert sel.best_index_ >= best
+    mean = sel.cv_scores_.mean(axis=1)
+    se = sel.cv_scores_[best].std(ddof=1) / np.sqrt(3)
+    assert mean[sel.best_index_] >= mean[best] - se
+
+
+def test_refit_false_keeps_the_penalized_model():
+    X, y = _data(300, 6, seed=2)
+    sel = _selector(refit=False, n_lambdas=4, cv=2, dense_epochs=20, path_epochs=2).fit(X, y)
+    assert sel.estimator_.n_features_in_ == 6
+    assert sel.estimator_.lambda_features == sel.best_lambda_
+    assert sel.predict(X).shape == (300,)
+
+
+def test_pipeline_and_feature_names():
+    pd = pytest.importorskip("pandas")
+    X, y = _data(300, 6, seed=2)
+    df = pd.DataFrame(X, columns=[f"c{i}" for i in range(6)])
+    sel = _selector(n_lambdas=4, cv=2, dense_epochs=20, path_epochs=2)
+    pipe = make_pipeline(sel, LinearRegression()).fit(df, y)  # df is standardized
+    assert list(sel.feature_names_in_) == list(df.columns)
+    assert list(sel.get_feature_names_out()) == list(df.columns[sel.support_])
+    assert pipe.predict(df).shape == (300,)
+    # as the final step, a predictor
+    pipe = make_pipeline(StandardScaler(), clone(sel)).fit(df, y)
+    assert np.isfinite(pipe.score(df, y))
+
+
+def test_clone_and_get_params():
+    sel = SoftRegSelectorCV(SoftRegRegressor(lambda2=1e-3), n_lambdas=5, selection="best")
+    params = sel.get_params()
+    assert params["n_lambdas"] == 5 and params["estimator__lambda2"] == 1e-3
+    other = clone(sel)
+    assert other.get_params()["selection"] == "best"
+    assert other.estimator is not sel.estimator
+    other.set_params(estimator__lambda2=0.0, cv=3)
+    assert other.estimator.lambda2 == 0.0 and sel.estimator.lambda2 == 1e-3
+
+
+def test_explicit_lambdas_are_sorted():
+    X, y = _data(200, 5, seed=3)
+    sel = _selector(lambdas=[0.1, 0.01], cv=2, dense_epochs=10, path_epochs=2).fit(X, y)
+    np.testing.assert_array_equal(sel.lambdas_, [0.01, 0.1])
+
+
+@pytest.mark.parametrize(
+    "params, error, match",
+    [
+        ({"selection": "min"}, InvalidParameterError, "selection"),
+        ({"n_lambdas": 0}, InvalidParameterError, "n_lambdas"),
+        ({"path_epochs": 0}, InvalidParameterError, "path_epochs"),
+        ({"lambdas": [0.1, -1.0]}, ValueError, "lambdas must be finite and > 0"),
+        ({"lambdas": []}, ValueError, "non-empty"),
+        ({"estimator": LinearRegression()}, ValueError, "lambda_features parameter"),
+    ],
+)
+def test_bad_parameters(params, error, match):
+    X, y = _data(100, 5)
+    with pytest.raises(error, match=match):
+        _selector(**params).fit(X, y)
+
+
+def test_bad_input():
+    sel = _selector()
+    with pytest.raises(ValueError, match="NaN"):
+        sel.fit(np.full((20, 3), np.nan), np.zeros(20))
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        sel.fit(np.zeros((20, 3)), np.zeros(19))
+    with pytest.raises(NotFittedError):
+        sel.transform(np.zeros((2, 3)))
+
+
+def test_wrong_number_of_features(fitted):
+    sel, X, y = fitted
+    with pytest.raises(ValueError, match="features"):
+        sel.predict(X[:, :3])
