@@ -155,9 +155,9 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         Index of the chosen λ.
     best_lambda_ : float
         The chosen λ.
-    support_ : ndarray of bool of shape (n_features_in_,)
+    support_ : ndarray of bool of shape (n_features,)
         The kept inputs.
-    feature_importances_ : ndarray of shape (n_features_in_,)
+    feature_importances_ : ndarray of shape (n_features,)
         The λ at which each input leaves the path over all the rows (the
         first λ from which its column stays zero); ``inf`` for inputs that
         never leave.
@@ -165,7 +165,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         The refit estimator (on the kept inputs), or with ``refit=False`` the
         penalized path model at ``best_lambda_``.
     n_features_in_ : int
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features,)
         Where X has string column names.
 
     Examples
@@ -344,7 +344,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features_in_)
+        X : array-like of shape (n_samples, n_features)
 
         Returns
         -------
@@ -359,7 +359,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features_in_)
+        X : array-like of shape (n_samples, n_features)
 
         Returns
         -------
@@ -373,7 +373,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features_in_)
+        X : array-like of shape (n_samples, n_features)
         y : array-like
 
         Returns
