@@ -24,6 +24,9 @@ from .modules import GaussianMLP
 
 __all__ = ["SoftRegSelectorCV"]
 
+# the path's batch size under path_params="auto" (with batch_size="auto")
+_PATH_BATCH_SIZE = 1024
+
 
 def _path_settings(estimator, path_params):
     """The parameters the path's fits use on top of ``estimator``'s own."""
@@ -32,8 +35,13 @@ def _path_settings(estimator, path_params):
     # "auto": no early stopping (it ends a fit before the zeros settle, and it
     # restores an early epoch), and no dropout in the default MLP (its noise
     # enters every column's gradient and keeps noise inputs off zero)
+    # and batches of at least 1,024 rows: a column at zero stays there only while
+    # its mini-batch gradient is small against λ, and a noise input's gradient is
+    # sampling noise that shrinks with the batch
     settings = {"early_stopping": False}
     params = estimator.get_params(deep=False)
+    if params.get("batch_size") == "auto":
+        settings["batch_size"] = _PATH_BATCH_SIZE
     if params.get("module") in (None, GaussianMLP) and not is_classifier(estimator):
         settings["module__dropout"] = 0.0
     return settings
@@ -136,8 +144,10 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         Epochs per λ along the path.
     path_params : dict or "auto", default="auto"
         Parameters set on the path's fits (not on the refit). ``"auto"``:
-        ``early_stopping=False``, and ``module__dropout=0`` for
-        ``SoftRegRegressor``'s default module.
+        ``early_stopping=False``; ``batch_size=1024`` where the estimator's
+        is ``"auto"``; and ``module__dropout=0`` for ``SoftRegRegressor``'s
+        default module. See the docs page "Selecting inputs with a λ path"
+        for why.
     n_jobs : int, default=None
         Folds run in parallel (joblib).
 

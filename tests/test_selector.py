@@ -146,3 +146,14 @@ def test_wrong_number_of_features(fitted):
     sel, X, y = fitted
     with pytest.raises(ValueError, match="features"):
         sel.predict(X[:, :3])
+
+
+def test_auto_path_settings():
+    from sk_softreg.feature_selection import _path_settings
+
+    assert _path_settings(SoftRegRegressor(), "auto") == {
+        "early_stopping": False, "batch_size": 1024, "module__dropout": 0.0}
+    # the user's batch size and module stay; explicit path_params are used as given
+    assert _path_settings(SoftRegRegressor(batch_size=64), "auto") == {
+        "early_stopping": False, "module__dropout": 0.0}
+    assert _path_settings(SoftRegRegressor(), {"max_epochs": 3}) == {"max_epochs": 3}
