@@ -87,6 +87,46 @@ def _fold_path(estimator, X, y, train, test, lambdas, dense_epochs, path_epochs,
     return norms, scores
 
 
+def _stacked_paths(path_est, X, y, splits, lambdas, dense_epochs, path_epochs, scorer):
+    """Every path of ``splits`` (``(train, test or None)`` pairs) trained as one stack.
+
+    Returns ``(norms, scores)`` of shapes ``(n_lambdas, n_paths, n_features)`` and
+    ``(n_lambdas, n_paths)`` (NaN where ``test`` is None), or None with the
+    reason where the paths cannot share a stack.
+    """
+    from ._stacked import train_path
+    from ._stacked_members import prepare_member, stack_key
+
+    total = dense_epochs + len(lambdas) * path_epochs
+    members = []
+    for train, _ in splits:
+        net = clone(path_est).set_params(lambda_features=float(lambdas[0]), max_epochs=total)
+        members.append(prepare_member(net, X[train], y[train]))
+    reasons = {m.reason for m in members if m.reason is not None}
+    if reasons:
+        return None, "; ".join(sorted(reasons))
+    if any(m.valid is not None for m in members):
+        return None, "a validation split (train_split) in the path's fits"
+    keys = [stack_key(m) for m in members]
+    if any(k != keys[0] for k in keys[1:]):
+        return None, "the folds' fits differ in what a stack must share"
+    norms = np.zeros((len(lambdas), len(splits), X.shape[1]))
+    scores = np.full((len(lambdas), len(splits)), np.nan)
+
+    def after_step(k, i, member):
+        if member.error is not None:
+            raise member.error
+        norms[k, i] = _input_norms(member.net)
+        test = splits[i][1]
+        if test is not None:
+            scores[k, i] = scorer(member.net, X[test], y[test])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "every input to zero": the path's end
+        train_path(members, lambdas, dense_epochs, path_epochs, after_step)
+    return (norms, scores), None
+
+
 def _estimator_has(attr):
     def check(self):
         return hasattr(self.estimator_ if hasattr(self, "estimator_") else self._estimator(), attr)
@@ -149,7 +189,13 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         default module. See the docs page "Selecting inputs with a λ path"
         for why.
     n_jobs : int, default=None
-        Folds run in parallel (joblib).
+        Paths run in parallel (joblib) where they are not stacked.
+    stacked : bool, default=False
+        Train the folds' paths and the path on all rows together, as one
+        stacked model (the engine of :class:`~sk_softreg.BatchedGridSearchCV`).
+        Where the estimator cannot be stacked (see there), the paths are
+        trained one by one with a ``StackingFallbackWarning``. Experimental:
+        on a 2-core CPU it was slower than ``n_jobs=2`` (see the docs page).
 
     Attributes
     ----------
@@ -205,6 +251,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         "path_epochs": [Interval(Integral, 1, None, closed="left")],
         "path_params": [dict, StrOptions({"auto"})],
         "n_jobs": [Integral, None],
+        "stacked": ["boolean"],
     }
 
     def __init__(
@@ -223,6 +270,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         path_epochs=10,
         path_params="auto",
         n_jobs=None,
+        stacked=False,
     ):
         self.estimator = estimator
         self.lambdas = lambdas
@@ -237,6 +285,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         self.path_epochs = path_epochs
         self.path_params = path_params
         self.n_jobs = n_jobs
+        self.stacked = stacked
 
     def _estimator(self):
         if self.estimator is None:
@@ -286,22 +335,40 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         scorer = check_scoring(estimator, scoring=self.scoring)
         cv = check_cv(self.cv, y, classifier=is_classifier(estimator))
         folds = list(cv.split(X, y))
-        out = Parallel(n_jobs=self.n_jobs)(
-            delayed(_fold_path)(path_est, X, y, train, test, lambdas, self.dense_epochs,
-                                self.path_epochs, scorer)
-            for train, test in folds
-        )
+        result, reason = None, None
+        if self.stacked:
+            splits = [*folds, (np.arange(len(X)), None)]
+            result, reason = _stacked_paths(path_est, X, y, splits, lambdas, self.dense_epochs,
+                                            self.path_epochs, scorer)
+            if result is None:
+                from .model_selection import StackingFallbackWarning
+
+                warnings.warn(f"The paths are trained one by one, not stacked: {reason}.",
+                              StackingFallbackWarning, stacklevel=2)
+        if result is not None:
+            all_norms, all_scores = result
+            fold_norms, norms = all_norms[:, :-1], all_norms[:, -1]
+            self.cv_scores_ = all_scores[:, :-1]
+            self.cv_n_features_ = np.count_nonzero(fold_norms, axis=2)
+        else:
+            out = Parallel(n_jobs=self.n_jobs)(
+                delayed(_fold_path)(path_est, X, y, train, test, lambdas, self.dense_epochs,
+                                    self.path_epochs, scorer)
+                for train, test in folds
+            )
+            self.cv_scores_ = np.stack([scores for _, scores in out], axis=1)
+            self.cv_n_features_ = np.stack(
+                [np.count_nonzero(n, axis=1) for n, _ in out], axis=1)
         self.lambdas_ = lambdas
-        self.cv_scores_ = np.stack([scores for _, scores in out], axis=1)
-        self.cv_n_features_ = np.stack(
-            [np.count_nonzero(norms, axis=1) for norms, _ in out], axis=1)
         self.best_index_ = self._choose(self.cv_scores_)
         self.best_lambda_ = float(lambdas[self.best_index_])
-
-        norms, _, penalized = _run_path(
-            path_est, X, y, lambdas, self.dense_epochs, self.path_epochs,
-            keep=None if self.refit else self.best_index_,
-        )
+        penalized = None
+        if result is None or not self.refit:
+            # the path on all rows (again, with refit=False, to keep its model at best_lambda_)
+            norms, _, penalized = _run_path(
+                path_est, X, y, lambdas, self.dense_epochs, self.path_epochs,
+                keep=None if self.refit else self.best_index_,
+            )
         self.n_features_path_ = np.count_nonzero(norms, axis=1)
         self.support_ = norms[self.best_index_] > 0
         self.feature_importances_ = self._leaving_lambdas(norms, lambdas)

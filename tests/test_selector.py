@@ -3,15 +3,16 @@
 import numpy as np
 import pytest
 from sklearn.base import clone
-from sklearn.datasets import make_friedman1
+from sklearn.datasets import make_classification, make_friedman1
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
+from torch import nn
 
 import sk_softreg
-from sk_softreg import SoftRegRegressor, SoftRegSelectorCV
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor, SoftRegSelectorCV
 
 
 def _data(n=600, n_features=8, seed=1):
@@ -157,3 +158,72 @@ def test_auto_path_settings():
     assert _path_settings(SoftRegRegressor(batch_size=64), "auto") == {
         "early_stopping": False, "module__dropout": 0.0}
     assert _path_settings(SoftRegRegressor(), {"max_epochs": 3}) == {"max_epochs": 3}
+
+
+class _FlatMLP(nn.Module):
+    """nn.Flatten then nn.Linear first: the classifier's inputs as one vector."""
+
+    def __init__(self, input_shape=(1, 1, 6), n_classes=2):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), 16),
+                                  nn.ReLU(), nn.Linear(16, n_classes))
+
+    def forward(self, X):
+        return self.body(X)
+
+
+def test_classifier_with_a_linear_first_module():
+    X, y = make_classification(400, n_features=6, n_informative=2, n_redundant=0,
+                               n_repeated=0, shuffle=False, class_sep=2.0, random_state=0)
+    X = StandardScaler().fit_transform(X)
+    clf = SoftRegCNNClassifier(module=_FlatMLP, max_epochs=30, random_state=0, device="cpu")
+    sel = SoftRegSelectorCV(clf, n_lambdas=6, cv=3, dense_epochs=30, path_epochs=5).fit(X, y)
+    assert sel.cv_scores_.shape == (6, 3)
+    assert sel.support_[:2].all()
+    assert sel.predict_proba(X).shape == (400, 2)
+    assert sel.score(X, y) > 0.8
+    np.testing.assert_array_equal(sel.classes_, [0, 1])
+
+
+def test_plot_selector_cv(fitted):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from sk_softreg.plot import plot_selector_cv
+
+    sel, X, y = fitted
+    ax = plot_selector_cv(sel)
+    assert ax.get_xscale() == "log"
+    np.testing.assert_array_equal(ax.count_ax.lines[0].get_ydata(), sel.n_features_path_)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_stacked_paths_match_the_shapes_and_choose_from_their_own_scores():
+    X, y = _data(300, 6, seed=2)
+    sel = _selector(stacked=True, n_lambdas=4, cv=2, dense_epochs=20, path_epochs=2).fit(X, y)
+    assert sel.cv_scores_.shape == (4, 2) and np.all(np.isfinite(sel.cv_scores_))
+    assert sel.cv_n_features_.shape == (4, 2)
+    assert sel.n_features_path_.shape == (4,)
+    assert sel.best_lambda_ == sel.lambdas_[sel.best_index_]
+    assert sel.estimator_.n_features_in_ == sel.support_.sum()
+
+
+def test_stacked_falls_back_for_a_module_it_cannot_stack():
+    from sk_softreg.model_selection import StackingFallbackWarning
+
+    class BN(nn.Module):
+        def __init__(self, n_features=1, n_outputs=1):
+            super().__init__()
+            self.first = nn.Linear(n_features, 8)
+            self.rest = nn.Sequential(nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2 * n_outputs))
+
+        def forward(self, X):
+            return self.rest(self.first(X))
+
+    X, y = _data(200, 5, seed=3)
+    sel = SoftRegSelectorCV(SoftRegRegressor(module=BN, max_epochs=5, random_state=0),
+                            stacked=True, n_lambdas=3, cv=2, dense_epochs=5, path_epochs=1)
+    with pytest.warns(StackingFallbackWarning, match="BatchNorm1d"):
+        sel.fit(X, y)
+    assert sel.cv_scores_.shape == (3, 2)
