@@ -10,6 +10,7 @@ from ._exceptions import ModelFileError, NonFiniteLossError
 from ._persistence import load
 from ._regressor import SoftRegRegressor
 from ._show_versions import show_versions
+from .feature_selection import SoftRegSelectorCV
 from .model_selection import BatchedGridSearchCV
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ __all__ = [
     "NonFiniteLossError",
     "SoftRegCNNClassifier",
     "SoftRegRegressor",
+    "SoftRegSelectorCV",
     "__version__",
     "load",
     "show_versions",

@@ -44,7 +44,7 @@ from ._stacked_members import penalized_names
 from ._stacked_optim import StackedAdam
 from .penalties import prox_group_l2_
 
-__all__ = ["train_stack"]
+__all__ = ["train_path", "train_stack"]
 
 
 class _Stack:
@@ -333,6 +333,65 @@ def train_stack(members, progress=None):
     for member in members:
         if member.error is None:
             _finish(member)
+
+
+def train_path(members, lambdas, dense_epochs, path_epochs, after_step):
+    """Train ``members`` together along a warm-started ``lambda_features`` path.
+
+    ``dense_epochs`` epochs with ``lambda_features=0``, then ``path_epochs``
+    epochs at each λ of ``lambdas`` in turn, each from the previous λ's
+    weights and Adam moments. After each λ, every member's module gets its
+    weights, its ``_after_fit`` runs, and ``after_step(k, i, net)`` is called
+    (λ index ``k``, member ``i``). The members are prepared with a non-zero
+    ``lambda_features`` (so that the stack finds the input layer), no
+    validation set, and ``max_epochs`` of at least the path's epochs.
+
+    Parameters
+    ----------
+    members : list of Member
+    lambdas : sequence of float
+    dense_epochs, path_epochs : int
+    after_step : callable
+    """
+    for member in members:
+        member.running = True
+        member.net.history.clear()
+    stack = _Stack(members)
+    cuda = [stack.device.index or 0] if stack.device.type == "cuda" else []
+    epoch = 0
+
+    def run(n_epochs):
+        nonlocal epoch
+        for _ in range(n_epochs):
+            epoch += 1
+            running = [m.running for m in stack.members]
+            if not any(running):
+                return
+            start = time.perf_counter()
+            orders = _draw_orders(stack.members, running)
+            records = _train_epoch(stack, orders, running)
+            duration = time.perf_counter() - start
+            for i, member in enumerate(stack.members):
+                if running[i]:
+                    _end_epoch(stack, i, member, epoch, records, None, duration)
+
+    with torch.random.fork_rng(devices=cuda):
+        seeds = [m.net.random_state for m in members]
+        seeds = [s for s in seeds if isinstance(s, (int, np.integer))]
+        if seeds:
+            torch.manual_seed(int(seeds[0]))  # the stack's own stream (dropout)
+        stack.lambda_features = [0.0] * len(members)
+        run(dense_epochs)
+        for k, lam in enumerate(lambdas):
+            stack.lambda_features = [float(lam)] * len(members)
+            for member in members:
+                member.net.lambda_features = float(lam)
+            run(path_epochs)
+            for i, member in enumerate(members):
+                stack.load_into(i, member)
+                if member.error is None:
+                    _finish(member)
+                after_step(k, i, member)
 
 
 def _draw_orders(members, running):

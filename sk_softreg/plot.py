@@ -16,6 +16,8 @@ module (and :func:`sparsity_scorer`) works without it.
   that the proximal L1 step produces drawn as their own bar.
 - :func:`plot_selection_path`: the inputs kept, and each input's importance,
   against ``lambda_features``.
+- :func:`plot_selector_cv`: a fitted :class:`~sk_softreg.SoftRegSelectorCV`'s
+  CV score (with its one-SE band) and inputs kept along its λ path.
 """
 
 import warnings
@@ -29,6 +31,7 @@ __all__ = [
     "plot_history",
     "plot_regularization_path",
     "plot_selection_path",
+    "plot_selector_cv",
     "plot_weight_histogram",
     "sparsity_scorer",
 ]
@@ -418,6 +421,57 @@ def plot_selection_path(estimators, ax=None, highlight=None, feature_names=None)
     ax.legend([count, *lines], [h.get_label() for h in (count, *lines)], loc="best",
               fontsize="small")
     ax.importance_ax = twin
+    return ax
+
+
+def plot_selector_cv(selector, ax=None):
+    """Plot a fitted :class:`~sk_softreg.SoftRegSelectorCV`: CV score and inputs kept against λ.
+
+    The mean held-out score per λ is drawn on ``ax`` with a band of one
+    standard error (the folds' standard deviation over the square root of
+    their number), the best mean's one-SE threshold as a dotted line, and
+    the chosen λ (``best_lambda_``) as a vertical line. The inputs kept along
+    the path over all rows (``n_features_path_``) are on a second y axis,
+    ``ax.count_ax``. The x axis is logarithmic.
+
+    Parameters
+    ----------
+    selector : SoftRegSelectorCV or Pipeline ending in one
+        Fitted.
+    ax : matplotlib Axes, default=None
+        Axes to draw on; ``None`` creates a new figure.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+        The Axes with the score; the count is on its twin, ``ax.count_ax``.
+    """
+    selector = _final_estimator(selector)
+    check_is_fitted(selector, "cv_scores_")
+    x = selector.lambdas_
+    scores = selector.cv_scores_
+    mean = np.nanmean(scores, axis=1)
+    n_folds = scores.shape[1]
+    se = (np.nanstd(scores, axis=1, ddof=1) / np.sqrt(n_folds) if n_folds > 1
+          else np.zeros_like(mean))
+    best = int(np.nanargmax(mean))
+    ax = _get_ax(ax)
+    (line,) = ax.plot(x, mean, color="C0", marker="o", label="mean CV score")
+    ax.fill_between(x, mean - se, mean + se, color="C0", alpha=0.2, label="± 1 SE")
+    ax.axhline(mean[best] - se[best], color="C0", linestyle=":", linewidth=1,
+               label="best - 1 SE")
+    ax.axvline(selector.best_lambda_, color="k", linewidth=1,
+               label=f"chosen λ = {selector.best_lambda_:.3g} ({selector.selection})")
+    ax.set_xscale("log")
+    ax.set_xlabel("lambda_features")
+    ax.set_ylabel("held-out score")
+    twin = ax.twinx()
+    twin.step(x, selector.n_features_path_, where="mid", color="C3", label="inputs kept")
+    twin.set_ylabel("inputs kept (path on all rows)")
+    twin.set_ylim(0, selector.n_features_in_ + 0.5)
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="best", fontsize="small")
+    ax.count_ax = twin
     return ax
 
 

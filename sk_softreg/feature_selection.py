@@ -1,0 +1,473 @@
+"""Selecting inputs with a λ path: :class:`SoftRegSelectorCV`.
+
+A warm-started path over ``lambda_features`` (the group-L1 penalty on the
+first layer's columns, :mod:`sk_softreg._features`), run on each CV fold and
+on the whole data, chosen by CV (best score or one standard error), then a
+refit on the kept inputs without the penalty.
+"""
+
+import copy
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, _fit_context, clone, is_classifier
+from sklearn.feature_selection import SelectorMixin
+from sklearn.metrics import check_scoring
+from sklearn.model_selection import check_cv
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.parallel import Parallel, delayed
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .modules import GaussianMLP
+
+__all__ = ["SoftRegSelectorCV"]
+
+# the path's batch size under path_params="auto" (with batch_size="auto")
+_PATH_BATCH_SIZE = 1024
+
+
+def _path_settings(estimator, path_params):
+    """The parameters the path's fits use on top of ``estimator``'s own."""
+    if path_params is not None and not isinstance(path_params, str):
+        return dict(path_params)
+    # "auto": no early stopping (it ends a fit before the zeros settle, and it
+    # restores an early epoch), and no dropout in the default MLP (its noise
+    # enters every column's gradient and keeps noise inputs off zero)
+    # and batches of at least 1,024 rows: a column at zero stays there only while
+    # its mini-batch gradient is small against λ, and a noise input's gradient is
+    # sampling noise that shrinks with the batch
+    settings = {"early_stopping": False}
+    params = estimator.get_params(deep=False)
+    if params.get("batch_size") == "auto":
+        settings["batch_size"] = _PATH_BATCH_SIZE
+    if params.get("module") in (None, GaussianMLP) and not is_classifier(estimator):
+        settings["module__dropout"] = 0.0
+    return settings
+
+
+def _input_norms(est):
+    """Column norms of the fitted estimator's input layer, shape (n_features,)."""
+    weight = est._feature_weight().detach()
+    return weight.norm(dim=0).cpu().double().numpy()
+
+
+def _run_path(estimator, X, y, lambdas, dense_epochs, path_epochs, X_val=None, y_val=None,
+              scorer=None, keep=None):
+    """A dense fit, then one warm-started fit of ``path_epochs`` epochs per λ.
+
+    Returns the column norms after each λ (n_lambdas, n_features), the
+    validation score after each λ (or None), and a copy of the estimator
+    at the λ of index ``keep`` (or None).
+    """
+    est = clone(estimator).set_params(lambda_features=0.0, max_epochs=dense_epochs)
+    est.fit(X, y)
+    est.set_params(warm_start=True, max_epochs=path_epochs)
+    norms, scores, kept = [], [], None
+    for i, lam in enumerate(lambdas):
+        est.set_params(lambda_features=float(lam))
+        with warnings.catch_warnings():
+            # "set the weights of every input to zero": expected at the path's end
+            warnings.simplefilter("ignore", UserWarning)
+            est.fit(X, y)
+        norms.append(_input_norms(est))
+        if scorer is not None:
+            scores.append(scorer(est, X_val, y_val))
+        if keep is not None and i == keep:
+            kept = copy.deepcopy(est)
+    return np.array(norms), (np.array(scores) if scorer is not None else None), kept
+
+
+def _fold_path(estimator, X, y, train, test, lambdas, dense_epochs, path_epochs, scorer):
+    norms, scores, _ = _run_path(
+        estimator, X[train], y[train], lambdas, dense_epochs, path_epochs,
+        X_val=X[test], y_val=y[test], scorer=scorer,
+    )
+    return norms, scores
+
+
+def _stacked_paths(path_est, X, y, splits, lambdas, dense_epochs, path_epochs, scorer):
+    """Every path of ``splits`` (``(train, test or None)`` pairs) trained as one stack.
+
+    Returns ``(norms, scores)`` of shapes ``(n_lambdas, n_paths, n_features)`` and
+    ``(n_lambdas, n_paths)`` (NaN where ``test`` is None), or None with the
+    reason where the paths cannot share a stack.
+    """
+    from ._stacked import train_path
+    from ._stacked_members import prepare_member, stack_key
+
+    total = dense_epochs + len(lambdas) * path_epochs
+    members = []
+    for train, _ in splits:
+        net = clone(path_est).set_params(lambda_features=float(lambdas[0]), max_epochs=total)
+        members.append(prepare_member(net, X[train], y[train]))
+    reasons = {m.reason for m in members if m.reason is not None}
+    if reasons:
+        return None, "; ".join(sorted(reasons))
+    if any(m.valid is not None for m in members):
+        return None, "a validation split (train_split) in the path's fits"
+    keys = [stack_key(m) for m in members]
+    if any(k != keys[0] for k in keys[1:]):
+        return None, "the folds' fits differ in what a stack must share"
+    norms = np.zeros((len(lambdas), len(splits), X.shape[1]))
+    scores = np.full((len(lambdas), len(splits)), np.nan)
+
+    def after_step(k, i, member):
+        if member.error is not None:
+            raise member.error
+        norms[k, i] = _input_norms(member.net)
+        test = splits[i][1]
+        if test is not None:
+            scores[k, i] = scorer(member.net, X[test], y[test])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "every input to zero": the path's end
+        train_path(members, lambdas, dense_epochs, path_epochs, after_step)
+    return (norms, scores), None
+
+
+def _estimator_has(attr):
+    def check(self):
+        return hasattr(self.estimator_ if hasattr(self, "estimator_") else self._estimator(), attr)
+
+    return check
+
+
+class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
+    """Select inputs by a warm-started ``lambda_features`` path chosen by cross-validation.
+
+    On each CV fold, and then on all the rows, the estimator is first fitted
+    densely (``lambda_features=0``) and then along an increasing grid of
+    ``lambda_features``: each λ starts from the previous λ's weights and
+    trains ``path_epochs`` more epochs (``warm_start=True``), as in glmnet and
+    LassoNet. The held-out fold is scored after each λ. The chosen λ is the
+    one with the best mean score (``selection="best"``) or the largest λ
+    whose mean score is within one standard error of the best
+    (``selection="1se"``). The inputs kept are those with a non-zero column
+    at the chosen λ on the path over all the rows, and the final model
+    (``estimator_``) is ``estimator`` refit on them with
+    ``lambda_features=0`` (a relaxed lasso).
+
+    Parameters
+    ----------
+    estimator : estimator, default=None
+        An sk_softreg estimator with a ``lambda_features`` parameter and a
+        module whose first layer is an ``nn.Linear`` taking every input.
+        ``None`` uses ``SoftRegRegressor()``. Standardize X first.
+    lambdas : array-like of float, default=None
+        The path's ``lambda_features`` values (sorted increasingly). ``None``:
+        ``n_lambdas`` values spaced evenly on a log scale from
+        ``lambda_max * lambda_min_ratio`` to ``lambda_max``.
+    n_lambdas : int, default=16
+        Number of λ values when ``lambdas`` is None.
+    lambda_max : float, default=0.3
+        Largest λ when ``lambdas`` is None. ``lambda_features`` is in units of
+        the standardized target's half squared error, so one value suits
+        most standardized problems.
+    lambda_min_ratio : float, default=0.01
+        Smallest λ over the largest, when ``lambdas`` is None.
+    cv : int, cross-validation generator or iterable, default=5
+        As in :func:`sklearn.model_selection.check_cv`.
+    scoring : str or callable, default=None
+        Scores the held-out fold after each λ (greater is better). ``None``:
+        the estimator's ``score`` (R² for a regressor).
+    selection : {"1se", "best"}, default="1se"
+        How λ is chosen from the mean CV scores.
+    refit : bool, default=True
+        Refit ``estimator`` on the kept inputs with ``lambda_features=0``.
+        ``False`` keeps the penalized model of the path at the chosen λ
+        (it takes every input; the dropped ones have zero weights).
+    dense_epochs : int, default=100
+        Epochs of the dense fit that starts each path.
+    path_epochs : int, default=10
+        Epochs per λ along the path.
+    path_params : dict or "auto", default="auto"
+        Parameters set on the path's fits (not on the refit). ``"auto"``:
+        ``early_stopping=False``; ``batch_size=1024`` where the estimator's
+        is ``"auto"``; and ``module__dropout=0`` for ``SoftRegRegressor``'s
+        default module. See the docs page "Selecting inputs with a λ path"
+        for why.
+    n_jobs : int, default=None
+        Paths run in parallel (joblib) where they are not stacked.
+    stacked : bool, default=False
+        Train the folds' paths and the path on all rows together, as one
+        stacked model (the engine of :class:`~sk_softreg.BatchedGridSearchCV`).
+        Where the estimator cannot be stacked (see there), the paths are
+        trained one by one with a ``StackingFallbackWarning``. Experimental:
+        on a 2-core CPU it was slower than ``n_jobs=2`` (see the docs page).
+
+    Attributes
+    ----------
+    lambdas_ : ndarray of shape (n_lambdas,)
+        The path's λ values.
+    cv_scores_ : ndarray of shape (n_lambdas, n_folds)
+        Held-out score after each λ on each fold.
+    n_features_path_ : ndarray of shape (n_lambdas,)
+        Inputs kept after each λ on the path over all the rows.
+    cv_n_features_ : ndarray of shape (n_lambdas, n_folds)
+        Inputs kept after each λ on each fold's path.
+    best_index_ : int
+        Index of the chosen λ.
+    best_lambda_ : float
+        The chosen λ.
+    support_ : ndarray of bool of shape (n_features,)
+        The kept inputs.
+    feature_importances_ : ndarray of shape (n_features,)
+        The λ at which each input leaves the path over all the rows (the
+        first λ from which its column stays zero); ``inf`` for inputs that
+        never leave.
+    estimator_ : estimator
+        The refit estimator (on the kept inputs), or with ``refit=False`` the
+        penalized path model at ``best_lambda_``.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features,)
+        Where X has string column names.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_friedman1
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from sk_softreg import SoftRegRegressor, SoftRegSelectorCV
+    >>> X, y = make_friedman1(300, n_features=8, random_state=0)
+    >>> X = StandardScaler().fit_transform(X)
+    >>> sel = SoftRegSelectorCV(SoftRegRegressor(max_epochs=20, random_state=0),
+    ...                         n_lambdas=4, cv=2, dense_epochs=20, path_epochs=2)
+    >>> sel.fit(X, y).transform(X).shape[0]
+    300
+    """
+
+    _parameter_constraints = {
+        "estimator": [HasMethods(["fit", "set_params"]), None],
+        "lambdas": ["array-like", None],
+        "n_lambdas": [Interval(Integral, 1, None, closed="left")],
+        "lambda_max": [Interval(Real, 0, None, closed="neither")],
+        "lambda_min_ratio": [Interval(Real, 0, 1, closed="right")],
+        "cv": ["cv_object"],
+        "scoring": [str, callable, None],
+        "selection": [StrOptions({"1se", "best"})],
+        "refit": ["boolean"],
+        "dense_epochs": [Interval(Integral, 1, None, closed="left")],
+        "path_epochs": [Interval(Integral, 1, None, closed="left")],
+        "path_params": [dict, StrOptions({"auto"})],
+        "n_jobs": [Integral, None],
+        "stacked": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        estimator=None,
+        *,
+        lambdas=None,
+        n_lambdas=16,
+        lambda_max=0.3,
+        lambda_min_ratio=0.01,
+        cv=5,
+        scoring=None,
+        selection="1se",
+        refit=True,
+        dense_epochs=100,
+        path_epochs=10,
+        path_params="auto",
+        n_jobs=None,
+        stacked=False,
+    ):
+        self.estimator = estimator
+        self.lambdas = lambdas
+        self.n_lambdas = n_lambdas
+        self.lambda_max = lambda_max
+        self.lambda_min_ratio = lambda_min_ratio
+        self.cv = cv
+        self.scoring = scoring
+        self.selection = selection
+        self.refit = refit
+        self.dense_epochs = dense_epochs
+        self.path_epochs = path_epochs
+        self.path_params = path_params
+        self.n_jobs = n_jobs
+        self.stacked = stacked
+
+    def _estimator(self):
+        if self.estimator is None:
+            from ._regressor import SoftRegRegressor
+
+            return SoftRegRegressor()
+        return self.estimator
+
+    def _lambda_grid(self):
+        if self.lambdas is None:
+            return np.geomspace(self.lambda_max * self.lambda_min_ratio, self.lambda_max,
+                                self.n_lambdas)
+        lambdas = np.asarray(self.lambdas, dtype=np.float64)
+        if lambdas.ndim != 1 or lambdas.size == 0:
+            raise ValueError(
+                f"lambdas must be a non-empty 1-D array-like; got shape {lambdas.shape}."
+            )
+        if not np.all(np.isfinite(lambdas)) or np.any(lambdas <= 0):
+            raise ValueError(f"lambdas must be finite and > 0; got {self.lambdas!r}.")
+        return np.sort(lambdas)
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y):
+        """Run the λ path on each fold and on all rows, choose λ, and refit.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training inputs, standardized.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets.
+
+        Returns
+        -------
+        self
+        """
+        estimator = self._estimator()
+        if "lambda_features" not in estimator.get_params(deep=False):
+            raise ValueError(
+                f"estimator must have a lambda_features parameter (an sk_softreg estimator); "
+                f"got {type(estimator).__name__}."
+            )
+        X, y = validate_data(self, X, y, dtype=np.float32, multi_output=True,
+                             y_numeric=not is_classifier(estimator))
+        lambdas = self._lambda_grid()
+        path_est = clone(estimator).set_params(**_path_settings(estimator, self.path_params))
+        scorer = check_scoring(estimator, scoring=self.scoring)
+        cv = check_cv(self.cv, y, classifier=is_classifier(estimator))
+        folds = list(cv.split(X, y))
+        result, reason = None, None
+        if self.stacked:
+            splits = [*folds, (np.arange(len(X)), None)]
+            result, reason = _stacked_paths(path_est, X, y, splits, lambdas, self.dense_epochs,
+                                            self.path_epochs, scorer)
+            if result is None:
+                from .model_selection import StackingFallbackWarning
+
+                warnings.warn(f"The paths are trained one by one, not stacked: {reason}.",
+                              StackingFallbackWarning, stacklevel=2)
+        if result is not None:
+            all_norms, all_scores = result
+            fold_norms, norms = all_norms[:, :-1], all_norms[:, -1]
+            self.cv_scores_ = all_scores[:, :-1]
+            self.cv_n_features_ = np.count_nonzero(fold_norms, axis=2)
+        else:
+            out = Parallel(n_jobs=self.n_jobs)(
+                delayed(_fold_path)(path_est, X, y, train, test, lambdas, self.dense_epochs,
+                                    self.path_epochs, scorer)
+                for train, test in folds
+            )
+            self.cv_scores_ = np.stack([scores for _, scores in out], axis=1)
+            self.cv_n_features_ = np.stack(
+                [np.count_nonzero(n, axis=1) for n, _ in out], axis=1)
+        self.lambdas_ = lambdas
+        self.best_index_ = self._choose(self.cv_scores_)
+        self.best_lambda_ = float(lambdas[self.best_index_])
+        penalized = None
+        if result is None or not self.refit:
+            # the path on all rows (again, with refit=False, to keep its model at best_lambda_)
+            norms, _, penalized = _run_path(
+                path_est, X, y, lambdas, self.dense_epochs, self.path_epochs,
+                keep=None if self.refit else self.best_index_,
+            )
+        self.n_features_path_ = np.count_nonzero(norms, axis=1)
+        self.support_ = norms[self.best_index_] > 0
+        self.feature_importances_ = self._leaving_lambdas(norms, lambdas)
+        if self.refit:
+            if not self.support_.any():
+                raise ValueError(
+                    f"No input is left at the chosen lambda_features={self.best_lambda_!r}: "
+                    "use smaller lambdas."
+                )
+            self.estimator_ = clone(estimator).set_params(lambda_features=0.0)
+            self.estimator_.fit(X[:, self.support_], y)
+        else:
+            self.estimator_ = penalized
+        return self
+
+    def _choose(self, scores):
+        """Index of the chosen λ from the (n_lambdas, n_folds) scores."""
+        mean = np.nanmean(scores, axis=1)
+        best = int(np.nanargmax(mean))
+        if self.selection == "best":
+            return best
+        n_folds = scores.shape[1]
+        se = np.nanstd(scores[best], ddof=1) / np.sqrt(n_folds) if n_folds > 1 else 0.0
+        within = np.flatnonzero(mean >= mean[best] - se)
+        return int(within.max())
+
+    @staticmethod
+    def _leaving_lambdas(norms, lambdas):
+        """The first λ from which each input's column stays zero (inf if never)."""
+        out = np.full(norms.shape[1], np.inf)
+        nonzero = norms > 0
+        for j in range(norms.shape[1]):
+            alive = np.flatnonzero(nonzero[:, j])
+            last = alive.max() if alive.size else -1
+            if last + 1 < len(lambdas):
+                out[j] = lambdas[last + 1]
+        return out
+
+    def _get_support_mask(self):
+        check_is_fitted(self, "support_")
+        return self.support_
+
+    def _model_input(self, X):
+        return self.transform(X) if self.refit else validate_data(
+            self, X, reset=False, dtype=np.float32)
+
+    @available_if(_estimator_has("predict"))
+    def predict(self, X):
+        """Predict with ``estimator_`` on the kept inputs of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray
+        """
+        check_is_fitted(self, "estimator_")
+        return self.estimator_.predict(self._model_input(X))
+
+    @available_if(_estimator_has("predict_proba"))
+    def predict_proba(self, X):
+        """Class probabilities of ``estimator_`` on the kept inputs of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        check_is_fitted(self, "estimator_")
+        return self.estimator_.predict_proba(self._model_input(X))
+
+    def score(self, X, y):
+        """``estimator_``'s ``score`` on the kept inputs of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like
+
+        Returns
+        -------
+        float
+        """
+        check_is_fitted(self, "estimator_")
+        return self.estimator_.score(self._model_input(X), y)
+
+    @property
+    def classes_(self):
+        """The classes of ``estimator_`` (classifiers)."""
+        return self.estimator_.classes_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        sub = self._estimator().__sklearn_tags__()
+        tags.estimator_type = sub.estimator_type
+        tags.target_tags.required = True
+        return tags

@@ -1,0 +1,229 @@
+"""SoftRegSelectorCV: a warm-started lambda_features path chosen by CV, refit on the kept inputs."""
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import make_classification, make_friedman1
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LinearRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils._param_validation import InvalidParameterError
+from torch import nn
+
+import sk_softreg
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor, SoftRegSelectorCV
+
+
+def _data(n=600, n_features=8, seed=1):
+    X, y = make_friedman1(n, n_features=n_features, noise=0.5, random_state=seed)
+    return StandardScaler().fit_transform(X), y
+
+
+def _selector(**kwargs):
+    params = dict(n_lambdas=8, lambda_max=0.3, lambda_min_ratio=0.03, cv=3,
+                  dense_epochs=60, path_epochs=5)
+    params["estimator"] = SoftRegRegressor(max_epochs=60, random_state=0)
+    params.update(kwargs)
+    return SoftRegSelectorCV(**params)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, y = _data()
+    return _selector().fit(X, y), X, y
+
+
+def test_exported():
+    assert "SoftRegSelectorCV" in sk_softreg.__all__
+    assert sk_softreg.feature_selection.SoftRegSelectorCV is SoftRegSelectorCV
+
+
+def test_keeps_the_informative_inputs_and_drops_noise(fitted):
+    sel, X, y = fitted
+    assert sel.support_[:5].all(), sel.support_
+    assert sel.support_[5:].sum() <= 1, sel.support_
+    assert sel.score(X, y) > 0.8
+
+
+def test_attributes_shapes(fitted):
+    sel, X, y = fitted
+    n_l = len(sel.lambdas_)
+    assert n_l == 8 and np.all(np.diff(sel.lambdas_) > 0)
+    assert sel.cv_scores_.shape == (n_l, 3)
+    assert sel.cv_n_features_.shape == (n_l, 3)
+    assert sel.n_features_path_.shape == (n_l,)
+    assert np.all(np.diff(sel.n_features_path_) <= 2)  # roughly decreasing along the path
+    assert sel.best_lambda_ == sel.lambdas_[sel.best_index_]
+    assert sel.support_.dtype == bool and sel.support_.shape == (8,)
+    assert sel.n_features_in_ == 8
+    assert sel.feature_importances_.shape == (8,)
+    # an input kept at the chosen lambda leaves after it
+    assert np.all(sel.feature_importances_[sel.support_] > sel.best_lambda_)
+    assert np.all(sel.feature_importances_[~sel.support_] <= sel.best_lambda_)
+    np.testing.assert_array_equal(sel.get_support(), sel.support_)
+    assert sel.transform(X).shape == (len(X), sel.support_.sum())
+    assert sel.estimator_.n_features_in_ == sel.support_.sum()
+    assert sel.estimator_.lambda_features == 0.0
+    assert sel.predict(X).shape == (len(X),)
+
+
+def test_one_se_is_sparser_than_best(fitted):
+    sel, X, y = fitted
+    best = sel._choose.__func__(clone(sel).set_params(selection="best"), sel.cv_scores_)
+    assert sel.best_index_ >= best
+    mean = sel.cv_scores_.mean(axis=1)
+    se = sel.cv_scores_[best].std(ddof=1) / np.sqrt(3)
+    assert mean[sel.best_index_] >= mean[best] - se
+
+
+def test_refit_false_keeps_the_penalized_model():
+    X, y = _data(300, 6, seed=2)
+    sel = _selector(refit=False, n_lambdas=4, cv=2, dense_epochs=20, path_epochs=2).fit(X, y)
+    assert sel.estimator_.n_features_in_ == 6
+    assert sel.estimator_.lambda_features == sel.best_lambda_
+    assert sel.predict(X).shape == (300,)
+
+
+def test_pipeline_and_feature_names():
+    pd = pytest.importorskip("pandas")
+    X, y = _data(300, 6, seed=2)
+    df = pd.DataFrame(X, columns=[f"c{i}" for i in range(6)])
+    sel = _selector(n_lambdas=4, cv=2, dense_epochs=20, path_epochs=2)
+    pipe = make_pipeline(sel, LinearRegression()).fit(df, y)  # df is standardized
+    assert list(sel.feature_names_in_) == list(df.columns)
+    assert list(sel.get_feature_names_out()) == list(df.columns[sel.support_])
+    assert pipe.predict(df).shape == (300,)
+    # as the final step, a predictor
+    pipe = make_pipeline(StandardScaler(), clone(sel)).fit(df, y)
+    assert np.isfinite(pipe.score(df, y))
+
+
+def test_clone_and_get_params():
+    sel = SoftRegSelectorCV(SoftRegRegressor(lambda2=1e-3), n_lambdas=5, selection="best")
+    params = sel.get_params()
+    assert params["n_lambdas"] == 5 and params["estimator__lambda2"] == 1e-3
+    other = clone(sel)
+    assert other.get_params()["selection"] == "best"
+    assert other.estimator is not sel.estimator
+    other.set_params(estimator__lambda2=0.0, cv=3)
+    assert other.estimator.lambda2 == 0.0 and sel.estimator.lambda2 == 1e-3
+
+
+def test_explicit_lambdas_are_sorted():
+    X, y = _data(200, 5, seed=3)
+    sel = _selector(lambdas=[0.1, 0.01], cv=2, dense_epochs=10, path_epochs=2).fit(X, y)
+    np.testing.assert_array_equal(sel.lambdas_, [0.01, 0.1])
+
+
+@pytest.mark.parametrize(
+    "params, error, match",
+    [
+        ({"selection": "min"}, InvalidParameterError, "selection"),
+        ({"n_lambdas": 0}, InvalidParameterError, "n_lambdas"),
+        ({"path_epochs": 0}, InvalidParameterError, "path_epochs"),
+        ({"lambdas": [0.1, -1.0]}, ValueError, "lambdas must be finite and > 0"),
+        ({"lambdas": []}, ValueError, "non-empty"),
+        ({"estimator": LinearRegression()}, ValueError, "lambda_features parameter"),
+    ],
+)
+def test_bad_parameters(params, error, match):
+    X, y = _data(100, 5)
+    with pytest.raises(error, match=match):
+        _selector(**params).fit(X, y)
+
+
+def test_bad_input():
+    sel = _selector()
+    with pytest.raises(ValueError, match="NaN"):
+        sel.fit(np.full((20, 3), np.nan), np.zeros(20))
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        sel.fit(np.zeros((20, 3)), np.zeros(19))
+    with pytest.raises(NotFittedError):
+        sel.transform(np.zeros((2, 3)))
+
+
+def test_wrong_number_of_features(fitted):
+    sel, X, y = fitted
+    with pytest.raises(ValueError, match="features"):
+        sel.predict(X[:, :3])
+
+
+def test_auto_path_settings():
+    from sk_softreg.feature_selection import _path_settings
+
+    assert _path_settings(SoftRegRegressor(), "auto") == {
+        "early_stopping": False, "batch_size": 1024, "module__dropout": 0.0}
+    # the user's batch size and module stay; explicit path_params are used as given
+    assert _path_settings(SoftRegRegressor(batch_size=64), "auto") == {
+        "early_stopping": False, "module__dropout": 0.0}
+    assert _path_settings(SoftRegRegressor(), {"max_epochs": 3}) == {"max_epochs": 3}
+
+
+class _FlatMLP(nn.Module):
+    """nn.Flatten then nn.Linear first: the classifier's inputs as one vector."""
+
+    def __init__(self, input_shape=(1, 1, 6), n_classes=2):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), 16),
+                                  nn.ReLU(), nn.Linear(16, n_classes))
+
+    def forward(self, X):
+        return self.body(X)
+
+
+def test_classifier_with_a_linear_first_module():
+    X, y = make_classification(400, n_features=6, n_informative=2, n_redundant=0,
+                               n_repeated=0, shuffle=False, class_sep=2.0, random_state=0)
+    X = StandardScaler().fit_transform(X)
+    clf = SoftRegCNNClassifier(module=_FlatMLP, max_epochs=30, random_state=0, device="cpu")
+    sel = SoftRegSelectorCV(clf, n_lambdas=6, cv=3, dense_epochs=30, path_epochs=5).fit(X, y)
+    assert sel.cv_scores_.shape == (6, 3)
+    assert sel.support_[:2].all()
+    assert sel.predict_proba(X).shape == (400, 2)
+    assert sel.score(X, y) > 0.8
+    np.testing.assert_array_equal(sel.classes_, [0, 1])
+
+
+def test_plot_selector_cv(fitted):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from sk_softreg.plot import plot_selector_cv
+
+    sel, X, y = fitted
+    ax = plot_selector_cv(sel)
+    assert ax.get_xscale() == "log"
+    np.testing.assert_array_equal(ax.count_ax.lines[0].get_ydata(), sel.n_features_path_)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_stacked_paths_match_the_shapes_and_choose_from_their_own_scores():
+    X, y = _data(300, 6, seed=2)
+    sel = _selector(stacked=True, n_lambdas=4, cv=2, dense_epochs=20, path_epochs=2).fit(X, y)
+    assert sel.cv_scores_.shape == (4, 2) and np.all(np.isfinite(sel.cv_scores_))
+    assert sel.cv_n_features_.shape == (4, 2)
+    assert sel.n_features_path_.shape == (4,)
+    assert sel.best_lambda_ == sel.lambdas_[sel.best_index_]
+    assert sel.estimator_.n_features_in_ == sel.support_.sum()
+
+
+def test_stacked_falls_back_for_a_module_it_cannot_stack():
+    from sk_softreg.model_selection import StackingFallbackWarning
+
+    class BN(nn.Module):
+        def __init__(self, n_features=1, n_outputs=1):
+            super().__init__()
+            self.first = nn.Linear(n_features, 8)
+            self.rest = nn.Sequential(nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2 * n_outputs))
+
+        def forward(self, X):
+            return self.rest(self.first(X))
+
+    X, y = _data(200, 5, seed=3)
+    sel = SoftRegSelectorCV(SoftRegRegressor(module=BN, max_epochs=5, random_state=0),
+                            stacked=True, n_lambdas=3, cv=2, dense_epochs=5, path_epochs=1)
+    with pytest.warns(StackingFallbackWarning, match="BatchNorm1d"):
+        sel.fit(X, y)
+    assert sel.cv_scores_.shape == (3, 2)
