@@ -352,3 +352,15 @@ def test_global_rng_draws_are_those_of_gridsearch(reg_data):
         cls(_regressor(), {"alpha": [0.0, 0.5]}, cv=2).fit(X, y)
         states.append(torch.get_rng_state())
     assert torch.equal(*states)
+
+
+def test_alpha_members_with_dropout_stack_apart(reg_data):
+    """The regressor's KL needs a dropout-free pass, which a stack runs for all its members:
+    with dropout, the alpha == 0 members train in a stack of their own, without it."""
+    X, y = reg_data
+    grid = {"alpha": [0.0, 0.5], "lambda1": [0.0, 1e-3]}
+    with_dropout = BatchedGridSearchCV(_regressor(module__dropout=0.2), grid, cv=2, refit=False,
+                                       scoring=SCORING).fit(X, y)
+    assert with_dropout.n_stacks_ == 2 and with_dropout.n_fallback_fits_ == 0
+    without = BatchedGridSearchCV(_regressor(), grid, cv=2, refit=False, scoring=SCORING).fit(X, y)
+    assert without.n_stacks_ == 1
