@@ -22,7 +22,7 @@ from ._batching import pack_weights, unpack_weights
 from ._images import ImageInputMixin
 from ._multilabel import THRESHOLD, MultilabelMixin, is_label_matrix
 from ._torchvision import TorchvisionClassifierNet
-from ._validation import first_sample_shape, is_lazy
+from ._validation import is_lazy
 from .modules import SoftRegCNN
 from .penalties import kl_from_uniform, kl_to_uniform
 
@@ -388,52 +388,6 @@ class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, Neura
             self._set_classes(y, classes)
         return X, self._encode(y)
 
-    def _validate_fit_dataset(self, X, y, reset, classes):
-        """Lazy data: a torch ``Dataset`` of ``(x, y)`` pairs, or a skorch ``SliceDataset``.
-
-        Samples are not validated or copied; each ``x`` must be a float32
-        ``(C, H, W)`` tensor. ``input_shape_`` comes from the first sample.
-        A ``Dataset`` with a ``classes`` list of names whose targets index
-        into it (:class:`~sk_softreg.datasets.ImageFolderDataset`, torchvision's
-        ``ImageFolder``) gives those names as ``classes_``. Otherwise, without
-        the ``classes`` parameter (or ``partial_fit``'s ``classes``) the labels
-        are read once from the whole data set, which loads every sample of a
-        ``Dataset`` of pairs.
-        """
-        pairs = y is None
-        names = _class_names(X) if pairs else None
-        shape = first_sample_shape(X, y, type(self).__name__, 3, "(C, H, W) tensors")
-        if reset:
-            self._check_image_shape_matches(shape)
-            self.input_shape_ = shape
-            self.n_features_in_ = math.prod(shape)
-        else:
-            self._check_same_image_shape(shape)
-        known = self.classes is not None and len(self.classes) or classes is not None
-        labels = None
-        if not pairs:
-            labels = np.asarray(list(y) if is_lazy(y) else y)
-            if is_label_matrix(labels):
-                raise ValueError(
-                    f"{type(self).__name__} supports multilabel targets only for in-memory X "
-                    "(arrays, lists, DataFrames), not for a torch Dataset."
-                )
-            labels = column_or_1d(labels, warn=True)
-            check_consistent_length(X, labels)
-        elif reset and not known:
-            # the folder names, or one pass over the data
-            labels = names if names is not None else np.asarray([X[i][1] for i in range(len(X))])
-        if labels is not None:
-            check_classification_targets(labels)
-        if reset:
-            self._set_classes(labels, classes)
-        if not pairs:
-            return X, self._encode(labels)
-        served = names if names is not None else np.arange(len(self.classes_))
-        if np.array_equal(self.classes_, served):
-            return X, None  # the targets are already the class indices
-        return _EncodedTargets(X, self.classes_, names), None
-
     def _set_classes(self, y, classes):
         if self.classes is not None and len(self.classes):
             labels = np.asarray(self.classes)
@@ -622,35 +576,3 @@ def _index_accuracy(net, X, y):
     if y.ndim == 2:
         return float(np.mean(np.all((proba > THRESHOLD) == (y == 1), axis=1)))
     return float(np.mean(np.argmax(proba, axis=1) == y))
-
-
-def _class_names(dataset):
-    """The ``classes`` names of a Dataset whose targets index into them, else None."""
-    names = getattr(dataset, "classes", None)
-    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
-        return np.asarray(names)
-    return None
-
-
-class _EncodedTargets(torch.utils.data.Dataset):
-    """A ``Dataset`` of ``(x, label)`` pairs served as ``(x, class index)``.
-
-    With ``names``, the dataset's targets are indices into ``names``.
-    """
-
-    def __init__(self, dataset, classes, names=None):
-        self.dataset = dataset
-        self.classes = classes
-        self.names = names
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        x, label = self.dataset[i]
-        if self.names is not None:
-            label = self.names[label]
-        idx = np.searchsorted(self.classes, label)
-        if idx >= len(self.classes) or self.classes[idx] != label:
-            raise ValueError(f"y contains previously unseen labels: [{label!r}]")
-        return x, int(idx)

@@ -2,22 +2,33 @@
 
 :class:`ImageInputMixin` validates ``X`` as images and fixes ``input_shape_``
 at the first fit: a flat array is reshaped by ``image_shape`` when given, or
-into the largest square (else one row of pixels).
+into the largest square (else one row of pixels). A torch ``Dataset`` of
+``(image, label)`` pairs is checked from its first sample, and its labels are
+served as class indices (:class:`_EncodedTargets`).
 """
 
 import math
 
 import numpy as np
+import torch
 from sklearn.utils._param_validation import InvalidParameterError
-from sklearn.utils.validation import check_array, validate_data
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import (
+    check_array,
+    check_consistent_length,
+    column_or_1d,
+    validate_data,
+)
 
-from ._validation import FLOAT_DTYPES
+from ._multilabel import is_label_matrix
+from ._validation import FLOAT_DTYPES, first_sample_shape, is_lazy
 
 __all__ = ["ImageInputMixin"]
 
 
 class ImageInputMixin:
-    """``_check_X``: validated float32 images of shape ``(n, C, H, W)``; ``input_shape_``."""
+    """``_check_X``: validated float32 images of shape ``(n, C, H, W)``; ``input_shape_``;
+    ``_validate_fit_dataset`` for a torch ``Dataset`` of images."""
 
     def _check_X(self, X, reset):
         """Validate X and return float32 images of shape (n, C, H, W)."""
@@ -88,8 +99,86 @@ class ImageInputMixin:
                 f"images of shape {self.input_shape_}."
             )
 
+    def _validate_fit_dataset(self, X, y, reset, classes):
+        """Lazy data: a torch ``Dataset`` of ``(x, y)`` pairs, or a skorch ``SliceDataset``.
+
+        Samples are not validated or copied; each ``x`` must be a float32
+        ``(C, H, W)`` tensor. ``input_shape_`` comes from the first sample.
+        A ``Dataset`` with a ``classes`` list of names whose targets index
+        into it (:class:`~sk_softreg.datasets.ImageFolderDataset`, torchvision's
+        ``ImageFolder``) gives those names as ``classes_``. Otherwise, without
+        the ``classes`` parameter (or ``partial_fit``'s ``classes``) the labels
+        are read once from the whole data set, which loads every sample of a
+        ``Dataset`` of pairs.
+        """
+        pairs = y is None
+        names = _class_names(X) if pairs else None
+        shape = first_sample_shape(X, y, type(self).__name__, 3, "(C, H, W) tensors")
+        if reset:
+            self._check_image_shape_matches(shape)
+            self.input_shape_ = shape
+            self.n_features_in_ = math.prod(shape)
+        else:
+            self._check_same_image_shape(shape)
+        known = self.classes is not None and len(self.classes) or classes is not None
+        labels = None
+        if not pairs:
+            labels = np.asarray(list(y) if is_lazy(y) else y)
+            if is_label_matrix(labels):
+                raise ValueError(
+                    f"{type(self).__name__} supports multilabel targets only for in-memory X "
+                    "(arrays, lists, DataFrames), not for a torch Dataset."
+                )
+            labels = column_or_1d(labels, warn=True)
+            check_consistent_length(X, labels)
+        elif reset and not known:
+            # the folder names, or one pass over the data
+            labels = names if names is not None else np.asarray([X[i][1] for i in range(len(X))])
+        if labels is not None:
+            check_classification_targets(labels)
+        if reset:
+            self._set_classes(labels, classes)
+        if not pairs:
+            return X, self._encode(labels)
+        served = names if names is not None else np.arange(len(self.classes_))
+        if np.array_equal(self.classes_, served):
+            return X, None  # the targets are already the class indices
+        return _EncodedTargets(X, self.classes_, names), None
+
 
 def _ndim(X):
     """Number of dimensions of array-like X (2 for DataFrames and sparse matrices)."""
     ndim = getattr(X, "ndim", None)
     return ndim if ndim is not None else np.asarray(X).ndim
+
+
+def _class_names(dataset):
+    """The ``classes`` names of a Dataset whose targets index into them, else None."""
+    names = getattr(dataset, "classes", None)
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return np.asarray(names)
+    return None
+
+
+class _EncodedTargets(torch.utils.data.Dataset):
+    """A ``Dataset`` of ``(x, label)`` pairs served as ``(x, class index)``.
+
+    With ``names``, the dataset's targets are indices into ``names``.
+    """
+
+    def __init__(self, dataset, classes, names=None):
+        self.dataset = dataset
+        self.classes = classes
+        self.names = names
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, label = self.dataset[i]
+        if self.names is not None:
+            label = self.names[label]
+        idx = np.searchsorted(self.classes, label)
+        if idx >= len(self.classes) or self.classes[idx] != label:
+            raise ValueError(f"y contains previously unseen labels: [{label!r}]")
+        return x, int(idx)

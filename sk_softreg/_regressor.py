@@ -1,7 +1,6 @@
 """SoftRegRegressor: tabular regression with λ1 / λ2 penalties and a Gaussian KL term."""
 
 import numbers
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -15,82 +14,16 @@ from sklearn.utils.validation import (
 )
 from skorch import NeuralNetRegressor
 from skorch.utils import to_tensor
-from torch.nn.modules.dropout import _DropoutNd
 
 from ._base import SoftRegMixin
 from ._batching import unpack_weights
+from ._predictive_std import active_dropout, dropout_off, std_scale
+from ._size_rules import AUTO_STOP_MIN_VALID, auto_batch_size, auto_dropout, auto_lr, is_auto
 from ._validation import FLOAT_DTYPES, first_sample_shape, is_lazy
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
 from .penalties import clamp_log_var, gaussian_soft_kl, soft_target_std
 
 __all__ = ["SoftRegRegressor"]
-
-# early_stopping="auto" holds out a validation set when it gets this many rows
-_AUTO_STOP_MIN_VALID = 30
-
-
-def auto_dropout(n_rows):
-    """Dropout of the default ``GaussianMLP`` for ``n_rows`` training rows:
-    ``clip(0.5 - 0.4 * log10(n_rows / 1000), 0.1, 0.5)`` (0.5 up to 1,000 rows,
-    0.1 from 10,000)."""
-    if n_rows <= 1000:
-        return 0.5
-    return float(np.clip(0.5 - 0.4 * np.log10(n_rows / 1000), 0.1, 0.5))
-
-
-def auto_batch_size(n_rows):
-    """``batch_size="auto"``: 128 below 2,000 training rows, 256 from 2,000."""
-    return 128 if n_rows < 2000 else 256
-
-
-def auto_lr(batch_size):
-    """``lr="auto"``: ``1e-3 * min(batch_size / 64, 4) ** 0.8`` (1e-3 at batch 64,
-    1.74e-3 at 128, 3.03e-3 from 256)."""
-    return 1e-3 * min(batch_size / 64, 4.0) ** 0.8
-
-
-def std_scale(residual, std, sample_weight=None):
-    """The scale ``s`` per output that makes ``s * std`` the Gaussian-NLL-optimal std
-    on these rows: ``s**2 = sum_i w_i (r_i / std_i)**2 / sum_i w_i``.
-
-    Parameters
-    ----------
-    residual, std : ndarray of shape (n_samples, n_outputs)
-    sample_weight : ndarray of shape (n_samples,) or None
-
-    Returns
-    -------
-    ndarray of shape (n_outputs,)
-    """
-    z2 = (residual.astype(np.float64) / std) ** 2
-    return np.sqrt(np.average(z2, axis=0, weights=sample_weight))
-
-
-def dropout_layers(module):
-    """The dropout layers of ``module`` (a list)."""
-    return [m for m in module.modules() if isinstance(m, _DropoutNd)]
-
-
-def active_dropout(module):
-    """The dropout layers of ``module`` that are in training mode (a list)."""
-    return [m for m in dropout_layers(module) if m.training]
-
-
-@contextmanager
-def dropout_off(layers):
-    """Within: the dropout ``layers`` in eval mode (the rest of the module as it is)."""
-    for layer in layers:
-        layer.training = False
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.training = True
-
-
-def _is_auto(value):
-    return isinstance(value, str) and value == "auto"
-
 
 class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
     """A neural regressor with L1, L2 and a Gaussian KL soft regularization.
@@ -399,7 +332,7 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         if isinstance(self.early_stopping, str):  # "auto"
             return (
                 not getattr(self, "_incremental", False)
-                and self._fit_rows() * self.validation_fraction >= _AUTO_STOP_MIN_VALID
+                and self._fit_rows() * self.validation_fraction >= AUTO_STOP_MIN_VALID
             )
         return super()._early_stopping_active()
 
@@ -410,9 +343,9 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         ``get_params`` still returns ``"auto"``.
         """
         params = super().get_params_for(prefix)
-        if prefix in ("iterator_train", "iterator_valid") and _is_auto(self.batch_size):
+        if prefix in ("iterator_train", "iterator_valid") and is_auto(self.batch_size):
             params.setdefault("batch_size", auto_batch_size(self._fit_rows()))
-        elif prefix == "optimizer" and "lr" not in params and _is_auto(self.lr):
+        elif prefix == "optimizer" and "lr" not in params and is_auto(self.lr):
             batch = self.get_params_for("iterator_train").get("batch_size", self.batch_size)
             params["lr"] = auto_lr(self._fit_rows() if batch == -1 else batch)
         return params

@@ -39,7 +39,8 @@ import torch
 from ._callbacks import fail_non_finite
 from ._engine import PenaltyEngine
 from ._exceptions import NonFiniteLossError
-from ._regressor import SoftRegRegressor, dropout_layers, dropout_off
+from ._predictive_std import dropout_layers, dropout_off
+from ._regressor import SoftRegRegressor
 from ._stacked_members import penalized_names
 from ._stacked_optim import StackedAdam
 from .penalties import prox_group_l2_

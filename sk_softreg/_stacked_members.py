@@ -10,7 +10,8 @@ stack (:mod:`sk_softreg._stacked`).
 import torch
 
 from ._batching import TensorBatches
-from ._regressor import SoftRegRegressor, dropout_layers
+from ._predictive_std import dropout_layers
+from ._regressor import SoftRegRegressor
 from ._stacked_optim import stackable_adam_reason
 
 __all__ = ["STACKABLE_PARAMS", "Member", "penalized_names", "prepare_member", "stack_key"]

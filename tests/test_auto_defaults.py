@@ -6,7 +6,7 @@ import torch
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sk_softreg import SoftRegRegressor
-from sk_softreg._regressor import auto_batch_size, auto_dropout, auto_lr
+from sk_softreg._size_rules import auto_batch_size, auto_dropout, auto_lr
 from sk_softreg.modules import GaussianMLP
 
 

@@ -10,7 +10,7 @@ from skorch.dataset import Dataset, ValidSplit
 from skorch.helper import predefined_split
 
 from sk_softreg import SoftRegRegressor
-from sk_softreg._regressor import std_scale
+from sk_softreg._predictive_std import std_scale
 from sk_softreg.penalties import gaussian_soft_kl
 
 Z90 = norm.ppf(0.95)
