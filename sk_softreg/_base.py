@@ -468,6 +468,11 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
             state.evaluations.append((loss, (l1, l2, kl, features), len(y_pred)))
         return loss
 
+    def _kl_dropout_layers(self):
+        """The module's dropout layers that the KL term sees switched off; none here
+        (the regressor's KL is computed on the dropout-free output)."""
+        return []
+
     def _data_and_kl(self, y_pred, y_true, X, weights):
         """``(mean ℓ + α·mean KL, mean KL)`` of a training batch; ``None`` for the KL at α = 0."""
         data = self._data_term(y_pred, y_true, X, weights, training=True)

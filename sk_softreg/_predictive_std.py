@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 from torch.nn.modules.dropout import _DropoutNd
 
-__all__ = ["active_dropout", "dropout_layers", "dropout_off", "std_scale"]
+__all__ = ["dropout_layers", "dropout_off", "std_scale"]
 
 
 def std_scale(residual, std, sample_weight=None):
@@ -34,11 +34,6 @@ def std_scale(residual, std, sample_weight=None):
 def dropout_layers(module):
     """The dropout layers of ``module`` (a list)."""
     return [m for m in module.modules() if isinstance(m, _DropoutNd)]
-
-
-def active_dropout(module):
-    """The dropout layers of ``module`` that are in training mode (a list)."""
-    return [m for m in dropout_layers(module) if m.training]
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from skorch.utils import to_tensor
 
 from ._base import SoftRegMixin
 from ._batching import unpack_weights
-from ._predictive_std import active_dropout, dropout_off, std_scale
+from ._predictive_std import dropout_layers, dropout_off, std_scale
 from ._size_rules import AUTO_STOP_MIN_VALID, auto_batch_size, auto_dropout, auto_lr, is_auto
 from ._validation import FLOAT_DTYPES, first_sample_shape, is_lazy
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
@@ -421,12 +421,16 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
         of ``mu`` and overstate the std (see the user guide).
         """
         if X is not None:
-            layers = active_dropout(self.module_)
+            layers = [m for m in self._kl_dropout_layers() if m.training]
             if layers:
                 with dropout_off(layers):
                     y_pred = self.infer(X)
         mu, log_var = self._split_output(y_pred)
         return gaussian_soft_kl(y_true.view_as(mu), mu, log_var, self.tau)
+
+    def _kl_dropout_layers(self):
+        """The dropout layers that the KL term switches off (none at ``alpha == 0``)."""
+        return dropout_layers(self.module_) if self.alpha else []
 
     def _after_fit(self, X, y, sample_weight=None, held_out=None):
         """skorch's attributes, then ``residual_std_`` and ``std_scale_``.

@@ -39,8 +39,7 @@ import torch
 from ._callbacks import fail_non_finite
 from ._engine import PenaltyEngine
 from ._exceptions import NonFiniteLossError
-from ._predictive_std import dropout_layers, dropout_off
-from ._regressor import SoftRegRegressor
+from ._predictive_std import dropout_off
 from ._stacked_members import penalized_names
 from ._stacked_optim import StackedAdam
 from .penalties import prox_group_l2_
@@ -83,9 +82,9 @@ class _Stack:
             torch.tensor([getattr(n, name) for n in nets], dtype=torch.float32, device=self.device)
             for name in ("lambda1", "lambda2", "alpha")
         )
-        # the regressor's KL is computed without dropout (SoftRegRegressor._kl_term)
-        dropouts = dropout_layers(self.module) if isinstance(template, SoftRegRegressor) else []
-        self.kl_dropout = dropouts if dropouts and bool(self.alpha.any()) else None
+        # the estimator's KL sees these dropout layers switched off (the regressor's does);
+        # stack_key keeps members that need that pass apart from those that do not
+        self.kl_dropout = template._kl_dropout_layers() or None
         self.optimizer = StackedAdam.like(template.optimizer_, self.flat)
         if moments is not None:
             for state, value in zip(self.optimizer.state(), moments):

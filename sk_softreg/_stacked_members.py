@@ -10,8 +10,6 @@ stack (:mod:`sk_softreg._stacked`).
 import torch
 
 from ._batching import TensorBatches
-from ._predictive_std import dropout_layers
-from ._regressor import SoftRegRegressor
 from ._stacked_optim import stackable_adam_reason
 
 __all__ = ["STACKABLE_PARAMS", "Member", "penalized_names", "prepare_member", "stack_key"]
@@ -145,9 +143,9 @@ def stack_key(member):
     fold with fewer classes goes apart), the optimizer's settings (a
     learning rate resolved from the data size included), the batch sizes, the
     epochs, the penalty method and selection, and whether there is a
-    validation set. For the regressor, also whether its KL needs the
-    dropout-free pass (``alpha > 0`` and a module with dropout): the stack
-    runs that pass for all its members, so those with ``alpha == 0`` go apart.
+    validation set. Also whether the KL needs a dropout-free pass
+    (``_kl_dropout_layers``, the regressor's at ``alpha > 0`` with dropout):
+    the stack runs that pass for all its members, so the others go apart.
     """
     net = member.net
     group = net.optimizer_.param_groups[0]
@@ -163,7 +161,7 @@ def stack_key(member):
         member.train.batch_size, member.train.shuffle, member.train.drop_last,
         None if member.valid is None else member.valid.batch_size,
         net.max_epochs, stop, net.l1_method, tuple(penalized_names(net)),
-        isinstance(net, SoftRegRegressor) and bool(net.alpha) and bool(dropout_layers(net.module_)),
+        bool(net._kl_dropout_layers()),
     )
 
 
