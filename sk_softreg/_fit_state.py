@@ -36,11 +36,15 @@ class FitState:
     dataset_valid : Dataset or None
         The fit's validation set (``early_stopping`` or a ``train_split``);
         kept after :meth:`close` for the fitted attributes computed on it.
+    kl_output : tuple or None
+        Inside a training step: ``(X, output)``, the module's dropout-free
+        output on the batch ``X``, from the same pass as the training output
+        (the regressor's KL term reads it).
     """
 
     __slots__ = (
         "engine", "engine_module", "feature_weight", "batches", "terms", "evaluations", "hooks",
-        "dataset_valid",
+        "dataset_valid", "kl_output",
     )
 
     def __init__(self):
@@ -52,6 +56,7 @@ class FitState:
         self.evaluations = None
         self.hooks = None
         self.dataset_valid = None
+        self.kl_output = None
 
     def close(self):
         """End of the fit: the engine releases what it holds."""

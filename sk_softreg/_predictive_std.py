@@ -6,12 +6,13 @@ sees the module's output with its dropout layers switched off
 NLL-optimal factor per output (:func:`std_scale`); see the user guide.
 """
 
+import inspect
 from contextlib import contextmanager
 
 import numpy as np
 from torch.nn.modules.dropout import _DropoutNd
 
-__all__ = ["dropout_layers", "dropout_off", "std_scale"]
+__all__ = ["dropout_layers", "dropout_off", "shares_dropout_free_pass", "std_scale"]
 
 
 def std_scale(residual, std, sample_weight=None):
@@ -46,3 +47,13 @@ def dropout_off(layers):
     finally:
         for layer in layers:
             layer.training = True
+
+
+def shares_dropout_free_pass(module):
+    """Whether ``module``'s ``forward`` takes ``dropout_free`` (and then returns the
+    output and the dropout-free output of one pass, as
+    :class:`~sk_softreg.modules.GaussianMLP` does)."""
+    try:
+        return "dropout_free" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature
+        return False

@@ -39,7 +39,7 @@ import torch
 from ._callbacks import fail_non_finite
 from ._engine import PenaltyEngine
 from ._exceptions import NonFiniteLossError
-from ._predictive_std import dropout_off
+from ._predictive_std import dropout_off, shares_dropout_free_pass
 from ._stacked_members import penalized_names
 from ._stacked_optim import StackedAdam
 from .penalties import prox_group_l2_
@@ -85,6 +85,7 @@ class _Stack:
         # the estimator's KL sees these dropout layers switched off (the regressor's does);
         # stack_key keeps members that need that pass apart from those that do not
         self.kl_dropout = template._kl_dropout_layers() or None
+        self.kl_pair = self.kl_dropout is not None and shares_dropout_free_pass(self.module)
         self.optimizer = StackedAdam.like(template.optimizer_, self.flat)
         if moments is not None:
             for state, value in zip(self.optimizer.state(), moments):
@@ -148,10 +149,11 @@ class _Stack:
             for name, shape, start, end in self.layout
         }
 
-    def forward(self, X):
-        """The module's output for each member's batch: X is ``(n_members, batch, ...)``."""
+    def forward(self, X, **kwargs):
+        """The module's output for each member's batch: X is ``(n_members, batch, ...)``;
+        ``kwargs`` go to the module's ``forward``."""
         def call(params, buffers, x):
-            return torch.func.functional_call(self.module, {**params, **buffers}, (x,))
+            return torch.func.functional_call(self.module, {**params, **buffers}, (x,), kwargs)
 
         return torch.func.vmap(call, randomness="different")(self.params(), self.buffers, X)
 
@@ -419,11 +421,14 @@ def _train_epoch(stack, orders, running):
     records = []
     for s in range(len(sizes)):
         X, y, w = stack.train.gather(x_index[s], y_index[s], mask[s])
-        y_pred = stack.forward(X)
         kl_pred = None
-        if stack.kl_dropout is not None:  # the regressor's KL sees the dropout-free output
-            with dropout_off(stack.kl_dropout):
-                kl_pred = stack.forward(X)
+        if stack.kl_pair:  # the regressor's KL sees the dropout-free output
+            y_pred, kl_pred = stack.forward(X, dropout_free=True)
+        else:
+            y_pred = stack.forward(X)
+            if stack.kl_dropout is not None:
+                with dropout_off(stack.kl_dropout):
+                    kl_pred = stack.forward(X)
         data, kl = _member_losses(stack, y_pred, y, w, training=True, kl_pred=kl_pred)
         alpha = stack.alpha
         objective = data + torch.where(alpha > 0, alpha * kl, 0.0)

@@ -271,7 +271,8 @@ class BatchedGridSearchCV(GridSearchCV):
         Candidates are grouped by their parameters outside the stackable
         ones; a group's fits on all folds make one task, split into parts
         of at most ``max_stack_size`` fits, and into ``n_jobs`` parts in all
-        when there are fewer groups than workers.
+        when there are fewer groups than workers. A part takes every
+        ``n_parts``-th fit of its group.
         """
         stackable = _stackable_names(base_estimator)
         groups = []
@@ -290,8 +291,11 @@ class BatchedGridSearchCV(GridSearchCV):
             parts = max(1, math.ceil(workers / len(groups)))
             if self.max_stack_size is not None:
                 parts = max(parts, math.ceil(len(fits) / self.max_stack_size))
-            chunks = np.array_split(np.arange(len(fits)), min(parts, len(fits)))
-            tasks += [[fits[i] for i in chunk] for chunk in chunks]
+            parts = min(parts, len(fits))
+            # every parts-th fit: neighbouring candidates (which often share what makes a
+            # stack costly, e.g. alpha > 0) spread over the parts, so the workers get
+            # equal work
+            tasks += [fits[start::parts] for start in range(parts)]
         return tasks
 
 

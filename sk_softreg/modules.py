@@ -113,8 +113,31 @@ class GaussianMLP(nn.Module):
         nn.init.zeros_(self.log_var.weight)
         nn.init.zeros_(self.log_var.bias)
 
-    def forward(self, X):
-        h = self.body(X)
+    def forward(self, X, dropout_free=False):
+        """The means and log-variances, ``(n, 2 * n_outputs)``.
+
+        With ``dropout_free=True`` (in training), also the output with the
+        dropout layers switched off, from the same pass: the layers before
+        the first dropout are computed once. :class:`~sk_softreg.SoftRegRegressor`'s
+        KL term uses it (a module without this keyword gets a second forward
+        pass instead).
+
+        Returns
+        -------
+        Tensor, or a pair ``(output, output_without_dropout)`` with ``dropout_free=True``
+        """
+        if not dropout_free:
+            return self._heads(self.body(X))
+        h, clean = X, None
+        for layer in self.body:
+            if clean is None and isinstance(layer, nn.Dropout) and layer.training:
+                clean = h  # the paths part here
+            elif clean is not None and not isinstance(layer, nn.Dropout):
+                clean = layer(clean)
+            h = layer(h)
+        return self._heads(h), self._heads(h if clean is None else clean)
+
+    def _heads(self, h):
         return torch.cat([self.mean(h), self.log_var(h)], dim=-1)
 
 

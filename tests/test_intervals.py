@@ -10,7 +10,8 @@ from skorch.dataset import Dataset, ValidSplit
 from skorch.helper import predefined_split
 
 from sk_softreg import SoftRegRegressor
-from sk_softreg._predictive_std import std_scale
+from sk_softreg._predictive_std import shares_dropout_free_pass, std_scale
+from sk_softreg.modules import GaussianMLP
 from sk_softreg.penalties import gaussian_soft_kl
 
 Z90 = norm.ppf(0.95)
@@ -144,3 +145,35 @@ def test_kl_sees_the_output_without_dropout(data):
     assert all(m.training for m in module.modules())  # dropout switched back on
     mu_train, log_var_train = reg._split_output(y_train)
     assert not torch.allclose(kl, gaussian_soft_kl(y_t.view_as(mu), mu_train, log_var_train, reg.tau))
+
+
+class _OnePassOnly(GaussianMLP):
+    """GaussianMLP without the ``dropout_free`` keyword: the KL takes a second pass."""
+
+    def forward(self, X):
+        return super().forward(X)
+
+
+def test_gaussian_mlp_gives_the_dropout_free_output_from_the_same_pass():
+    module = GaussianMLP(n_features=5, n_outputs=2, hidden_units=(16, 8), dropout=0.5).train()
+    X = torch.randn(32, 5)
+    torch.manual_seed(0)
+    y_train, y_clean = module(X, dropout_free=True)
+    torch.manual_seed(0)
+    torch.testing.assert_close(y_train, module(X))  # the same dropout draws
+    torch.testing.assert_close(y_clean, module.eval()(X))
+    assert not torch.allclose(y_train, y_clean)
+
+
+def test_shared_pass_fits_as_the_second_pass_does(data):
+    """The fit with GaussianMLP's one-pass KL output equals the fit that runs a second
+    dropout-free pass (a module without ``dropout_free``), step for step."""
+    X, y = data
+    params = dict(max_epochs=3, module__dropout=0.3, alpha=0.1)
+    shared = small_reg(**params).fit(X, y)
+    second = small_reg(module=_OnePassOnly, **params).fit(X, y)
+    assert shares_dropout_free_pass(shared.module_)
+    assert not shares_dropout_free_pass(second.module_)
+    np.testing.assert_allclose(shared.predict(X), second.predict(X), atol=1e-4)
+    for a, b in zip(shared.history[:, "train_kl"], second.history[:, "train_kl"]):
+        assert a == pytest.approx(b, rel=1e-4)
