@@ -84,6 +84,10 @@ class _Stack:
         )
         # the estimator's KL sees these dropout layers switched off (the regressor's does);
         # stack_key keeps members that need that pass apart from those that do not
+        groups = {}
+        for i, net in enumerate(nets):
+            groups.setdefault(_loss_key(net), []).append(i)
+        self.loss_groups = list(groups.values())  # members whose losses one call computes
         self.kl_dropout = template._kl_dropout_layers() or None
         self.kl_pair = self.kl_dropout is not None and shares_dropout_free_pass(self.module)
         self.optimizer = StackedAdam.like(template.optimizer_, self.flat)
@@ -239,16 +243,14 @@ def _member_losses(stack, y_pred, y, w, training, kl_pred=None):
     ``kl_pred``, if given, is the output the KL term is computed on (the
     regressor's, without dropout); else ``y_pred``.
 
-    Members are grouped by the estimator parameters their loss reads (``tau``),
-    and each group's rows go through one member's own ``_per_sample_data_loss``
-    and ``_kl_term``; the means are weighted by ``w`` (mask × sample weight).
+    Members are grouped by what their loss reads besides the rows
+    (:func:`_loss_key`), and each group's rows go through one member's own
+    ``_per_sample_data_loss`` and ``_kl_term``; the means are weighted by ``w``
+    (mask × sample weight).
     """
     m, b = w.shape
-    groups = {}
-    for i, member in enumerate(stack.members):
-        groups.setdefault(getattr(member.net, "tau", None), []).append(i)
     data = kl = None
-    for rows in groups.values():
+    for rows in stack.loss_groups:
         net = stack.members[rows[0]].net
         whole = len(rows) == m
         index = torch.as_tensor(rows, device=w.device)
@@ -274,6 +276,15 @@ def _member_losses(stack, y_pred, y, w, training, kl_pred=None):
     if kl is None:
         return data, torch.zeros_like(data)
     return data, torch.where(valid, kl, 0.0).mul(w).sum(1) / total
+
+
+def _loss_key(net):
+    """What a member's per-sample loss reads besides its rows: ``tau``, and the
+    criterion's ``pos_weight`` (multilabel ``class_weight="balanced"``, per fold)."""
+    pos_weight = getattr(net.criterion_, "pos_weight", None)
+    if pos_weight is not None:
+        pos_weight = tuple(pos_weight.flatten().tolist())
+    return getattr(net, "tau", None), pos_weight
 
 
 def _rows_of(values, index, whole, n):
@@ -304,6 +315,9 @@ def train_stack(members, progress=None):
             stopper.on_train_begin(member.net)  # not switched: as skorch's on_train_begin
             if member.valid is not None and member.net._early_stopping_active():
                 member.stopper = stopper
+        scorer = dict(member.net.callbacks_).get("valid_score")
+        if scorer is not None:
+            scorer.on_train_begin(member.net)
         member.net.history.clear()
     stack = _Stack(members)
     max_epochs = members[0].net.max_epochs
@@ -516,6 +530,10 @@ def _end_epoch(stack, i, member, epoch, records, valid, duration):
     if not _finite_epoch(member, epoch, batch_losses, valid_losses):
         return
     stopper = member.stopper
+    scorer = dict(net.callbacks_).get("valid_score") if stopper is not None else None
+    if scorer is not None:  # the estimator's scoring, on the member's own weights
+        stack.load_into(i, member)
+        scorer.on_epoch_end(net, dataset_valid=member.dataset_valid)
     if stopper is not None:
         if stopper._is_score_improved(history[-1, stopper.monitor]):
             stack.load_into(i, member)  # the weights the callback keeps as the best
@@ -560,6 +578,9 @@ def _finish(member):
     net = member.net
     if member.stopper is not None:
         member.stopper.on_train_end(net)
+    scorer = dict(net.callbacks_).get("valid_score")
+    if scorer is not None:
+        scorer.on_train_end(net)
     try:
         net._after_fit(member.X, member.y, member.sample_weight, held_out=member.dataset_valid)
     except Exception as error:  # non-finite weights: the member gets error_score

@@ -20,7 +20,8 @@ STACKABLE_PARAMS = (
 )
 
 
-#: the epoch scores a stack records in each member's history (early stopping may watch them)
+#: the epoch scores a stack records in each member's history (early stopping may watch them;
+#: also ``valid_score``, the estimator's ``scoring``, where its ValidationScore callback is on)
 _RECORDED = ("valid_loss", "valid_acc", "train_loss")
 
 
@@ -113,8 +114,10 @@ def _unstackable_reason(member, fit_params):
     learnable = {id(p) for _, p in net.get_all_learnable_params()}
     if learnable != module_params:
         return "learnable parameters outside module_"
-    stopper = dict(net.callbacks_).get("early_stopping")
-    if stopper is not None and stopper.monitor not in _RECORDED:
+    callbacks = dict(net.callbacks_)
+    stopper = callbacks.get("early_stopping")
+    recorded = _RECORDED + (("valid_score",) if "valid_score" in callbacks else ())
+    if stopper is not None and stopper.monitor not in recorded:
         return f"early stopping on {stopper.monitor!r} (stacks record {', '.join(_RECORDED)})"
     reason = stackable_adam_reason(net.optimizer_)
     if reason is not None:

@@ -364,3 +364,33 @@ def test_alpha_members_with_dropout_stack_apart(reg_data):
     assert with_dropout.n_stacks_ == 2 and with_dropout.n_fallback_fits_ == 0
     without = BatchedGridSearchCV(_regressor(), grid, cv=2, refit=False, scoring=SCORING).fit(X, y)
     assert without.n_stacks_ == 1
+
+
+@pytest.mark.parametrize("scoring", ["r2", "neg_mean_absolute_error"])
+def test_early_stopping_on_a_score_stacks_and_stops_as_the_fit(reg_data, scoring):
+    """An estimator's ``scoring`` other than "loss": each member records ``valid_score``
+    on its own weights, stops on it and restores its best epoch as its own fit does."""
+    X, y = reg_data
+    est = _regressor(early_stopping=True, scoring=scoring, n_iter_no_change=1,
+                     max_epochs=30, lr=0.05)
+    grid = {"alpha": [0.0, 1.0], "lambda1": [0.0, 3e-3]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StackingFallbackWarning)
+        batched, plain = _both(est, grid, X, y, scoring=SCORING, refit=False, cv=2)
+    assert batched.n_fallback_fits_ == 0 and batched.n_stacks_ >= 1
+    n_iter = np.concatenate([batched.cv_results_[f"split{i}_test_n_iter"] for i in range(2)])
+    assert n_iter.max() < 30  # they stopped on the score
+    _assert_same_splits(batched, plain)
+
+
+def test_multilabel_members_equal_independent_fits(small_digits):
+    X, y = small_digits
+    X, y = X[:120], y[:120]
+    Y = np.stack([y % 2, (y > 4), (y % 3 == 0)], axis=1).astype(int)
+    scoring = {"p0": _pred(0), "f1": "f1_samples", "n_iter": _attr("n_iter_")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StackingFallbackWarning)
+        batched, plain = _both(_classifier(), {"alpha": [0.0, 0.2], "class_weight": [None, "balanced"]},
+                               X, Y, scoring=scoring, refit=False)
+    assert batched.n_stacks_ == 1
+    _assert_same_splits(batched, plain)
