@@ -28,7 +28,10 @@ workers. Reported: the median wall time over the repeats, the ratio to
 workers), the largest difference of a candidate's ``mean_test_score`` from
 ``GridSearchCV``'s, and whether the best candidates agree (``same``), or the stacked
 search's best is within one standard deviation of ``GridSearchCV``'s best fold
-scores (``within 1 std``).
+scores (``within 1 std``). ``--noise-floor`` adds ``GridSearchCV(n_jobs=2)`` over the
+estimator with ``random_state=1``: its score differences from the reference (seed 0)
+are what another random draw of the same procedure gives, the scale against which the
+stacked searches' differences (their members draw their own dropout masks) are read.
 """
 
 import argparse
@@ -47,6 +50,9 @@ WORKLOADS = ("regressor", "classifier_mlp", "cnn")
 SEARCHES = (
     "GridSearchCV(n_jobs=2)", "BatchedGridSearchCV(n_jobs=1, 1 thread)", "BatchedGridSearchCV(n_jobs=2)",
 )
+#: GridSearchCV with the estimator's random_state=1 instead of 0: its score differences from
+#: the reference are those of another random draw of the same procedure
+NOISE_FLOOR = "GridSearchCV(n_jobs=2), random_state=1"
 #: epochs per fit where the run caps them (None: the estimator's default) and repeats
 EPOCHS = {"regressor": None, "classifier_mlp": None, "cnn": 10}
 REPEATS = {"cnn": 1}
@@ -123,6 +129,8 @@ def run_one(workload, search, max_epochs):
     from sk_softreg import BatchedGridSearchCV
 
     est, grid, X, y, cv, scoring = setup(workload, max_epochs)
+    if "random_state=1" in search:  # the same search, another random draw (the noise floor)
+        est.set_params(random_state=1)
     if "1 thread" in search:
         torch.set_num_threads(1)  # as each of GridSearchCV(n_jobs=2)'s workers
     cls = BatchedGridSearchCV if search.startswith("Batched") else GridSearchCV
@@ -204,6 +212,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--noise-floor", action="store_true",
+                        help=f"also run {NOISE_FLOOR}: how far another random draw moves the scores")
+    parser.add_argument("--note", default=(
+        "The machine was shared: 2 CPU cores, with other engineers' jobs running during the "
+        "run, so the ratios are indicative."))
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "search.md"))
     args = parser.parse_args(argv)
     if args.one:
@@ -217,7 +230,8 @@ def main(argv=None):
         if args.quick:
             epochs, repeats = epochs or 3, 1
         caps[workload] = (epochs, repeats)
-        all_runs[workload] = compare(workload, repeats, epochs, SEARCHES)
+        searches = SEARCHES + ((NOISE_FLOOR,) if args.noise_floor else ())
+        all_runs[workload] = compare(workload, repeats, epochs, searches)
     text = table(all_runs)
     sys.stderr.write(text + "\n")
     if args.quick:
@@ -228,8 +242,7 @@ def main(argv=None):
         f"Written by `python benchmarks/search.py {' '.join(argv or sys.argv[1:])}` on "
         f"{datetime.date.today().isoformat()}, {platform.platform()}, {os.cpu_count()} CPU cores, "
         f"load average {os.getloadavg()[0]:.2f} at the end.\n\n"
-        "The machine was shared: 2 CPU cores, with other engineers' jobs running during the "
-        "run, so the ratios are indicative. Each search ran in a fresh subprocess; "
+        f"{args.note} Each search ran in a fresh subprocess; "
         "GridSearchCV(n_jobs=2)'s time includes starting its two joblib workers, as a user's "
         "does. refit=False; searches interleaved within each repeat.\n\n"
         + "".join(
