@@ -26,6 +26,9 @@ __all__ = ["SoftRegSelectorCV"]
 
 # the path's batch size under path_params="auto" (with batch_size="auto")
 _PATH_BATCH_SIZE = 1024
+# lambda_max="auto": the grid of lambda_max=_AUTO_LAMBDA_MAX, then continued past it
+_AUTO_LAMBDA_MAX = 0.3
+_AUTO_STEP = 1.5  # the step ratio of a one-λ grid
 
 
 def _path_settings(estimator, path_params):
@@ -77,6 +80,35 @@ def _run_path(estimator, X, y, lambdas, dense_epochs, path_epochs, X_val=None, y
         if keep is not None and i == keep:
             kept = copy.deepcopy(est)
     return np.array(norms), (np.array(scores) if scorer is not None else None), kept
+
+
+def _auto_path(estimator, X, y, lambdas, dense_epochs, path_epochs, max_extra):
+    """The path on all rows, continued geometrically past ``lambdas[-1]`` until at most
+    one input is left (at most ``max_extra`` more λ values).
+
+    Returns the λ values run (``lambdas`` and the added ones) and their column norms.
+    """
+    est = clone(estimator).set_params(lambda_features=0.0, max_epochs=dense_epochs)
+    est.fit(X, y)
+    est.set_params(warm_start=True, max_epochs=path_epochs)
+    step = lambdas[-1] / lambdas[-2] if len(lambdas) > 1 else _AUTO_STEP
+    lambdas, norms = list(lambdas), []
+
+    def step_to(lam):
+        est.set_params(lambda_features=float(lam))
+        with warnings.catch_warnings():
+            # "set the weights of every input to zero": expected at the path's end
+            warnings.simplefilter("ignore", UserWarning)
+            est.fit(X, y)
+        norms.append(_input_norms(est))
+
+    for lam in lambdas:
+        step_to(lam)
+    while np.count_nonzero(norms[-1]) > 1 and max_extra > 0:
+        lambdas.append(lambdas[-1] * step)
+        step_to(lambdas[-1])
+        max_extra -= 1
+    return np.array(lambdas), np.array(norms)
 
 
 def _fold_path(estimator, X, y, train, test, lambdas, dense_epochs, path_epochs, scorer):
@@ -161,12 +193,18 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         ``lambda_max * lambda_min_ratio`` to ``lambda_max``.
     n_lambdas : int, default=16
         Number of λ values when ``lambdas`` is None.
-    lambda_max : float, default=0.3
+    lambda_max : float or "auto", default=0.3
         Largest λ when ``lambdas`` is None. ``lambda_features`` is in units of
         the standardized target's half squared error, so one value suits
-        most standardized problems.
+        most standardized problems. ``"auto"``: the path on all the rows runs
+        first, on the grid of ``lambda_max=0.3``, and goes on past 0.3 with
+        the same ratio between steps until at most one input is left (at most
+        ``n_lambdas`` more values); the grid then starts at the λ before the
+        first input leaves that path (earlier values are dropped), and the
+        folds run on that grid. ``lambdas_`` holds it.
     lambda_min_ratio : float, default=0.01
-        Smallest λ over the largest, when ``lambdas`` is None.
+        Smallest λ over the largest, when ``lambdas`` is None (over 0.3 with
+        ``lambda_max="auto"``).
     cv : int, cross-validation generator or iterable, default=5
         As in :func:`sklearn.model_selection.check_cv`.
     scoring : str or callable, default=None
@@ -200,7 +238,8 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
     Attributes
     ----------
     lambdas_ : ndarray of shape (n_lambdas,)
-        The path's λ values.
+        The path's λ values (with ``lambda_max="auto"``, as many as that rule
+        gave).
     cv_scores_ : ndarray of shape (n_lambdas, n_folds)
         Held-out score after each λ on each fold.
     n_features_path_ : ndarray of shape (n_lambdas,)
@@ -241,7 +280,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         "estimator": [HasMethods(["fit", "set_params"]), None],
         "lambdas": ["array-like", None],
         "n_lambdas": [Interval(Integral, 1, None, closed="left")],
-        "lambda_max": [Interval(Real, 0, None, closed="neither")],
+        "lambda_max": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "lambda_min_ratio": [Interval(Real, 0, 1, closed="right")],
         "cv": ["cv_object"],
         "scoring": [str, callable, None],
@@ -294,10 +333,13 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
             return SoftRegRegressor()
         return self.estimator
 
+    def _auto_range(self):
+        return self.lambdas is None and isinstance(self.lambda_max, str)
+
     def _lambda_grid(self):
         if self.lambdas is None:
-            return np.geomspace(self.lambda_max * self.lambda_min_ratio, self.lambda_max,
-                                self.n_lambdas)
+            lambda_max = _AUTO_LAMBDA_MAX if self._auto_range() else self.lambda_max
+            return np.geomspace(lambda_max * self.lambda_min_ratio, lambda_max, self.n_lambdas)
         lambdas = np.asarray(self.lambdas, dtype=np.float64)
         if lambdas.ndim != 1 or lambdas.size == 0:
             raise ValueError(
@@ -335,9 +377,19 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         scorer = check_scoring(estimator, scoring=self.scoring)
         cv = check_cv(self.cv, y, classifier=is_classifier(estimator))
         folds = list(cv.split(X, y))
+        norms = None
+        if self._auto_range():
+            # the path on all rows first: it fixes the grid the folds run on
+            lambdas, norms = _auto_path(path_est, X, y, lambdas, self.dense_epochs,
+                                        self.path_epochs, max_extra=len(lambdas))
+            # and starts at the λ before the first input leaves
+            dropped = np.flatnonzero(np.count_nonzero(norms, axis=1) < X.shape[1])
+            start = max(int(dropped[0]) - 1, 0) if dropped.size else 0
+            lambdas, norms = lambdas[start:], norms[start:]
+        splits = [*folds] if norms is not None else [*folds, (np.arange(len(X)), None)]
+        n_folds = len(folds)
         result, reason = None, None
         if self.stacked:
-            splits = [*folds, (np.arange(len(X)), None)]
             result, reason = _stacked_paths(path_est, X, y, splits, lambdas, self.dense_epochs,
                                             self.path_epochs, scorer)
             if result is None:
@@ -347,23 +399,24 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
                               StackingFallbackWarning, stacklevel=2)
         if result is not None:
             all_norms, all_scores = result
-            fold_norms, norms = all_norms[:, :-1], all_norms[:, -1]
-            self.cv_scores_ = all_scores[:, :-1]
-            self.cv_n_features_ = np.count_nonzero(fold_norms, axis=2)
+            fold_norms, path_scores = all_norms[:, :n_folds], all_scores[:, :n_folds]
+            if norms is None:
+                norms = all_norms[:, -1]
         else:
             out = Parallel(n_jobs=self.n_jobs)(
                 delayed(_fold_path)(path_est, X, y, train, test, lambdas, self.dense_epochs,
                                     self.path_epochs, scorer)
                 for train, test in folds
             )
-            self.cv_scores_ = np.stack([scores for _, scores in out], axis=1)
-            self.cv_n_features_ = np.stack(
-                [np.count_nonzero(n, axis=1) for n, _ in out], axis=1)
+            fold_norms = np.stack([n for n, _ in out], axis=1)
+            path_scores = np.stack([scores for _, scores in out], axis=1)
+        self.cv_n_features_ = np.count_nonzero(fold_norms, axis=2)
+        self.cv_scores_ = path_scores
         self.lambdas_ = lambdas
         self.best_index_ = self._choose(self.cv_scores_)
         self.best_lambda_ = float(lambdas[self.best_index_])
         penalized = None
-        if result is None or not self.refit:
+        if norms is None or not self.refit:
             # the path on all rows (again, with refit=False, to keep its model at best_lambda_)
             norms, _, penalized = _run_path(
                 path_est, X, y, lambdas, self.dense_epochs, self.path_epochs,

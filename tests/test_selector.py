@@ -121,6 +121,7 @@ def test_explicit_lambdas_are_sorted():
     [
         ({"selection": "min"}, InvalidParameterError, "selection"),
         ({"n_lambdas": 0}, InvalidParameterError, "n_lambdas"),
+        ({"lambda_max": "max"}, InvalidParameterError, "lambda_max"),
         ({"path_epochs": 0}, InvalidParameterError, "path_epochs"),
         ({"lambdas": [0.1, -1.0]}, ValueError, "lambdas must be finite and > 0"),
         ({"lambdas": []}, ValueError, "non-empty"),
@@ -227,3 +228,33 @@ def test_stacked_falls_back_for_a_module_it_cannot_stack():
     with pytest.warns(StackingFallbackWarning, match="BatchNorm1d"):
         sel.fit(X, y)
     assert sel.cv_scores_.shape == (3, 2)
+
+
+def test_auto_lambda_range_runs_until_one_input_is_left():
+    X, y = _data(300, 6, seed=2)
+    sel = _selector(lambda_max="auto", n_lambdas=5, lambda_min_ratio=0.01, cv=2,
+                    dense_epochs=20, path_epochs=3).fit(X, y)
+    ratios = sel.lambdas_[1:] / sel.lambdas_[:-1]
+    np.testing.assert_allclose(ratios, ratios[0])  # one geometric grid, continued
+    assert sel.lambdas_[-1] > 0.3 and sel.n_features_path_[-1] <= 1
+    assert sel.n_features_path_[-2] > 1  # it stops as soon as one input is left
+    # it starts at the λ before the first input leaves, on the path over all rows
+    assert sel.n_features_path_[0] == 6 or sel.lambdas_[0] == pytest.approx(0.003)
+    assert sel.n_features_path_[1] < 6
+    assert sel.cv_scores_.shape == (len(sel.lambdas_), 2)
+
+
+def test_auto_lambda_range_leaves_explicit_lambdas_alone():
+    X, y = _data(200, 5, seed=3)
+    sel = _selector(lambda_max="auto", lambdas=[0.01, 0.05], cv=2, dense_epochs=10,
+                    path_epochs=2).fit(X, y)
+    np.testing.assert_array_equal(sel.lambdas_, [0.01, 0.05])
+
+
+def test_auto_lambda_range_stacked():
+    X, y = _data(300, 6, seed=2)
+    sel = _selector(lambda_max="auto", stacked=True, n_lambdas=4, cv=2,
+                    dense_epochs=20, path_epochs=3).fit(X, y)
+    assert sel.n_features_path_[-1] <= 1
+    assert sel.cv_scores_.shape == sel.cv_n_features_.shape == (len(sel.lambdas_), 2)
+    assert np.all(np.isfinite(sel.cv_scores_))
