@@ -35,7 +35,8 @@ Methods:
 
 - ``dense``: ``SoftRegRegressor(random_state=0)`` on all inputs, the reference R²;
 - ``ours``: ``SoftRegSelectorCV`` at its defaults around ``SoftRegRegressor(random_state=0)``,
-  ``n_jobs=2``; the final model is its refit;
+  ``n_jobs=2``; the final model is its refit; ``ours-penalized`` / ``ours-relaxed``:
+  the same with ``relaxed=False`` / ``True``;
 - ``grid``: ``GridSearchCV`` over ``lambda_features`` in {0.005, 0.01, 0.02, 0.05, 0.1}
   of ``SoftRegRegressor(random_state=0)`` (5 folds, ``n_jobs=2``); kept: the best
   estimator's non-zero columns, final model: that estimator;
@@ -127,6 +128,22 @@ def ours(Xtr, ytr, Xte, yte):
     return _selector(Xtr, ytr, Xte, yte)
 
 
+def ours_penalized(Xtr, ytr, Xte, yte):
+    return _selector(Xtr, ytr, Xte, yte, relaxed=False)
+
+
+def ours_relaxed(Xtr, ytr, Xte, yte):
+    return _selector(Xtr, ytr, Xte, yte, relaxed=True)
+
+
+def ours_relaxed_auto(Xtr, ytr, Xte, yte):
+    return _selector(Xtr, ytr, Xte, yte, relaxed=True, lambda_max="auto")
+
+
+def ours_penalized_auto(Xtr, ytr, Xte, yte):
+    return _selector(Xtr, ytr, Xte, yte, relaxed=False, lambda_max="auto")
+
+
 def grid(Xtr, ytr, Xte, yte):
     search = GridSearchCV(SoftRegRegressor(random_state=0), {"lambda_features": GRID},
                           cv=5, n_jobs=2).fit(Xtr, ytr)
@@ -157,12 +174,18 @@ def lassonet(Xtr, ytr, Xte, yte):
 METHODS = {
     "dense": ("dense SoftRegRegressor (all inputs)", dense),
     "ours": ("SoftRegSelectorCV (defaults)", ours),
+    "ours-penalized": ("SoftRegSelectorCV(relaxed=False)", ours_penalized),
+    "ours-relaxed": ("SoftRegSelectorCV(relaxed=True)", ours_relaxed),
+    "ours-penalized-auto": ("SoftRegSelectorCV(relaxed=False, lambda_max='auto')",
+                            ours_penalized_auto),
+    "ours-relaxed-auto": ("SoftRegSelectorCV(relaxed=True, lambda_max='auto')", ours_relaxed_auto),
     "grid": ("GridSearchCV over lambda_features", grid),
     "lasso": ("LassoCV", lasso),
     "forest": ("SelectFromModel(RandomForest) + SoftRegRegressor", forest),
     "lassonet": ("LassoNetRegressorCV()", lassonet),
 }
-DEFAULT_METHODS = ("dense", "ours", "grid", "lasso", "forest", "lassonet")
+DEFAULT_METHODS = ("dense", "ours", "ours-penalized", "ours-relaxed", "grid", "lasso",
+                   "forest", "lassonet")
 
 
 def _load(path):

@@ -12,6 +12,7 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, _fit_context, clone, is_classifier
+from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.feature_selection import SelectorMixin
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import check_cv
@@ -111,6 +112,39 @@ def _auto_path(estimator, X, y, lambdas, dense_epochs, path_epochs, max_extra):
     return np.array(lambdas), np.array(norms)
 
 
+def _relaxed_score(estimator, X, y, train, test, support, scorer):
+    """The held-out score of ``estimator`` refit on the inputs ``support`` of the train rows."""
+    if not support.any():
+        # no input left: the best constant (the mean, or the class prior)
+        dummy = DummyClassifier(strategy="prior") if is_classifier(estimator) else DummyRegressor()
+        return scorer(dummy.fit(X[train], y[train]), X[test], y[test])
+    est = clone(estimator).set_params(lambda_features=0.0)
+    est.fit(X[train][:, support], y[train])
+    return scorer(est, X[test][:, support], y[test])
+
+
+def _relaxed_scores(estimator, X, y, folds, fold_norms, scorer, n_jobs):
+    """``(n_lambdas, n_folds)`` scores of refits on each fold's kept inputs after each λ.
+
+    One refit per distinct support per fold: the λ values that keep the same inputs
+    on a fold share its score. Returns the scores and the number of refits.
+    """
+    jobs = {}  # (fold, support bytes) -> (support, [λ indices])
+    for i in range(len(folds)):
+        for k in range(fold_norms.shape[0]):
+            support = fold_norms[k, i] > 0
+            jobs.setdefault((i, support.tobytes()), (support, []))[1].append(k)
+    keys = list(jobs)
+    out = Parallel(n_jobs=n_jobs)(
+        delayed(_relaxed_score)(estimator, X, y, *folds[i], jobs[(i, b)][0], scorer)
+        for i, b in keys
+    )
+    scores = np.full(fold_norms.shape[:2], np.nan)
+    for (i, b), score in zip(keys, out):
+        scores[jobs[(i, b)][1], i] = score
+    return scores, len(keys)
+
+
 def _fold_path(estimator, X, y, train, test, lambdas, dense_epochs, path_epochs, scorer):
     norms, scores, _ = _run_path(
         estimator, X[train], y[train], lambdas, dense_epochs, path_epochs,
@@ -173,13 +207,16 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
     densely (``lambda_features=0``) and then along an increasing grid of
     ``lambda_features``: each λ starts from the previous λ's weights and
     trains ``path_epochs`` more epochs (``warm_start=True``), as in glmnet and
-    LassoNet. The held-out fold is scored after each λ. The chosen λ is the
-    one with the best mean score (``selection="best"``) or the largest λ
-    whose mean score is within one standard error of the best
-    (``selection="1se"``). The inputs kept are those with a non-zero column
-    at the chosen λ on the path over all the rows, and the final model
-    (``estimator_``) is ``estimator`` refit on them with
-    ``lambda_features=0`` (a relaxed lasso).
+    LassoNet. After each λ, the held-out fold is scored by ``estimator``
+    refit with ``lambda_features=0`` on the inputs the fold's path keeps
+    (``relaxed=True``, Meinshausen's relaxed lasso; one refit per distinct
+    set of inputs per fold), or by the penalized path model itself
+    (``relaxed=False``). The chosen λ is the one with the best mean score
+    (``selection="best"``) or the largest λ whose mean score is within one
+    standard error of the best (``selection="1se"``). The inputs kept are
+    those with a non-zero column at the chosen λ on the path over all the
+    rows, and the final model (``estimator_``) is ``estimator`` refit on
+    them with ``lambda_features=0``.
 
     Parameters
     ----------
@@ -211,7 +248,19 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         Scores the held-out fold after each λ (greater is better). ``None``:
         the estimator's ``score`` (R² for a regressor).
     selection : {"1se", "best"}, default="1se"
-        How λ is chosen from the mean CV scores.
+        How λ is chosen from the mean CV scores (``cv_scores_``).
+    relaxed : bool, default=True
+        Choose λ on relaxed scores (Meinshausen's relaxed lasso): each fold's
+        score at each λ is that of ``estimator`` refit with
+        ``lambda_features=0`` on the inputs the fold's path keeps at that λ,
+        so that the penalty's shrinkage does not decide the choice. One refit
+        per distinct set of inputs per fold (``n_relaxed_fits_``); a fold
+        with no input left scores the constant model (``DummyRegressor``, or
+        ``DummyClassifier(strategy="prior")``). ``False``: the penalized path
+        model's held-out score: cheaper (no refits), but on a real table
+        with permuted copies of its columns it chose the smallest λ and kept
+        8 of 20 noise columns, where the relaxed scores kept none (see the
+        docs page "Selecting inputs with a λ path").
     refit : bool, default=True
         Refit ``estimator`` on the kept inputs with ``lambda_features=0``.
         ``False`` keeps the penalized model of the path at the chosen λ
@@ -241,7 +290,12 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         The path's λ values (with ``lambda_max="auto"``, as many as that rule
         gave).
     cv_scores_ : ndarray of shape (n_lambdas, n_folds)
-        Held-out score after each λ on each fold.
+        The held-out scores λ is chosen on: ``cv_path_scores_``, or with
+        ``relaxed=True`` the relaxed refits' scores.
+    cv_path_scores_ : ndarray of shape (n_lambdas, n_folds)
+        Held-out score of the penalized path model after each λ on each fold.
+    n_relaxed_fits_ : int
+        With ``relaxed=True``: the number of refits the relaxed scores took.
     n_features_path_ : ndarray of shape (n_lambdas,)
         Inputs kept after each λ on the path over all the rows.
     cv_n_features_ : ndarray of shape (n_lambdas, n_folds)
@@ -285,6 +339,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         "cv": ["cv_object"],
         "scoring": [str, callable, None],
         "selection": [StrOptions({"1se", "best"})],
+        "relaxed": ["boolean"],
         "refit": ["boolean"],
         "dense_epochs": [Interval(Integral, 1, None, closed="left")],
         "path_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -304,6 +359,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         cv=5,
         scoring=None,
         selection="1se",
+        relaxed=True,
         refit=True,
         dense_epochs=100,
         path_epochs=10,
@@ -319,6 +375,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         self.cv = cv
         self.scoring = scoring
         self.selection = selection
+        self.relaxed = relaxed
         self.refit = refit
         self.dense_epochs = dense_epochs
         self.path_epochs = path_epochs
@@ -411,7 +468,12 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
             fold_norms = np.stack([n for n, _ in out], axis=1)
             path_scores = np.stack([scores for _, scores in out], axis=1)
         self.cv_n_features_ = np.count_nonzero(fold_norms, axis=2)
-        self.cv_scores_ = path_scores
+        self.cv_path_scores_ = path_scores
+        if self.relaxed:
+            self.cv_scores_, self.n_relaxed_fits_ = _relaxed_scores(
+                estimator, X, y, folds, fold_norms, scorer, self.n_jobs)
+        else:
+            self.cv_scores_ = path_scores
         self.lambdas_ = lambdas
         self.best_index_ = self._choose(self.cv_scores_)
         self.best_lambda_ = float(lambdas[self.best_index_])
