@@ -35,8 +35,9 @@ Methods:
 
 - ``dense``: ``SoftRegRegressor(random_state=0)`` on all inputs, the reference R²;
 - ``ours``: ``SoftRegSelectorCV`` at its defaults around ``SoftRegRegressor(random_state=0)``,
-  ``n_jobs=2``; the final model is its refit; ``ours-penalized`` / ``ours-relaxed``:
-  the same with ``relaxed=False`` / ``True``;
+  ``n_jobs=2`` (``relaxed=True``); the final model is its refit; ``ours-penalized``,
+  ``ours-auto``, ``ours-penalized-auto``: the same with ``relaxed=False``,
+  ``lambda_max="auto"``, or both;
 - ``grid``: ``GridSearchCV`` over ``lambda_features`` in {0.005, 0.01, 0.02, 0.05, 0.1}
   of ``SoftRegRegressor(random_state=0)`` (5 folds, ``n_jobs=2``); kept: the best
   estimator's non-zero columns, final model: that estimator;
@@ -120,8 +121,9 @@ def dense(Xtr, ytr, Xte, yte):
 
 def _selector(Xtr, ytr, Xte, yte, **params):
     sel = SoftRegSelectorCV(SoftRegRegressor(random_state=0), n_jobs=2, **params).fit(Xtr, ytr)
-    return sel.support_, sel.score(Xte, yte), {"best_lambda": sel.best_lambda_,
-                                               "n_lambdas": len(sel.lambdas_)}
+    return sel.support_, sel.score(Xte, yte), {
+        "best_lambda": sel.best_lambda_, "n_lambdas": len(sel.lambdas_),
+        "n_relaxed_fits": getattr(sel, "n_relaxed_fits_", 0)}
 
 
 def ours(Xtr, ytr, Xte, yte):
@@ -132,12 +134,8 @@ def ours_penalized(Xtr, ytr, Xte, yte):
     return _selector(Xtr, ytr, Xte, yte, relaxed=False)
 
 
-def ours_relaxed(Xtr, ytr, Xte, yte):
-    return _selector(Xtr, ytr, Xte, yte, relaxed=True)
-
-
-def ours_relaxed_auto(Xtr, ytr, Xte, yte):
-    return _selector(Xtr, ytr, Xte, yte, relaxed=True, lambda_max="auto")
+def ours_auto(Xtr, ytr, Xte, yte):
+    return _selector(Xtr, ytr, Xte, yte, lambda_max="auto")
 
 
 def ours_penalized_auto(Xtr, ytr, Xte, yte):
@@ -173,19 +171,18 @@ def lassonet(Xtr, ytr, Xte, yte):
 
 METHODS = {
     "dense": ("dense SoftRegRegressor (all inputs)", dense),
-    "ours": ("SoftRegSelectorCV (defaults)", ours),
+    "ours": ("SoftRegSelectorCV (defaults: relaxed=True)", ours),
     "ours-penalized": ("SoftRegSelectorCV(relaxed=False)", ours_penalized),
-    "ours-relaxed": ("SoftRegSelectorCV(relaxed=True)", ours_relaxed),
+    "ours-auto": ("SoftRegSelectorCV(lambda_max='auto')", ours_auto),
     "ours-penalized-auto": ("SoftRegSelectorCV(relaxed=False, lambda_max='auto')",
                             ours_penalized_auto),
-    "ours-relaxed-auto": ("SoftRegSelectorCV(relaxed=True, lambda_max='auto')", ours_relaxed_auto),
     "grid": ("GridSearchCV over lambda_features", grid),
     "lasso": ("LassoCV", lasso),
     "forest": ("SelectFromModel(RandomForest) + SoftRegRegressor", forest),
     "lassonet": ("LassoNetRegressorCV()", lassonet),
 }
-DEFAULT_METHODS = ("dense", "ours", "ours-penalized", "ours-relaxed", "grid", "lasso",
-                   "forest", "lassonet")
+DEFAULT_METHODS = ("dense", "ours", "ours-penalized", "ours-auto", "grid", "lasso", "forest",
+                   "lassonet")
 
 
 def _load(path):
@@ -222,21 +219,23 @@ def markdown(results):
     order = {key: i for i, key in enumerate(METHODS)}
     machines = {}
     for problem in PROBLEMS:
-        rows = [r for r in results["rows"] if r["problem"] == problem]
+        rows = [r for r in results["rows"] if r["problem"] == problem and r["method"] in METHODS]
         if not rows:
             continue
         rows.sort(key=lambda r: (r["seed"], order.get(r["method"], 99)))
         lines += [f"## {problem}", "", intro[problem], "",
                   "| method | seed | informative kept | noise kept | test R² | wall (s) | "
-                  "chosen λ | measured |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "chosen λ | λ values / relaxed refits | measured |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lam = r["extra"].get("best_lambda")
             lam = "" if lam is None else f"{lam:.3g}"
+            n_lam = r["extra"].get("n_lambdas")
+            path = "" if n_lam is None else f"{n_lam} / {r['extra'].get('n_relaxed_fits', 0)}"
             machines.setdefault(r["machine"], []).append(r["date"])
             lines.append(
                 f"| {METHODS[r['method']][0]} | {r['seed']} | {r['informative']}/{r['n_informative']} "
-                f"| {r['noise']}/{r['n_noise']} | {r['r2']:.3f} | {r['wall']:.1f} | {lam} | "
+                f"| {r['noise']}/{r['n_noise']} | {r['r2']:.4f} | {r['wall']:.1f} | {lam} | {path} | "
                 f"{r['date']} |")
         lines.append("")
     lines += ["Machines: " + "; ".join(f"{m} ({min(d)} to {max(d)})" for m, d in machines.items())
