@@ -12,6 +12,7 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, _fit_context, clone, is_classifier
+from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.feature_selection import SelectorMixin
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import check_cv
@@ -25,7 +26,10 @@ from .modules import GaussianMLP
 __all__ = ["SoftRegSelectorCV"]
 
 # the path's batch size under path_params="auto" (with batch_size="auto")
-_PATH_BATCH_SIZE = 1024
+_PATH_BATCH_SIZE = 2048
+# lambda_max="auto": the grid of lambda_max=_AUTO_LAMBDA_MAX, then continued past it
+_AUTO_LAMBDA_MAX = 0.3
+_AUTO_STEP = 1.5  # the step ratio of a one-λ grid
 
 
 def _path_settings(estimator, path_params):
@@ -35,7 +39,7 @@ def _path_settings(estimator, path_params):
     # "auto": no early stopping (it ends a fit before the zeros settle, and it
     # restores an early epoch), and no dropout in the default MLP (its noise
     # enters every column's gradient and keeps noise inputs off zero)
-    # and batches of at least 1,024 rows: a column at zero stays there only while
+    # and batches of 2,048 rows: a column at zero stays there only while
     # its mini-batch gradient is small against λ, and a noise input's gradient is
     # sampling noise that shrinks with the batch
     settings = {"early_stopping": False}
@@ -77,6 +81,68 @@ def _run_path(estimator, X, y, lambdas, dense_epochs, path_epochs, X_val=None, y
         if keep is not None and i == keep:
             kept = copy.deepcopy(est)
     return np.array(norms), (np.array(scores) if scorer is not None else None), kept
+
+
+def _auto_path(estimator, X, y, lambdas, dense_epochs, path_epochs, max_extra):
+    """The path on all rows, continued geometrically past ``lambdas[-1]`` until at most
+    one input is left (at most ``max_extra`` more λ values).
+
+    Returns the λ values run (``lambdas`` and the added ones) and their column norms.
+    """
+    est = clone(estimator).set_params(lambda_features=0.0, max_epochs=dense_epochs)
+    est.fit(X, y)
+    est.set_params(warm_start=True, max_epochs=path_epochs)
+    step = lambdas[-1] / lambdas[-2] if len(lambdas) > 1 else _AUTO_STEP
+    lambdas, norms = list(lambdas), []
+
+    def step_to(lam):
+        est.set_params(lambda_features=float(lam))
+        with warnings.catch_warnings():
+            # "set the weights of every input to zero": expected at the path's end
+            warnings.simplefilter("ignore", UserWarning)
+            est.fit(X, y)
+        norms.append(_input_norms(est))
+
+    for lam in lambdas:
+        step_to(lam)
+    while np.count_nonzero(norms[-1]) > 1 and max_extra > 0:
+        lambdas.append(lambdas[-1] * step)
+        step_to(lambdas[-1])
+        max_extra -= 1
+    return np.array(lambdas), np.array(norms)
+
+
+def _relaxed_score(estimator, X, y, train, test, support, scorer):
+    """The held-out score of ``estimator`` refit on the inputs ``support`` of the train rows."""
+    if not support.any():
+        # no input left: the best constant (the mean, or the class prior)
+        dummy = DummyClassifier(strategy="prior") if is_classifier(estimator) else DummyRegressor()
+        return scorer(dummy.fit(X[train], y[train]), X[test], y[test])
+    est = clone(estimator).set_params(lambda_features=0.0)
+    est.fit(X[train][:, support], y[train])
+    return scorer(est, X[test][:, support], y[test])
+
+
+def _relaxed_scores(estimator, X, y, folds, fold_norms, scorer, n_jobs):
+    """``(n_lambdas, n_folds)`` scores of refits on each fold's kept inputs after each λ.
+
+    One refit per distinct support per fold: the λ values that keep the same inputs
+    on a fold share its score. Returns the scores and the number of refits.
+    """
+    jobs = {}  # (fold, support bytes) -> (support, [λ indices])
+    for i in range(len(folds)):
+        for k in range(fold_norms.shape[0]):
+            support = fold_norms[k, i] > 0
+            jobs.setdefault((i, support.tobytes()), (support, []))[1].append(k)
+    keys = list(jobs)
+    out = Parallel(n_jobs=n_jobs)(
+        delayed(_relaxed_score)(estimator, X, y, *folds[i], jobs[(i, b)][0], scorer)
+        for i, b in keys
+    )
+    scores = np.full(fold_norms.shape[:2], np.nan)
+    for (i, b), score in zip(keys, out):
+        scores[jobs[(i, b)][1], i] = score
+    return scores, len(keys)
 
 
 def _fold_path(estimator, X, y, train, test, lambdas, dense_epochs, path_epochs, scorer):
@@ -141,13 +207,16 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
     densely (``lambda_features=0``) and then along an increasing grid of
     ``lambda_features``: each λ starts from the previous λ's weights and
     trains ``path_epochs`` more epochs (``warm_start=True``), as in glmnet and
-    LassoNet. The held-out fold is scored after each λ. The chosen λ is the
-    one with the best mean score (``selection="best"``) or the largest λ
-    whose mean score is within one standard error of the best
-    (``selection="1se"``). The inputs kept are those with a non-zero column
-    at the chosen λ on the path over all the rows, and the final model
-    (``estimator_``) is ``estimator`` refit on them with
-    ``lambda_features=0`` (a relaxed lasso).
+    LassoNet. After each λ, the held-out fold is scored by ``estimator``
+    refit with ``lambda_features=0`` on the inputs the fold's path keeps
+    (``relaxed=True``, Meinshausen's relaxed lasso; one refit per distinct
+    set of inputs per fold), or by the penalized path model itself
+    (``relaxed=False``). The chosen λ is the one with the best mean score
+    (``selection="best"``) or the largest λ whose mean score is within one
+    standard error of the best (``selection="1se"``). The inputs kept are
+    those with a non-zero column at the chosen λ on the path over all the
+    rows, and the final model (``estimator_``) is ``estimator`` refit on
+    them with ``lambda_features=0``.
 
     Parameters
     ----------
@@ -161,19 +230,37 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         ``lambda_max * lambda_min_ratio`` to ``lambda_max``.
     n_lambdas : int, default=16
         Number of λ values when ``lambdas`` is None.
-    lambda_max : float, default=0.3
+    lambda_max : float or "auto", default=0.3
         Largest λ when ``lambdas`` is None. ``lambda_features`` is in units of
         the standardized target's half squared error, so one value suits
-        most standardized problems.
+        most standardized problems. ``"auto"``: the path on all the rows runs
+        first, on the grid of ``lambda_max=0.3``, and goes on past 0.3 with
+        the same ratio between steps until at most one input is left (at most
+        ``n_lambdas`` more values); the grid then starts at the λ before the
+        first input leaves that path (earlier values are dropped), and the
+        folds run on that grid. ``lambdas_`` holds it.
     lambda_min_ratio : float, default=0.01
-        Smallest λ over the largest, when ``lambdas`` is None.
+        Smallest λ over the largest, when ``lambdas`` is None (over 0.3 with
+        ``lambda_max="auto"``).
     cv : int, cross-validation generator or iterable, default=5
         As in :func:`sklearn.model_selection.check_cv`.
     scoring : str or callable, default=None
         Scores the held-out fold after each λ (greater is better). ``None``:
         the estimator's ``score`` (R² for a regressor).
     selection : {"1se", "best"}, default="1se"
-        How λ is chosen from the mean CV scores.
+        How λ is chosen from the mean CV scores (``cv_scores_``).
+    relaxed : bool, default=True
+        Choose λ on relaxed scores (Meinshausen's relaxed lasso): each fold's
+        score at each λ is that of ``estimator`` refit with
+        ``lambda_features=0`` on the inputs the fold's path keeps at that λ,
+        so that the penalty's shrinkage does not decide the choice. One refit
+        per distinct set of inputs per fold (``n_relaxed_fits_``); a fold
+        with no input left scores the constant model (``DummyRegressor``, or
+        ``DummyClassifier(strategy="prior")``). ``False``: the penalized path
+        model's held-out score: cheaper (no refits), but on a real table
+        with 20 permuted copies of its columns it chose the smallest λ and
+        kept 13 or 14 of them, where the relaxed scores kept 0 to 2 (see
+        the docs page "Selecting inputs with a λ path").
     refit : bool, default=True
         Refit ``estimator`` on the kept inputs with ``lambda_features=0``.
         ``False`` keeps the penalized model of the path at the chosen λ
@@ -184,7 +271,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         Epochs per λ along the path.
     path_params : dict or "auto", default="auto"
         Parameters set on the path's fits (not on the refit). ``"auto"``:
-        ``early_stopping=False``; ``batch_size=1024`` where the estimator's
+        ``early_stopping=False``; ``batch_size=2048`` where the estimator's
         is ``"auto"``; and ``module__dropout=0`` for ``SoftRegRegressor``'s
         default module. See the docs page "Selecting inputs with a λ path"
         for why.
@@ -200,9 +287,15 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
     Attributes
     ----------
     lambdas_ : ndarray of shape (n_lambdas,)
-        The path's λ values.
+        The path's λ values (with ``lambda_max="auto"``, as many as that rule
+        gave).
     cv_scores_ : ndarray of shape (n_lambdas, n_folds)
-        Held-out score after each λ on each fold.
+        The held-out scores λ is chosen on: ``cv_path_scores_``, or with
+        ``relaxed=True`` the relaxed refits' scores.
+    cv_path_scores_ : ndarray of shape (n_lambdas, n_folds)
+        Held-out score of the penalized path model after each λ on each fold.
+    n_relaxed_fits_ : int
+        With ``relaxed=True``: the number of refits the relaxed scores took.
     n_features_path_ : ndarray of shape (n_lambdas,)
         Inputs kept after each λ on the path over all the rows.
     cv_n_features_ : ndarray of shape (n_lambdas, n_folds)
@@ -241,11 +334,12 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         "estimator": [HasMethods(["fit", "set_params"]), None],
         "lambdas": ["array-like", None],
         "n_lambdas": [Interval(Integral, 1, None, closed="left")],
-        "lambda_max": [Interval(Real, 0, None, closed="neither")],
+        "lambda_max": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "lambda_min_ratio": [Interval(Real, 0, 1, closed="right")],
         "cv": ["cv_object"],
         "scoring": [str, callable, None],
         "selection": [StrOptions({"1se", "best"})],
+        "relaxed": ["boolean"],
         "refit": ["boolean"],
         "dense_epochs": [Interval(Integral, 1, None, closed="left")],
         "path_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -265,6 +359,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         cv=5,
         scoring=None,
         selection="1se",
+        relaxed=True,
         refit=True,
         dense_epochs=100,
         path_epochs=10,
@@ -280,6 +375,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         self.cv = cv
         self.scoring = scoring
         self.selection = selection
+        self.relaxed = relaxed
         self.refit = refit
         self.dense_epochs = dense_epochs
         self.path_epochs = path_epochs
@@ -294,10 +390,13 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
             return SoftRegRegressor()
         return self.estimator
 
+    def _auto_range(self):
+        return self.lambdas is None and isinstance(self.lambda_max, str)
+
     def _lambda_grid(self):
         if self.lambdas is None:
-            return np.geomspace(self.lambda_max * self.lambda_min_ratio, self.lambda_max,
-                                self.n_lambdas)
+            lambda_max = _AUTO_LAMBDA_MAX if self._auto_range() else self.lambda_max
+            return np.geomspace(lambda_max * self.lambda_min_ratio, lambda_max, self.n_lambdas)
         lambdas = np.asarray(self.lambdas, dtype=np.float64)
         if lambdas.ndim != 1 or lambdas.size == 0:
             raise ValueError(
@@ -335,9 +434,19 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         scorer = check_scoring(estimator, scoring=self.scoring)
         cv = check_cv(self.cv, y, classifier=is_classifier(estimator))
         folds = list(cv.split(X, y))
+        norms = None
+        if self._auto_range():
+            # the path on all rows first: it fixes the grid the folds run on
+            lambdas, norms = _auto_path(path_est, X, y, lambdas, self.dense_epochs,
+                                        self.path_epochs, max_extra=len(lambdas))
+            # and starts at the λ before the first input leaves
+            dropped = np.flatnonzero(np.count_nonzero(norms, axis=1) < X.shape[1])
+            start = max(int(dropped[0]) - 1, 0) if dropped.size else 0
+            lambdas, norms = lambdas[start:], norms[start:]
+        splits = [*folds] if norms is not None else [*folds, (np.arange(len(X)), None)]
+        n_folds = len(folds)
         result, reason = None, None
         if self.stacked:
-            splits = [*folds, (np.arange(len(X)), None)]
             result, reason = _stacked_paths(path_est, X, y, splits, lambdas, self.dense_epochs,
                                             self.path_epochs, scorer)
             if result is None:
@@ -347,23 +456,29 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
                               StackingFallbackWarning, stacklevel=2)
         if result is not None:
             all_norms, all_scores = result
-            fold_norms, norms = all_norms[:, :-1], all_norms[:, -1]
-            self.cv_scores_ = all_scores[:, :-1]
-            self.cv_n_features_ = np.count_nonzero(fold_norms, axis=2)
+            fold_norms, path_scores = all_norms[:, :n_folds], all_scores[:, :n_folds]
+            if norms is None:
+                norms = all_norms[:, -1]
         else:
             out = Parallel(n_jobs=self.n_jobs)(
                 delayed(_fold_path)(path_est, X, y, train, test, lambdas, self.dense_epochs,
                                     self.path_epochs, scorer)
                 for train, test in folds
             )
-            self.cv_scores_ = np.stack([scores for _, scores in out], axis=1)
-            self.cv_n_features_ = np.stack(
-                [np.count_nonzero(n, axis=1) for n, _ in out], axis=1)
+            fold_norms = np.stack([n for n, _ in out], axis=1)
+            path_scores = np.stack([scores for _, scores in out], axis=1)
+        self.cv_n_features_ = np.count_nonzero(fold_norms, axis=2)
+        self.cv_path_scores_ = path_scores
+        if self.relaxed:
+            self.cv_scores_, self.n_relaxed_fits_ = _relaxed_scores(
+                estimator, X, y, folds, fold_norms, scorer, self.n_jobs)
+        else:
+            self.cv_scores_ = path_scores
         self.lambdas_ = lambdas
         self.best_index_ = self._choose(self.cv_scores_)
         self.best_lambda_ = float(lambdas[self.best_index_])
         penalized = None
-        if result is None or not self.refit:
+        if norms is None or not self.refit:
             # the path on all rows (again, with refit=False, to keep its model at best_lambda_)
             norms, _, penalized = _run_path(
                 path_est, X, y, lambdas, self.dense_epochs, self.path_epochs,

@@ -427,10 +427,13 @@ def plot_selection_path(estimators, ax=None, highlight=None, feature_names=None)
 def plot_selector_cv(selector, ax=None):
     """Plot a fitted :class:`~sk_softreg.SoftRegSelectorCV`: CV score and inputs kept against λ.
 
-    The mean held-out score per λ is drawn on ``ax`` with a band of one
-    standard error (the folds' standard deviation over the square root of
-    their number), the best mean's one-SE threshold as a dotted line, and
-    the chosen λ (``best_lambda_``) as a vertical line. The inputs kept along
+    The mean held-out score per λ (``cv_scores_``, the scores λ is chosen
+    on) is drawn on ``ax`` with a band of one standard error (the folds'
+    standard deviation over the square root of their number), the best
+    mean's one-SE threshold as a dotted line, and the chosen λ
+    (``best_lambda_``) as a vertical line. With ``relaxed=True``, the
+    penalized path model's mean score (``cv_path_scores_``) is drawn too,
+    dashed. The inputs kept along
     the path over all rows (``n_features_path_``) are on a second y axis,
     ``ax.count_ax``. The x axis is logarithmic.
 
@@ -456,7 +459,12 @@ def plot_selector_cv(selector, ax=None):
           else np.zeros_like(mean))
     best = int(np.nanargmax(mean))
     ax = _get_ax(ax)
-    (line,) = ax.plot(x, mean, color="C0", marker="o", label="mean CV score")
+    relaxed = getattr(selector, "relaxed", False) and hasattr(selector, "cv_path_scores_")
+    (line,) = ax.plot(x, mean, color="C0", marker="o",
+                      label="mean CV score (relaxed refits)" if relaxed else "mean CV score")
+    if relaxed:
+        ax.plot(x, np.nanmean(selector.cv_path_scores_, axis=1), color="C7", linestyle="--",
+                marker=".", label="mean CV score (penalized path)")
     ax.fill_between(x, mean - se, mean + se, color="C0", alpha=0.2, label="± 1 SE")
     ax.axhline(mean[best] - se[best], color="C0", linestyle=":", linewidth=1,
                label="best - 1 SE")

@@ -21,7 +21,7 @@ def _data(n=600, n_features=8, seed=1):
 
 
 def _selector(**kwargs):
-    params = dict(n_lambdas=8, lambda_max=0.3, lambda_min_ratio=0.03, cv=3,
+    params = dict(n_lambdas=8, lambda_max=0.3, lambda_min_ratio=0.03, cv=3, relaxed=False,
                   dense_epochs=60, path_epochs=5)
     params["estimator"] = SoftRegRegressor(max_epochs=60, random_state=0)
     params.update(kwargs)
@@ -121,6 +121,8 @@ def test_explicit_lambdas_are_sorted():
     [
         ({"selection": "min"}, InvalidParameterError, "selection"),
         ({"n_lambdas": 0}, InvalidParameterError, "n_lambdas"),
+        ({"lambda_max": "max"}, InvalidParameterError, "lambda_max"),
+        ({"relaxed": "yes"}, InvalidParameterError, "relaxed"),
         ({"path_epochs": 0}, InvalidParameterError, "path_epochs"),
         ({"lambdas": [0.1, -1.0]}, ValueError, "lambdas must be finite and > 0"),
         ({"lambdas": []}, ValueError, "non-empty"),
@@ -153,7 +155,7 @@ def test_auto_path_settings():
     from sk_softreg.feature_selection import _path_settings
 
     assert _path_settings(SoftRegRegressor(), "auto") == {
-        "early_stopping": False, "batch_size": 1024, "module__dropout": 0.0}
+        "early_stopping": False, "batch_size": 2048, "module__dropout": 0.0}
     # the user's batch size and module stay; explicit path_params are used as given
     assert _path_settings(SoftRegRegressor(batch_size=64), "auto") == {
         "early_stopping": False, "module__dropout": 0.0}
@@ -172,14 +174,23 @@ class _FlatMLP(nn.Module):
         return self.body(X)
 
 
-def test_classifier_with_a_linear_first_module():
+@pytest.mark.parametrize("relaxed", [False, True])
+def test_classifier_with_a_linear_first_module(relaxed):
     X, y = make_classification(400, n_features=6, n_informative=2, n_redundant=0,
                                n_repeated=0, shuffle=False, class_sep=2.0, random_state=0)
     X = StandardScaler().fit_transform(X)
-    clf = SoftRegCNNClassifier(module=_FlatMLP, max_epochs=30, random_state=0, device="cpu")
-    sel = SoftRegSelectorCV(clf, n_lambdas=6, cv=3, dense_epochs=30, path_epochs=5).fit(X, y)
-    assert sel.cv_scores_.shape == (6, 3)
-    assert sel.support_[:2].all()
+    clf = SoftRegCNNClassifier(module=_FlatMLP, max_epochs=10 if relaxed else 30,
+                               random_state=0, device="cpu")
+    n_lambdas, n_folds = (4, 2) if relaxed else (6, 3)
+    sel = SoftRegSelectorCV(clf, n_lambdas=n_lambdas, cv=n_folds, dense_epochs=30,
+                            path_epochs=5, relaxed=relaxed).fit(X, y)
+    assert sel.cv_scores_.shape == (n_lambdas, n_folds) and np.all(np.isfinite(sel.cv_scores_))
+    if relaxed:
+        # accuracy of refits: one informative input separates the classes almost as
+        # well as two, so the one-SE rule may keep one
+        assert sel.support_[:2].any() and sel.n_relaxed_fits_ >= n_folds
+    else:
+        assert sel.support_[:2].all()
     assert sel.predict_proba(X).shape == (400, 2)
     assert sel.score(X, y) > 0.8
     np.testing.assert_array_equal(sel.classes_, [0, 1])
@@ -194,6 +205,16 @@ def test_plot_selector_cv(fitted):
     ax = plot_selector_cv(sel)
     assert ax.get_xscale() == "log"
     np.testing.assert_array_equal(ax.count_ax.lines[0].get_ydata(), sel.n_features_path_)
+    assert len(ax.lines) == 3  # the mean score and the two rules (relaxed=False)
+    # relaxed: the penalized path's mean score is drawn too, dashed
+    relaxed = clone(sel).set_params(relaxed=True)
+    for name in ("lambdas_", "cv_scores_", "n_features_path_", "best_lambda_", "n_features_in_"):
+        setattr(relaxed, name, getattr(sel, name))
+    relaxed.cv_path_scores_ = sel.cv_scores_ - 0.1
+    ax = plot_selector_cv(relaxed)
+    dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 1
+    np.testing.assert_allclose(dashed[0].get_ydata(), sel.cv_scores_.mean(axis=1) - 0.1)
     import matplotlib.pyplot as plt
 
     plt.close("all")
@@ -227,3 +248,84 @@ def test_stacked_falls_back_for_a_module_it_cannot_stack():
     with pytest.warns(StackingFallbackWarning, match="BatchNorm1d"):
         sel.fit(X, y)
     assert sel.cv_scores_.shape == (3, 2)
+
+
+def test_relaxed_scores_refit_once_per_support_and_fold(monkeypatch):
+    from sk_softreg import feature_selection
+
+    calls = []
+    real = feature_selection._relaxed_score
+
+    def counting(estimator, X, y, train, test, support, scorer):
+        calls.append(support.sum())
+        return real(estimator, X, y, train, test, support, scorer)
+
+    monkeypatch.setattr(feature_selection, "_relaxed_score", counting)
+    X, y = _data(300, 6, seed=2)
+    sel = _selector(relaxed=True, n_lambdas=5, lambda_min_ratio=0.01, cv=2, dense_epochs=20,
+                    path_epochs=2, estimator=SoftRegRegressor(max_epochs=15, random_state=0))
+    sel.fit(X, y)
+    assert sel.cv_scores_.shape == sel.cv_path_scores_.shape == (5, 2)
+    assert sel.n_relaxed_fits_ == len(calls) < 5 * 2  # the all-input λ values share a refit
+    assert not np.allclose(sel.cv_scores_, sel.cv_path_scores_)
+    for i in range(2):
+        full = sel.cv_scores_[sel.cv_n_features_[:, i] == 6, i]
+        assert full.size >= 2 and np.all(full == full[0])
+    # the choice is made on the relaxed scores
+    assert sel.best_index_ == sel._choose(sel.cv_scores_)
+
+
+def test_relaxed_score_is_the_refit_on_the_fold():
+    from sklearn.metrics import check_scoring
+    from sklearn.model_selection import KFold
+
+    X, y = _data(300, 6, seed=2)
+    folds = list(KFold(2).split(X))
+    sel = _selector(relaxed=True, lambdas=[1e-4, 0.3], cv=folds, dense_epochs=20,
+                    path_epochs=2, estimator=SoftRegRegressor(max_epochs=15, random_state=0))
+    sel.fit(X, y)
+    assert sel.cv_n_features_[0, 0] == 6  # λ = 1e-4 keeps every input
+    train, test = folds[0]
+    est = clone(sel.estimator).set_params(lambda_features=0.0).fit(X[train], y[train])
+    expected = check_scoring(est)(est, X[test], y[test])
+    assert sel.cv_scores_[0, 0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_relaxed_score_without_inputs_is_the_mean_model():
+    X, y = _data(200, 5, seed=3)
+    sel = _selector(relaxed=True, lambdas=[0.01, 100.0], cv=2, dense_epochs=10,
+                    path_epochs=3, refit=False).fit(X, y)
+    assert np.all(sel.cv_n_features_[-1] == 0)
+    assert np.all(sel.cv_scores_[-1] <= 0.0) and np.all(sel.cv_scores_[-1] > -0.1)
+    assert sel.best_index_ == 0
+
+
+def test_auto_lambda_range_runs_until_one_input_is_left():
+    X, y = _data(300, 6, seed=2)
+    sel = _selector(lambda_max="auto", n_lambdas=5, lambda_min_ratio=0.01, cv=2,
+                    dense_epochs=20, path_epochs=3).fit(X, y)
+    ratios = sel.lambdas_[1:] / sel.lambdas_[:-1]
+    np.testing.assert_allclose(ratios, ratios[0])  # one geometric grid, continued
+    assert sel.lambdas_[-1] > 0.3 and sel.n_features_path_[-1] <= 1
+    assert sel.n_features_path_[-2] > 1  # it stops as soon as one input is left
+    # it starts at the λ before the first input leaves, on the path over all rows
+    assert sel.n_features_path_[0] == 6 or sel.lambdas_[0] == pytest.approx(0.003)
+    assert sel.n_features_path_[1] < 6
+    assert sel.cv_scores_.shape == (len(sel.lambdas_), 2)
+
+
+def test_auto_lambda_range_leaves_explicit_lambdas_alone():
+    X, y = _data(200, 5, seed=3)
+    sel = _selector(lambda_max="auto", lambdas=[0.01, 0.05], cv=2, dense_epochs=10,
+                    path_epochs=2).fit(X, y)
+    np.testing.assert_array_equal(sel.lambdas_, [0.01, 0.05])
+
+
+def test_auto_lambda_range_stacked_and_relaxed():
+    X, y = _data(300, 6, seed=2)
+    sel = _selector(lambda_max="auto", relaxed=True, stacked=True, n_lambdas=4, cv=2,
+                    dense_epochs=20, path_epochs=3,
+                    estimator=SoftRegRegressor(max_epochs=15, random_state=0)).fit(X, y)
+    assert sel.n_features_path_[-1] <= 1
+    assert sel.cv_scores_.shape == sel.cv_n_features_.shape == (len(sel.lambdas_), 2)
+    assert np.all(np.isfinite(sel.cv_scores_))
