@@ -10,7 +10,7 @@ import inspect
 from contextlib import contextmanager
 
 import numpy as np
-from torch.nn.modules.dropout import _DropoutNd
+from torch import nn
 
 __all__ = ["dropout_layers", "dropout_off", "shares_dropout_free_pass", "std_scale"]
 
@@ -32,9 +32,15 @@ def std_scale(residual, std, sample_weight=None):
     return np.sqrt(np.average(z2, axis=0, weights=sample_weight))
 
 
+#: torch's dropout layers (the public classes)
+DROPOUT_LAYERS = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+)
+
+
 def dropout_layers(module):
     """The dropout layers of ``module`` (a list)."""
-    return [m for m in module.modules() if isinstance(m, _DropoutNd)]
+    return [m for m in module.modules() if isinstance(m, DROPOUT_LAYERS)]
 
 
 @contextmanager

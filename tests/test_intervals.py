@@ -10,7 +10,7 @@ from skorch.dataset import Dataset, ValidSplit
 from skorch.helper import predefined_split
 
 from sk_softreg import SoftRegRegressor
-from sk_softreg._predictive_std import shares_dropout_free_pass, std_scale
+from sk_softreg._predictive_std import dropout_layers, shares_dropout_free_pass, std_scale
 from sk_softreg.modules import GaussianMLP
 from sk_softreg.penalties import gaussian_soft_kl
 
@@ -177,3 +177,12 @@ def test_shared_pass_fits_as_the_second_pass_does(data):
     np.testing.assert_allclose(shared.predict(X), second.predict(X), atol=1e-4)
     for a, b in zip(shared.history[:, "train_kl"], second.history[:, "train_kl"]):
         assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_dropout_layers_finds_every_torch_dropout_class():
+    """The KL switches off every dropout layer torch has (a new class would be missed)."""
+    from torch.nn.modules.dropout import _DropoutNd  # only to list torch's classes
+
+    classes = [c for c in _DropoutNd.__subclasses__() if c.__module__.startswith("torch.")]
+    module = torch.nn.Sequential(*(c(0.5) for c in classes), torch.nn.Linear(2, 2))
+    assert len(dropout_layers(module)) == len(classes) >= 6
