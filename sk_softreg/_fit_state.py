@@ -40,11 +40,14 @@ class FitState:
         Inside a training step: ``(X, output)``, the module's dropout-free
         output on the batch ``X``, from the same pass as the training output
         (the regressor's KL term reads it).
+    kl_pair : bool or None
+        Whether the training steps take that output from the training pass
+        (decided at the first step).
     """
 
     __slots__ = (
         "engine", "engine_module", "feature_weight", "batches", "terms", "evaluations", "hooks",
-        "dataset_valid", "kl_output",
+        "dataset_valid", "kl_output", "kl_pair",
     )
 
     def __init__(self):
@@ -57,6 +60,7 @@ class FitState:
         self.hooks = None
         self.dataset_valid = None
         self.kl_output = None
+        self.kl_pair = None
 
     def close(self):
         """End of the fit: the engine releases what it holds."""

@@ -1,4 +1,4 @@
-"""The regressor's predictive std: the dropout-free pass of its KL and the std scale.
+"""The regressor's predictive std: the dropout-free output of its KL and the std scale.
 
 The variance head is fitted to the network that ``predict`` uses: the KL term
 sees the module's output with its dropout layers switched off
@@ -12,7 +12,11 @@ from contextlib import contextmanager
 import numpy as np
 from torch import nn
 
-__all__ = ["dropout_layers", "dropout_off", "shares_dropout_free_pass", "std_scale"]
+from ._batching import unpack_weights
+
+__all__ = [
+    "DropoutFreeKLMixin", "dropout_layers", "dropout_off", "shares_dropout_free_pass", "std_scale",
+]
 
 
 def std_scale(residual, std, sample_weight=None):
@@ -63,3 +67,50 @@ def shares_dropout_free_pass(module):
         return "dropout_free" in inspect.signature(module.forward).parameters
     except (TypeError, ValueError):  # a forward without a signature
         return False
+
+
+class DropoutFreeKLMixin:
+    """The module's dropout-free output on a training batch, for the KL term.
+
+    :meth:`_dropout_free_output` gives the output of the training batch with
+    the dropout layers of :meth:`_kl_dropout_layers` switched off: from the
+    same pass as the training output where the module's ``forward`` takes
+    ``dropout_free`` (:meth:`infer` keeps it), else from a second pass.
+    """
+
+    def _kl_dropout_layers(self):
+        """The dropout layers that the KL term switches off (none at ``alpha == 0``)."""
+        return dropout_layers(self.module_) if self.alpha else []
+
+    def infer(self, x, **fit_params):
+        """The module's output; in a training step whose KL needs the dropout-free
+        output, and with a module whose ``forward`` takes ``dropout_free``
+        (:class:`~sk_softreg.modules.GaussianMLP`), that output comes from the same
+        pass and is kept for :meth:`_dropout_free_output`."""
+        state = getattr(self, "_fit_state", None)
+        if state is None or not self.module_.training:
+            return super().infer(x, **fit_params)
+        if state.kl_pair is None:  # decided once per fit
+            state.kl_pair = bool(self._kl_dropout_layers()) and shares_dropout_free_pass(
+                self.module_
+            )
+        if not state.kl_pair:
+            return super().infer(x, **fit_params)
+        y_pred, clean = super().infer(x, dropout_free=True, **fit_params)
+        state.kl_output = (unpack_weights(x)[0], clean)
+        return y_pred
+
+    def _dropout_free_output(self, y_pred, X):
+        """The module's output on the training batch ``X`` with its dropout layers off:
+        the one :meth:`infer` kept from its pass, else a second forward pass."""
+        state = getattr(self, "_fit_state", None)
+        kept = None if state is None else state.kl_output
+        if kept is not None:
+            state.kl_output = None
+            if kept[0] is X:
+                return kept[1]
+        layers = [m for m in self._kl_dropout_layers() if m.training]
+        if not layers:
+            return y_pred
+        with dropout_off(layers):
+            return super().infer(X)

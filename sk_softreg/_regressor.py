@@ -17,7 +17,7 @@ from skorch.utils import to_tensor
 
 from ._base import SoftRegMixin
 from ._batching import unpack_weights
-from ._predictive_std import dropout_layers, dropout_off, shares_dropout_free_pass, std_scale
+from ._predictive_std import DropoutFreeKLMixin, std_scale
 from ._size_rules import AUTO_STOP_MIN_VALID, auto_batch_size, auto_dropout, auto_lr, is_auto
 from ._validation import FLOAT_DTYPES, first_sample_shape, is_lazy
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
@@ -25,7 +25,7 @@ from .penalties import clamp_log_var, gaussian_soft_kl, soft_target_std
 
 __all__ = ["SoftRegRegressor"]
 
-class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
+class SoftRegRegressor(DropoutFreeKLMixin, SoftRegMixin, NeuralNetRegressor):
     """A neural regressor with L1, L2 and a Gaussian KL soft regularization.
 
     The network predicts a mean ``mu`` and a log-variance ``s = log sigma**2``
@@ -414,8 +414,8 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
 
         The std that ``predict`` returns comes from the network without
         dropout, so the KL that fits it sees that network too: in training,
-        the module's dropout layers are switched off for a second forward
-        pass of ``X``, whose output the KL (value and gradient) uses, while
+        the KL (value and gradient) uses the module's output on ``X`` with
+        its dropout layers switched off (:meth:`_dropout_free_output`), while
         the data loss keeps the dropout output. With dropout, the KL optimum
         ``tau**2 + E[(y - mu)**2]`` would otherwise include the dropout noise
         of ``mu`` and overstate the std (see the user guide).
@@ -424,39 +424,6 @@ class SoftRegRegressor(SoftRegMixin, NeuralNetRegressor):
             y_pred = self._dropout_free_output(y_pred, X)
         mu, log_var = self._split_output(y_pred)
         return gaussian_soft_kl(y_true.view_as(mu), mu, log_var, self.tau)
-
-    def _kl_dropout_layers(self):
-        """The dropout layers that the KL term switches off (none at ``alpha == 0``)."""
-        return dropout_layers(self.module_) if self.alpha else []
-
-    def infer(self, x, **fit_params):
-        """The module's output; in a training step whose KL needs the dropout-free
-        output, and with a module whose ``forward`` takes ``dropout_free``
-        (:class:`~sk_softreg.modules.GaussianMLP`), that output comes from the same
-        pass and is kept for :meth:`_kl_term`."""
-        state = getattr(self, "_fit_state", None)
-        if state is None or not self.module_.training or not self._kl_dropout_layers():
-            return super().infer(x, **fit_params)
-        if not shares_dropout_free_pass(self.module_):
-            return super().infer(x, **fit_params)
-        y_pred, clean = super().infer(x, dropout_free=True, **fit_params)
-        state.kl_output = (unpack_weights(x)[0], clean)
-        return y_pred
-
-    def _dropout_free_output(self, y_pred, X):
-        """The module's output on the training batch ``X`` with its dropout layers off:
-        the one :meth:`infer` kept from its pass, else a second forward pass."""
-        state = getattr(self, "_fit_state", None)
-        kept = None if state is None else state.kl_output
-        if kept is not None:
-            state.kl_output = None
-            if kept[0] is X:
-                return kept[1]
-        layers = [m for m in self._kl_dropout_layers() if m.training]
-        if not layers:
-            return y_pred
-        with dropout_off(layers):
-            return super().infer(X)
 
     def _after_fit(self, X, y, sample_weight=None, held_out=None):
         """skorch's attributes, then ``residual_std_`` and ``std_scale_``.

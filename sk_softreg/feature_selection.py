@@ -58,19 +58,23 @@ def _input_norms(est):
 
 
 def _run_path(estimator, X, y, lambdas, dense_epochs, path_epochs, X_val=None, y_val=None,
-              scorer=None, keep=None):
+              scorer=None, keep=None, max_extra=0):
     """A dense fit, then one warm-started fit of ``path_epochs`` epochs per λ.
 
-    Returns the column norms after each λ (n_lambdas, n_features), the
-    validation score after each λ (or None), and a copy of the estimator
-    at the λ of index ``keep`` (or None).
+    With ``max_extra > 0`` the path goes on past ``lambdas[-1]`` by the grid's
+    step ratio until at most one input is left (at most ``max_extra`` more λ
+    values). Returns the λ values run, the column norms after each
+    (n_lambdas, n_features), the validation score after each (or None), and
+    a copy of the estimator at the λ of index ``keep`` (or None).
     """
     est = clone(estimator).set_params(lambda_features=0.0, max_epochs=dense_epochs)
     est.fit(X, y)
     est.set_params(warm_start=True, max_epochs=path_epochs)
-    norms, scores, kept = [], [], None
-    for i, lam in enumerate(lambdas):
-        est.set_params(lambda_features=float(lam))
+    step = lambdas[-1] / lambdas[-2] if len(lambdas) > 1 else _AUTO_STEP
+    lambdas, norms, scores, kept = list(lambdas), [], [], None
+    i = 0
+    while i < len(lambdas):
+        est.set_params(lambda_features=float(lambdas[i]))
         with warnings.catch_warnings():
             # "set the weights of every input to zero": expected at the path's end
             warnings.simplefilter("ignore", UserWarning)
@@ -80,36 +84,12 @@ def _run_path(estimator, X, y, lambdas, dense_epochs, path_epochs, X_val=None, y
             scores.append(scorer(est, X_val, y_val))
         if keep is not None and i == keep:
             kept = copy.deepcopy(est)
-    return np.array(norms), (np.array(scores) if scorer is not None else None), kept
-
-
-def _auto_path(estimator, X, y, lambdas, dense_epochs, path_epochs, max_extra):
-    """The path on all rows, continued geometrically past ``lambdas[-1]`` until at most
-    one input is left (at most ``max_extra`` more λ values).
-
-    Returns the λ values run (``lambdas`` and the added ones) and their column norms.
-    """
-    est = clone(estimator).set_params(lambda_features=0.0, max_epochs=dense_epochs)
-    est.fit(X, y)
-    est.set_params(warm_start=True, max_epochs=path_epochs)
-    step = lambdas[-1] / lambdas[-2] if len(lambdas) > 1 else _AUTO_STEP
-    lambdas, norms = list(lambdas), []
-
-    def step_to(lam):
-        est.set_params(lambda_features=float(lam))
-        with warnings.catch_warnings():
-            # "set the weights of every input to zero": expected at the path's end
-            warnings.simplefilter("ignore", UserWarning)
-            est.fit(X, y)
-        norms.append(_input_norms(est))
-
-    for lam in lambdas:
-        step_to(lam)
-    while np.count_nonzero(norms[-1]) > 1 and max_extra > 0:
-        lambdas.append(lambdas[-1] * step)
-        step_to(lambdas[-1])
-        max_extra -= 1
-    return np.array(lambdas), np.array(norms)
+        if i == len(lambdas) - 1 and max_extra > 0 and np.count_nonzero(norms[-1]) > 1:
+            lambdas.append(lambdas[-1] * step)
+            max_extra -= 1
+        i += 1
+    return (np.array(lambdas), np.array(norms), np.array(scores) if scorer is not None else None,
+            kept)
 
 
 def _relaxed_score(estimator, X, y, train, test, support, scorer):
@@ -146,7 +126,7 @@ def _relaxed_scores(estimator, X, y, folds, fold_norms, scorer, n_jobs):
 
 
 def _fold_path(estimator, X, y, train, test, lambdas, dense_epochs, path_epochs, scorer):
-    norms, scores, _ = _run_path(
+    _, norms, scores, _ = _run_path(
         estimator, X[train], y[train], lambdas, dense_epochs, path_epochs,
         X_val=X[test], y_val=y[test], scorer=scorer,
     )
@@ -437,8 +417,8 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         norms = None
         if self._auto_range():
             # the path on all rows first: it fixes the grid the folds run on
-            lambdas, norms = _auto_path(path_est, X, y, lambdas, self.dense_epochs,
-                                        self.path_epochs, max_extra=len(lambdas))
+            lambdas, norms, _, _ = _run_path(path_est, X, y, lambdas, self.dense_epochs,
+                                             self.path_epochs, max_extra=len(lambdas))
             # and starts at the λ before the first input leaves
             dropped = np.flatnonzero(np.count_nonzero(norms, axis=1) < X.shape[1])
             start = max(int(dropped[0]) - 1, 0) if dropped.size else 0
@@ -480,7 +460,7 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
         penalized = None
         if norms is None or not self.refit:
             # the path on all rows (again, with refit=False, to keep its model at best_lambda_)
-            norms, _, penalized = _run_path(
+            _, norms, _, penalized = _run_path(
                 path_est, X, y, lambdas, self.dense_epochs, self.path_epochs,
                 keep=None if self.refit else self.best_index_,
             )
