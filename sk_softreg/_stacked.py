@@ -9,7 +9,9 @@ independent fit's. :func:`train_stack` then trains the members together:
 
 - the weights of all members are rows of one ``(n_members, n_params)``
   buffer, and the network runs once per step for all of them
-  (``torch.func.functional_call`` under ``torch.func.vmap``);
+  (``torch.func.functional_call`` under ``torch.func.vmap``, or for the
+  regressor's default module directly on the stacked weights:
+  :mod:`~sk_softreg._stacked_layers`);
 - every member draws its own batches from its own random stream, as its
   own ``TensorBatches`` would, so its shuffles are the independent fit's;
 - each member's loss is its estimator's own per-sample data loss and KL term,
@@ -40,6 +42,7 @@ from ._callbacks import fail_non_finite
 from ._engine import PenaltyEngine
 from ._exceptions import NonFiniteLossError
 from ._predictive_std import dropout_off, shares_dropout_free_pass
+from ._stacked_layers import direct_forward
 from ._stacked_members import penalized_names
 from ._stacked_optim import StackedAdam
 from .penalties import prox_group_l2_
@@ -54,6 +57,7 @@ class _Stack:
         self.members = members
         template = members[0].net
         self.module = template.module_
+        self.direct = direct_forward(self.module)  # None: vmap
         self.device = next(self.module.parameters()).device
         penalized = penalized_names(template)
         names = [n for n, _ in self.module.named_parameters()]
@@ -156,6 +160,9 @@ class _Stack:
     def forward(self, X, **kwargs):
         """The module's output for each member's batch: X is ``(n_members, batch, ...)``;
         ``kwargs`` go to the module's ``forward``."""
+        if self.direct is not None:
+            return self.direct(self.params(), X, **kwargs)
+
         def call(params, buffers, x):
             return torch.func.functional_call(self.module, {**params, **buffers}, (x,), kwargs)
 

@@ -1,0 +1,85 @@
+"""The direct stacked forward of GaussianMLP against vmap, and its dropout."""
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from sk_softreg._stacked_layers import direct_forward, stacked_dropout
+from sk_softreg.modules import GaussianMLP
+
+
+def _stacked(n_members, **kwargs):
+    torch.manual_seed(0)
+    members = [GaussianMLP(**kwargs) for _ in range(n_members)]
+    for member in members:  # non-zero log-variance heads, so that both heads are checked
+        nn.init.normal_(member.log_var.weight)
+        nn.init.normal_(member.log_var.bias)
+    params, _ = stack_module_state(members)
+    return members[0], params
+
+
+def _vmapped(module, params, X, **kwargs):
+    def call(p, x):
+        return functional_call(module, p, (x,), kwargs)
+
+    return vmap(call, randomness="different")(params, X)
+
+
+@pytest.mark.parametrize("hidden_units", [(16,), (16, 8)])
+def test_direct_forward_matches_vmap(hidden_units):
+    module, params = _stacked(3, n_features=5, n_outputs=2, hidden_units=hidden_units, dropout=0.3)
+    X = torch.randn(3, 7, 5)
+    forward = direct_forward(module)
+    module.eval()
+    torch.testing.assert_close(forward(params, X), _vmapped(module, params, X))
+    # in training, the dropout-free output of the pair is the eval-mode output
+    module.train()
+    out, clean = forward(params, X, dropout_free=True)
+    module.eval()
+    torch.testing.assert_close(clean, _vmapped(module, params, X))
+    assert out.shape == clean.shape == (3, 7, 4)
+    assert not torch.allclose(out, clean)  # dropout acted on the training output
+
+
+def test_direct_forward_without_dropout_layers():
+    module, params = _stacked(2, n_features=3, n_outputs=1, hidden_units=(4,), dropout=0)
+    X = torch.randn(2, 6, 3)
+    out, clean = direct_forward(module)(params, X, dropout_free=True)
+    torch.testing.assert_close(out, _vmapped(module, params, X))
+    torch.testing.assert_close(clean, out)
+
+
+def test_direct_forward_only_for_gaussian_mlp_itself():
+    class Sub(GaussianMLP):
+        def forward(self, X):
+            return super().forward(X) * 2
+
+    assert direct_forward(Sub(n_features=2)) is None
+    other = GaussianMLP(n_features=2)
+    other.body[1] = nn.Tanh()
+    assert direct_forward(other) is None
+    assert direct_forward(nn.Linear(2, 1)) is None
+    assert direct_forward(GaussianMLP(n_features=2)) is not None
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_stacked_dropout_keeps_one_minus_p_of_every_lane(p):
+    torch.manual_seed(0)
+    x = torch.ones(4, 250_000)
+    out = stacked_dropout(x, p)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / (1 - p)))
+    # four 16-bit draws come from each 64-bit word: each position must be kept at 1 - p
+    lanes = kept.reshape(-1, 4).float().mean(dim=0)
+    assert torch.all((lanes - (1 - p)).abs() < 0.005), lanes
+    # different rows (members) get different masks
+    assert not torch.equal(kept[0], kept[1])
+
+
+def test_stacked_dropout_gradient_is_the_mask():
+    torch.manual_seed(1)
+    x = torch.randn(3, 10, requires_grad=True)
+    out = stacked_dropout(x, 0.25)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, (out != 0).float() / 0.75)
