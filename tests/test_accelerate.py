@@ -137,7 +137,9 @@ def test_regressor_matches_plain():
     acc = AcceleratedSoftRegRegressor(accelerator=_accelerator(), **kw).fit(X, y)
     assert acc.history[:, "train_kl"] == plain.history[:, "train_kl"]
     mean, std = acc.predict(X[:10], return_std=True)
-    np.testing.assert_array_equal(mean, plain.predict(X[:10]))
+    # the same weights; the heads' one matrix product may round the last bit differently
+    # with another batch layout
+    np.testing.assert_allclose(mean, plain.predict(X[:10]), rtol=1e-6)
     assert np.all(std > 0)
 
 

@@ -1,12 +1,12 @@
-"""The direct stacked forward of GaussianMLP against vmap, and its dropout."""
+"""The direct stacked forward of GaussianMLP against vmap, and Dropout16."""
 
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from sk_softreg._stacked_layers import direct_forward, stacked_dropout
-from sk_softreg.modules import GaussianMLP
+from sk_softreg._stacked_layers import direct_forward
+from sk_softreg.modules import Dropout16, GaussianMLP, dropout16
 
 
 def _stacked(n_members, **kwargs):
@@ -64,10 +64,10 @@ def test_direct_forward_only_for_gaussian_mlp_itself():
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_stacked_dropout_keeps_one_minus_p_of_every_lane(p):
+def test_dropout16_keeps_one_minus_p_of_every_lane(p):
     torch.manual_seed(0)
     x = torch.ones(4, 250_000)
-    out = stacked_dropout(x, p)
+    out = dropout16(x, p)
     kept = out != 0
     torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / (1 - p)))
     # four 16-bit draws come from each 64-bit word: each position must be kept at 1 - p
@@ -77,9 +77,38 @@ def test_stacked_dropout_keeps_one_minus_p_of_every_lane(p):
     assert not torch.equal(kept[0], kept[1])
 
 
-def test_stacked_dropout_gradient_is_the_mask():
+def test_dropout16_gradient_is_the_mask():
     torch.manual_seed(1)
     x = torch.randn(3, 10, requires_grad=True)
-    out = stacked_dropout(x, 0.25)
+    out = dropout16(x, 0.25)
     out.sum().backward()
     torch.testing.assert_close(x.grad, (out != 0).float() / 0.75)
+
+
+def test_dropout16_under_vmap_draws_per_member():
+    torch.manual_seed(2)
+    out = vmap(lambda x: dropout16(x, 0.3), randomness="different")(torch.ones(3, 7, 5))
+    assert out.shape == (3, 7, 5)
+    assert not torch.equal(out[0] != 0, out[1] != 0)
+
+
+def test_dropout16_layer():
+    x = torch.randn(4, 6)
+    layer = Dropout16(0.4)
+    assert isinstance(layer, nn.Dropout)  # found by dropout_layers, switched by dropout_off
+    torch.testing.assert_close(layer.eval()(x), x)
+    layer.train()
+    torch.testing.assert_close(Dropout16(0.0)(x), x)
+    assert torch.equal(Dropout16(1.0)(x), torch.zeros_like(x))
+    out = layer(x)
+    assert torch.all((out == 0) | torch.isclose(out, x / 0.6))
+    assert all(type(m) is Dropout16 for m in GaussianMLP(n_features=3, dropout=0.2).body[2::3])
+
+
+def test_direct_forward_of_a_module_saved_with_nn_dropout():
+    module, params = _stacked(2, n_features=3, n_outputs=1, hidden_units=(8,), dropout=0.3)
+    module.body[2] = nn.Dropout(0.3)  # a GaussianMLP pickled before Dropout16
+    assert direct_forward(module) is not None
+    module.eval()
+    X = torch.randn(2, 5, 3)
+    torch.testing.assert_close(direct_forward(module)(params, X), _vmapped(module, params, X))
