@@ -32,6 +32,7 @@ estimator's own ``_after_fit`` sets ``sparsity_``, ``n_iter_``,
 rounding; with dropout each member draws its own masks, not the fit's.
 """
 
+import copy
 import math
 import time
 
@@ -53,7 +54,7 @@ __all__ = ["train_path", "train_stack"]
 class _Stack:
     """The members' weights as rows of one buffer, and their data as pools of rows."""
 
-    def __init__(self, members, moments=None):
+    def __init__(self, members, moments=None, pools=None):
         self.members = members
         template = members[0].net
         self.module = template.module_
@@ -79,8 +80,11 @@ class _Stack:
             name: torch.stack([m.net.module_.get_buffer(name) for m in members])
             for name, _ in self.module.named_buffers()
         }
-        self.train = _Rows([m.train for m in members])
-        self.valid = _Rows([m.valid for m in members]) if members[0].valid is not None else None
+        if pools is not None:  # a subset's: the pools of the whole stack
+            self.train, self.valid = pools
+        else:
+            self.train = _Rows([m.train for m in members])
+            self.valid = _Rows([m.valid for m in members]) if members[0].valid is not None else None
         nets = [m.net for m in members]
         self.lambda1, self.lambda2, self.alpha = (
             torch.tensor([getattr(n, name) for n in nets], dtype=torch.float32, device=self.device)
@@ -147,7 +151,8 @@ class _Stack:
             self.load_into(i, member)
         index = torch.as_tensor(keep, device=self.device)
         moments = [state.index_select(0, index) for state in self.optimizer.state()]
-        return _Stack([self.members[i] for i in keep], moments)
+        pools = (self.train.subset(keep), self.valid.subset(keep) if self.valid is not None else None)
+        return _Stack([self.members[i] for i in keep], moments, pools)
 
     def params(self):
         """The members' parameters as views of the buffer, ``(n_members, *shape)`` each."""
@@ -199,6 +204,14 @@ class _Rows:
             for b in batches
         ])
         self.y_offsets = np.cumsum([0] + [len(b.X) for b in batches[:-1]]).tolist()
+
+    def subset(self, keep):
+        """The rows of members ``keep`` only: the same pools, their offsets."""
+        rows = copy.copy(self)
+        rows.batches = [self.batches[i] for i in keep]
+        rows.x_offsets = [self.x_offsets[i] for i in keep]
+        rows.y_offsets = [self.y_offsets[i] for i in keep]
+        return rows
 
     def index(self, orders, running):
         """Per-step gather indices for this epoch: ``(steps, n_members, batch)`` each.
@@ -338,7 +351,7 @@ def train_stack(members, progress=None):
             running = [m.running for m in stack.members]
             if not any(running):
                 break
-            if 2 * sum(running) <= len(running):  # stopped members no longer cost a step
+            if not all(running):  # stopped members no longer cost a step
                 stack = stack.subset([i for i, on in enumerate(running) if on])
                 running = [True] * len(stack.members)
             start = time.perf_counter()
