@@ -12,13 +12,16 @@ Run from the repository root::
     python benchmarks/early_stopping_digits.py [--out benchmarks/early_stopping_digits.md]
     python benchmarks/early_stopping_digits.py --curves [--out benchmarks/early_stopping_curves.md]
 
-``--curves`` asks where the accuracy goes: one fit per seed of ``CURVE_EPOCHS``
-epochs on the same 90% (the same ``ValidSplit`` as ``early_stopping``, as
-``train_split``), recording per epoch the validation loss and accuracy and the
-test accuracy. Since early stopping restores the best epoch's weights, the
-test accuracy of a stopping rule is the curve's value at the epoch that rule
-restores; the table gives it for rules on the loss (with ``tol``) and on the
-accuracy, with several patiences, and the test accuracy at fixed epochs.
+``--curves`` asks where the accuracy goes, on seeds 0-5: per seed one fit of
+``CURVE_EPOCHS`` epochs on the same 90% (the same ``ValidSplit`` as
+``early_stopping``, as ``train_split``) and one on all training rows, recording
+per epoch the test accuracy and the validation probabilities, for the weights
+as trained and for an exponential moving average of them (evaluated on a copy,
+so both come from one training run). Since early stopping restores the best
+epoch's weights, the test accuracy of a stopping rule is the curve's value at
+the epoch that rule restores; the table gives it for rules on the validation
+loss, on its mean over 3 epochs and on the accuracy, with two patiences, and
+the test accuracy at fixed epochs.
 """
 
 import argparse
@@ -58,33 +61,74 @@ def fit_row(params, seed, X_train, y_train):
     return SoftRegCNNClassifier(max_epochs=200, random_state=seed, **params).fit(X_train, y_train)
 
 
-CURVE_EPOCHS = 120
+CURVE_EPOCHS = 100
+CURVE_SEEDS = (0, 1, 2, 3, 4, 5)
+EMA_DECAY = 0.99
+
+
+def _curve_fit(seed, X, y, held_out):
+    """One ``CURVE_EPOCHS``-epoch fit: per epoch, the test accuracy and (with
+    ``held_out``) the validation probabilities, of the weights and of their
+    moving average (evaluated on a copy, so the training is the same)."""
+    import torch
+    from skorch.callbacks import Callback
+    from skorch.dataset import Dataset
+
+    torch.set_num_threads(1)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, stratify=y, random_state=seed)
+    split = ValidSplit(0.1, stratified=True, random_state=seed)
+    X_val = y_val = None
+    if held_out:
+        valid = split(Dataset(X_tr, y_tr), y_tr)[1].indices
+        X_val, y_val = X_tr[valid], np.searchsorted(np.unique(y_tr), y_tr[valid])
+
+    class Record(Callback):
+        def on_train_begin(self, net, **kwargs):
+            self.average = [p.detach().clone() for p in net.module_.parameters()]
+            self.steps, self.out = 0, {"plain": ([], []), "ema": ([], [])}
+
+        def on_batch_end(self, net, training=False, **kwargs):
+            if training:  # the moving average, with the usual warm-up of its decay
+                self.steps += 1
+                decay = min(EMA_DECAY, (1 + self.steps) / (10 + self.steps))
+                with torch.no_grad():
+                    for a, p in zip(self.average, net.module_.parameters()):
+                        a.mul_(decay).add_(p, alpha=1 - decay)
+
+        def _evaluate(self, net, key):
+            test, proba = self.out[key]
+            test.append(float(np.mean(net.predict(X_te) == y_te)))
+            if X_val is not None:
+                proba.append(net.predict_proba(X_val))
+
+        def on_epoch_end(self, net, **kwargs):
+            self._evaluate(net, "plain")
+            params = list(net.module_.parameters())
+            saved = [p.detach().clone() for p in params]
+            with torch.no_grad():
+                for p, a in zip(params, self.average):
+                    p.copy_(a)
+            self._evaluate(net, "ema")
+            with torch.no_grad():
+                for p, s in zip(params, saved):
+                    p.copy_(s)
+
+    record = Record()
+    SoftRegCNNClassifier(
+        max_epochs=CURVE_EPOCHS, random_state=seed, callbacks=[("record", record)],
+        train_split=split if held_out else None,
+    ).fit(X_tr, y_tr)
+    print("curve", seed, "held out" if held_out else "all rows", file=sys.stderr, flush=True)
+    return {key: {"test": test, "proba": proba, "y_val": y_val} for key, (test, proba) in record.out.items()}
 
 
 def curves(X, y):
-    """Per seed: the validation loss and accuracy and the test accuracy of each epoch."""
-    from skorch.callbacks import Callback
+    """Per seed: the curves of a fit on the 90% (``held_out``) and of one on all rows."""
+    from joblib import Parallel, delayed
 
-    class TestAccuracy(Callback):
-        def __init__(self, X, y, out):
-            self.X, self.y, self.out = X, y, out
-
-        def on_epoch_end(self, net, **kwargs):
-            self.out.append(float(np.mean(net.predict(self.X) == self.y)))
-
-    out = []
-    for seed in SEEDS:
-        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, stratify=y, random_state=seed)
-        test = []
-        model = SoftRegCNNClassifier(
-            max_epochs=CURVE_EPOCHS, random_state=seed,
-            callbacks=[("test", TestAccuracy(X_te, y_te, test))],
-            train_split=ValidSplit(0.1, stratified=True, random_state=seed),
-        ).fit(X_tr, y_tr)
-        out.append({"valid_loss": list(model.history[:, "valid_loss"]),
-                    "valid_acc": list(model.history[:, "valid_acc"]), "test": test})
-        print("curve", seed, test[-1], file=sys.stderr, flush=True)
-    return out
+    jobs = [(seed, held_out) for seed in CURVE_SEEDS for held_out in (True, False)]
+    fits = Parallel(n_jobs=2)(delayed(_curve_fit)(seed, X, y, held_out) for seed, held_out in jobs)
+    return {(seed, held_out): fit for (seed, held_out), fit in zip(jobs, fits)}
 
 
 def restored_epoch(values, patience, greater, tol):
@@ -100,19 +144,40 @@ def restored_epoch(values, patience, greater, tol):
     return best_i, len(values)
 
 
+def _monitors(curve):
+    """Per epoch: the validation loss, the loss averaged over 3 epochs, and the accuracy."""
+    y_val = curve["y_val"]
+    loss = [float(-np.mean(np.log(np.clip(p[np.arange(len(y_val)), y_val], 1e-12, None))))
+            for p in curve["proba"]]
+    smooth = [float(np.mean(loss[max(0, i - 2): i + 1])) for i in range(len(loss))]
+    accuracy = [float(np.mean(p.argmax(1) == y_val)) for p in curve["proba"]]
+    return {"valid_loss": (loss, False), "valid_loss, mean of 3 epochs": (smooth, False),
+            "valid_acc": (accuracy, True)}
+
+
 def curve_lines(runs):
-    lines = ["| rule | mean test accuracy | per seed | restored epoch / epochs run |", "|---|---|---|---|"]
-    for epoch in (25, 50, 100, CURVE_EPOCHS):
-        accs = [r["test"][epoch - 1] for r in runs]
-        lines.append(f"| fixed {epoch} epochs | {np.mean(accs):.4f} | "
-                     f"{', '.join(f'{a:.4f}' for a in accs)} | {epoch} |")
-    for key, greater, tol in (("valid_loss", False, 1e-4), ("valid_acc", True, 1e-4)):
-        for patience in (10, 20, 30):
-            picks = [restored_epoch(r[key], patience, greater, tol) for r in runs]
-            accs = [r["test"][i] for r, (i, _) in zip(runs, picks)]
-            stops = ", ".join(f"{i + 1} / {n}" for i, n in picks)
-            lines.append(f"| {key}, n_iter_no_change={patience} | {np.mean(accs):.4f} | "
-                         f"{', '.join(f'{a:.4f}' for a in accs)} | {stops} |")
+    head = ("| weights | rule | mean, seeds 0-2 | mean, all seeds | per seed: test accuracy @ "
+            "restored epoch / epochs run |")
+    lines = [head, "|---|---|---|---|---|"]
+    for key, label in (("plain", "as trained"), ("ema", f"moving average ({EMA_DECAY})")):
+        rows = []
+        for rows_label, held_out in (("the 90%", True), ("all rows", False)):
+            for epoch in (25, 50, CURVE_EPOCHS):
+                accs = [runs[seed, held_out][key]["test"][epoch - 1] for seed in CURVE_SEEDS]
+                rows.append((f"fixed {epoch} epochs, {rows_label}", accs,
+                             ", ".join(f"{a:.4f}" for a in accs)))
+        for name in ("valid_loss", "valid_loss, mean of 3 epochs", "valid_acc"):
+            for patience in (10, 20):
+                accs, cells = [], []
+                for seed in CURVE_SEEDS:
+                    curve = runs[seed, True][key]
+                    values, greater = _monitors(curve)[name]
+                    i, n = restored_epoch(values, patience, greater, 1e-4)
+                    accs.append(curve["test"][i])
+                    cells.append(f"{curve['test'][i]:.4f} @ {i + 1} / {n}")
+                rows.append((f"{name}, n_iter_no_change={patience}", accs, ", ".join(cells)))
+        for rule, accs, cells in rows:
+            lines.append(f"| {label} | {rule} | {np.mean(accs[:3]):.4f} | {np.mean(accs):.4f} | {cells} |")
     return lines
 
 
@@ -137,9 +202,13 @@ def main(argv=None):
             f"load average at start: {load}",
             f"- command: `python benchmarks/early_stopping_digits.py --curves`; total "
             f"{time.perf_counter() - start:.0f} s",
-            f"- digits / 16, stratified 75/25 splits, seeds 0, 1, 2; `SoftRegCNNClassifier("
-            f"max_epochs={CURVE_EPOCHS})` on the 90% that early stopping trains on; the test "
-            "accuracy of a rule is that of the epoch it restores",
+            f"- digits / 16, stratified 75/25 splits, seeds {CURVE_SEEDS}; per seed one "
+            f"`SoftRegCNNClassifier(max_epochs={CURVE_EPOCHS})` fit on the 90% that early "
+            "stopping trains on (the same `ValidSplit`) and one on all training rows, one "
+            "thread each, two at a time. Each epoch's test accuracy (and validation "
+            "probabilities) is recorded for the weights as trained and for their moving "
+            f"average (decay {EMA_DECAY} per step, evaluated on a copy: the training is the "
+            "same). A rule's test accuracy is that of the epoch it restores.",
             "",
         ]
         text = "\n".join(header + lines) + "\n"
