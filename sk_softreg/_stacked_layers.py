@@ -14,7 +14,7 @@ units)`` tensor; the members' masks are the stack's own in either path.
 import torch
 from torch import nn
 
-from .modules import Dropout16, GaussianMLP, dropout16
+from .modules import Dropout16, GaussianMLP, dropout16, dropout_free_pair
 
 __all__ = ["direct_forward", "stacked_linear"]
 
@@ -32,22 +32,20 @@ def stacked_linear(x, weight, bias=None):
 
 def _gaussian_mlp(module, params, X, dropout_free=False):
     """:meth:`GaussianMLP.forward <sk_softreg.modules.GaussianMLP.forward>` on stacked weights."""
-    h, clean = X, None
-    for index, layer in enumerate(module.body):
-        kind = type(layer)
-        if kind is nn.Linear:
-            weight, bias = params[f"body.{index}.weight"], params.get(f"body.{index}.bias")
-            h = stacked_linear(h, weight, bias)
-            if clean is not None:
-                clean = stacked_linear(clean, weight, bias)
-        elif kind is nn.ReLU:
-            h = h.relu()
-            if clean is not None:
-                clean = clean.relu()
-        elif layer.training and layer.p > 0:  # Dropout16 or nn.Dropout
-            if dropout_free and clean is None:
-                clean = h  # the paths part here
-            h = dropout16(h, layer.p)
+
+    def apply(index, layer, x):
+        if isinstance(layer, nn.Linear):
+            return stacked_linear(x, params[f"body.{index}.weight"], params.get(f"body.{index}.bias"))
+        if isinstance(layer, nn.Dropout):  # Dropout16, or nn.Dropout in a module saved before it
+            return dropout16(x, layer.p, layer.training)
+        return layer(x)  # nn.ReLU
+
+    if dropout_free:
+        h, clean = dropout_free_pair(module.body, X, apply)
+    else:
+        h = X
+        for index, layer in enumerate(module.body):
+            h = apply(index, layer, h)
     # the two heads as one: the means, then the log-variances
     weight = torch.cat([params["mean.weight"], params["log_var.weight"]], dim=1)
     bias = torch.cat([params["mean.bias"], params["log_var.bias"]], dim=1)

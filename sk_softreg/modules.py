@@ -70,7 +70,7 @@ class SoftRegCNN(nn.Module):
         return self.classifier(self.features(X))
 
 
-def dropout16(x, p):
+def dropout16(x, p, training=True):
     """Inverted dropout ``x * keep / (1 - p)``, with ``keep`` drawn from 16-bit random integers.
 
     Each element is kept where a uniform 16-bit integer ``u`` (four of them
@@ -84,13 +84,19 @@ def dropout16(x, p):
     ----------
     x : Tensor
     p : float
-        Drop probability, in ``[0, 1)``.
+        Drop probability, in ``[0, 1]``.
+    training : bool, default=True
+        Without training, ``x`` itself (as in eval mode).
 
     Returns
     -------
     Tensor
         Of ``x``'s shape.
     """
+    if not training or p == 0:
+        return x
+    if p == 1:
+        return x * 0.0
     n = x.numel()
     # like x's first (n + 3) // 4 elements, so that under vmap each member draws its own
     words = torch.empty_like(x.reshape(-1)[: (n + 3) // 4], dtype=torch.int64)
@@ -115,11 +121,7 @@ class Dropout16(nn.Dropout):
     """
 
     def forward(self, input):
-        if not self.training or self.p == 0:
-            return input
-        if self.p == 1:
-            return input * 0.0
-        return dropout16(input, self.p)
+        return dropout16(input, self.p, self.training)
 
 
 class GaussianMLP(nn.Module):
@@ -180,13 +182,7 @@ class GaussianMLP(nn.Module):
         """
         if not dropout_free:
             return self._heads(self.body(X))
-        h, clean = X, None
-        for layer in self.body:
-            if clean is None and isinstance(layer, nn.Dropout) and layer.training:
-                clean = h  # the paths part here
-            elif clean is not None and not isinstance(layer, nn.Dropout):
-                clean = layer(clean)
-            h = layer(h)
+        h, clean = dropout_free_pair(self.body, X, lambda index, layer, x: layer(x))
         return self._heads(h), self._heads(h if clean is None else clean)
 
     def _heads(self, h):
@@ -194,6 +190,34 @@ class GaussianMLP(nn.Module):
         weight = torch.cat([self.mean.weight, self.log_var.weight])
         bias = torch.cat([self.mean.bias, self.log_var.bias])
         return nn.functional.linear(h, weight, bias)
+
+
+def dropout_free_pair(layers, X, apply):
+    """``layers`` on ``X``, and the same path without dropout, in one walk.
+
+    The path without dropout parts from the main one at the first dropout
+    layer in training mode (the layers before it are computed once) and then
+    skips every dropout layer. ``apply(index, layer, x)`` computes one layer
+    (``layer(x)`` for a module; :mod:`sk_softreg._stacked_layers` computes it
+    on stacked weights).
+
+    Returns
+    -------
+    h : Tensor
+        The output of ``layers``.
+    clean : Tensor or None
+        The output without dropout, or None where no dropout layer is in
+        training mode (then it is ``h``).
+    """
+    h, clean = X, None
+    for index, layer in enumerate(layers):
+        dropout = isinstance(layer, nn.Dropout)
+        if clean is None and dropout and layer.training:
+            clean = h  # the paths part here
+        elif clean is not None and not dropout:
+            clean = apply(index, layer, clean)
+        h = apply(index, layer, h)
+    return h, clean
 
 
 class LogVariance(nn.Module):
