@@ -38,7 +38,7 @@ class FitState:
         kept after :meth:`close` for the fitted attributes computed on it.
     kl_output : tuple or None
         Inside a training step: ``(X, output)``, the module's dropout-free
-        output on the batch ``X``, from the same pass as the training output
+        output on the batch ``X``, from the training pass or a second one
         (the regressor's KL term reads it).
     kl_pair : bool or None
         Whether the training steps take that output from the training pass

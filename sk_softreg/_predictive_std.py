@@ -73,9 +73,9 @@ class DropoutFreeKLMixin:
     """The module's dropout-free output on a training batch, for the KL term.
 
     :meth:`_dropout_free_output` gives the output of the training batch with
-    the dropout layers of :meth:`_kl_dropout_layers` switched off: from the
-    same pass as the training output where the module's ``forward`` takes
-    ``dropout_free`` (:meth:`infer` keeps it), else from a second pass.
+    the dropout layers of :meth:`_kl_dropout_layers` switched off, which
+    :meth:`infer` keeps: from the same pass as the training output where the
+    module's ``forward`` takes ``dropout_free``, else from a second pass.
     """
 
     def _kl_dropout_layers(self):
@@ -84,9 +84,10 @@ class DropoutFreeKLMixin:
 
     def infer(self, x, **fit_params):
         """The module's output; in a training step whose KL needs the dropout-free
-        output, and with a module whose ``forward`` takes ``dropout_free``
-        (:class:`~sk_softreg.modules.GaussianMLP`), that output comes from the same
-        pass and is kept for :meth:`_dropout_free_output`."""
+        output, that output too, kept for :meth:`_dropout_free_output`: from the
+        same pass where the module's ``forward`` takes ``dropout_free``
+        (:class:`~sk_softreg.modules.GaussianMLP`), else from a second pass with
+        the same ``fit_params``."""
         state = getattr(self, "_fit_state", None)
         if state is None or not self.module_.training:
             return super().infer(x, **fit_params)
@@ -94,23 +95,33 @@ class DropoutFreeKLMixin:
             state.kl_pair = bool(self._kl_dropout_layers()) and shares_dropout_free_pass(
                 self.module_
             )
-        if not state.kl_pair:
-            return super().infer(x, **fit_params)
-        y_pred, clean = super().infer(x, dropout_free=True, **fit_params)
+        if state.kl_pair:
+            y_pred, clean = super().infer(x, dropout_free=True, **fit_params)
+        else:
+            y_pred = super().infer(x, **fit_params)
+            clean = self._dropout_free_pass(x, fit_params)
+            if clean is None:
+                return y_pred
         state.kl_output = (unpack_weights(x)[0], clean)
         return y_pred
 
+    def _dropout_free_pass(self, x, fit_params):
+        """The module's output on ``x`` with the KL's dropout layers off, or None
+        where none of them is in training mode."""
+        layers = [m for m in self._kl_dropout_layers() if m.training]
+        if not layers:
+            return None
+        with dropout_off(layers):
+            return super().infer(x, **fit_params)
+
     def _dropout_free_output(self, y_pred, X):
         """The module's output on the training batch ``X`` with its dropout layers off:
-        the one :meth:`infer` kept from its pass, else a second forward pass."""
+        the one :meth:`infer` kept, else a second forward pass (without fit params)."""
         state = getattr(self, "_fit_state", None)
         kept = None if state is None else state.kl_output
         if kept is not None:
             state.kl_output = None
             if kept[0] is X:
                 return kept[1]
-        layers = [m for m in self._kl_dropout_layers() if m.training]
-        if not layers:
-            return y_pred
-        with dropout_off(layers):
-            return super().infer(X)
+        clean = self._dropout_free_pass(X, {})
+        return y_pred if clean is None else clean

@@ -179,6 +179,30 @@ def test_shared_pass_fits_as_the_second_pass_does(data):
         assert a == pytest.approx(b, rel=1e-4)
 
 
+class _Shifted(_OnePassOnly):
+    """A module whose ``forward`` takes a fit param (and no ``dropout_free``); it
+    records the ``shift`` of each call in training."""
+
+    def forward(self, X, shift=0.0):
+        if self.training:
+            self.shifts.append(float(shift))
+        return super().forward(X + shift)
+
+    shifts = []
+
+
+def test_second_pass_gets_the_fit_params(data):
+    """The KL's second, dropout-free pass calls the module with the step's fit params,
+    as the training pass does."""
+    X, y = data
+    _Shifted.shifts = []
+    reg = small_reg(module=_Shifted, max_epochs=2, module__dropout=0.3, alpha=0.1, early_stopping=False)
+    reg.fit(X, y, shift=0.5)
+    n_steps = len(reg.history[-1, "batches"]) * 2
+    assert len(_Shifted.shifts) >= 2 * n_steps  # the training pass and the KL's, each step
+    assert set(_Shifted.shifts) == {0.5}
+
+
 def test_dropout_layers_finds_every_torch_dropout_class():
     """The KL switches off every dropout layer torch has (a new class would be missed)."""
     from torch.nn.modules.dropout import _DropoutNd  # only to list torch's classes
