@@ -56,7 +56,9 @@ class _Stack:
 
     def __init__(self, members, moments=None, pools=None):
         self.members = members
-        template = members[0].net
+        # a member whose KL needs the dropout-free pass, if any (the regressor's at alpha > 0
+        # with dropout): the stack runs that pass for all, the others weigh their KL by 0
+        template = next((m.net for m in members if m.net._kl_dropout_layers()), members[0].net)
         self.module = template.module_
         self.direct = direct_forward(self.module)  # None: vmap
         self.device = next(self.module.parameters()).device
@@ -90,8 +92,7 @@ class _Stack:
             torch.tensor([getattr(n, name) for n in nets], dtype=torch.float32, device=self.device)
             for name in ("lambda1", "lambda2", "alpha")
         )
-        # the estimator's KL sees these dropout layers switched off (the regressor's does);
-        # stack_key keeps members that need that pass apart from those that do not
+        # the estimator's KL sees these dropout layers switched off (the regressor's does)
         groups = {}
         for i, net in enumerate(nets):
             groups.setdefault(_loss_key(net), []).append(i)

@@ -146,9 +146,9 @@ def stack_key(member):
     fold with fewer classes goes apart), the optimizer's settings (a
     learning rate resolved from the data size included), the batch sizes, the
     epochs, the penalty method and selection, and whether there is a
-    validation set. Also whether the KL needs a dropout-free pass
-    (``_kl_dropout_layers``, the regressor's at ``alpha > 0`` with dropout):
-    the stack runs that pass for all its members, so the others go apart.
+    validation set. Members whose KL needs a dropout-free pass (the
+    regressor's at ``alpha > 0`` with dropout) share a stack with those whose
+    KL does not: the stack runs that pass for all of them.
     """
     net = member.net
     group = net.optimizer_.param_groups[0]
@@ -164,7 +164,6 @@ def stack_key(member):
         member.train.batch_size, member.train.shuffle, member.train.drop_last,
         None if member.valid is None else member.valid.batch_size,
         net.max_epochs, stop, net.l1_method, tuple(penalized_names(net)),
-        bool(net._kl_dropout_layers()),
     )
 
 

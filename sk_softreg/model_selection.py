@@ -91,9 +91,7 @@ class BatchedGridSearchCV(GridSearchCV):
         ``_after_fit``) divided equally among its members. The refit is one
         ordinary ``fit``.
     n_stacks_ : int
-        Number of stacks trained. A regressor whose module has dropout trains
-        its ``alpha > 0`` candidates in stacks of their own (their KL needs a
-        dropout-free pass that the ``alpha == 0`` ones would pay for too).
+        Number of stacks trained.
     n_fallback_fits_ : int
         Number of fits trained one by one.
 
@@ -111,8 +109,8 @@ class BatchedGridSearchCV(GridSearchCV):
     ...     SoftRegRegressor(max_epochs=3, random_state=0, device="cpu"),
     ...     {"lambda1": [0.0, 1e-4], "alpha": [0.0, 0.1]}, cv=3,
     ... ).fit(X, y)
-    >>> search.n_stacks_, len(search.cv_results_["params"])  # alpha 0 and 0.1 apart: dropout
-    (2, 4)
+    >>> search.n_stacks_, len(search.cv_results_["params"])
+    (1, 4)
     """
 
     _parameter_constraints = {

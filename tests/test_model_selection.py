@@ -354,16 +354,21 @@ def test_global_rng_draws_are_those_of_gridsearch(reg_data):
     assert torch.equal(*states)
 
 
-def test_alpha_members_with_dropout_stack_apart(reg_data):
-    """The regressor's KL needs a dropout-free pass, which a stack runs for all its members:
-    with dropout, the alpha == 0 members train in a stack of their own, without it."""
+def test_alpha_members_with_dropout_share_a_stack(reg_data):
+    """With dropout, the alpha == 0 and alpha > 0 members train in one stack, which runs
+    the KL's dropout-free pass for all: at a negligible lr the first epoch's KL (on the
+    dropout-free output, the same in any batch order) equals each independent fit's, and
+    is 0 at alpha == 0."""
     X, y = reg_data
-    grid = {"alpha": [0.0, 0.5], "lambda1": [0.0, 1e-3]}
-    with_dropout = BatchedGridSearchCV(_regressor(module__dropout=0.2), grid, cv=2, refit=False,
-                                       scoring=SCORING).fit(X, y)
-    assert with_dropout.n_stacks_ == 2 and with_dropout.n_fallback_fits_ == 0
-    without = BatchedGridSearchCV(_regressor(), grid, cv=2, refit=False, scoring=SCORING).fit(X, y)
-    assert without.n_stacks_ == 1
+    est = _regressor(module__dropout=0.3, lr=1e-12, max_epochs=1)
+    scoring = {"kl": lambda est, X, y: float(est.history[0, "train_kl"])}
+    for grid in ({"alpha": [0.0, 0.5]}, {"alpha": [0.5, 0.0]}):  # the first member either
+        batched, plain = _both(est, grid, X, y, scoring=scoring, refit=False, cv=2)
+        assert batched.n_stacks_ == 1 and batched.n_fallback_fits_ == 0
+        for i in range(2):
+            kl = batched.cv_results_[f"split{i}_test_kl"]
+            np.testing.assert_allclose(kl, plain.cv_results_[f"split{i}_test_kl"], rtol=1e-4)
+            assert all((k == 0) == (a == 0) for k, a in zip(kl, batched.cv_results_["param_alpha"]))
 
 
 @pytest.mark.parametrize("scoring", ["r2", "neg_mean_absolute_error"])
