@@ -154,6 +154,19 @@ def test_classifier_mlp_members_equal_independent_fits(small_digits):
     assert batched.n_stacks_ == 1
 
 
+def test_cnn_members_equal_independent_fits(small_digits):
+    """The default SoftRegCNN stacks through its direct forward (one grouped convolution
+    for all members), and every member equals its own fit."""
+    X, y = small_digits
+    est = SoftRegCNNClassifier(max_epochs=2, random_state=0, device="cpu", batch_size=32,
+                               module__channels=(4, 8), module__hidden_units=16,
+                               module__dropout=0.0)
+    grid = {"lambda1": [0.0, 1e-3], "alpha": [0.0, 0.1]}
+    batched, plain = _both(est, grid, X[:120] / 16, y[:120], scoring=SCORING, refit=False, cv=2)
+    _assert_same_splits(batched, plain)
+    assert batched.n_stacks_ == 1 and batched.n_fallback_fits_ == 0
+
+
 def test_pipeline_and_sample_weight_equal_independent_fits(reg_data):
     X, y = reg_data
     w = np.random.default_rng(1).uniform(0.2, 2.0, len(y))

@@ -1,4 +1,4 @@
-"""The direct stacked forward of GaussianMLP against vmap, and Dropout16."""
+"""The direct stacked forwards of GaussianMLP and SoftRegCNN against vmap, and Dropout16."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from sk_softreg._stacked_layers import direct_forward
-from sk_softreg.modules import Dropout16, GaussianMLP, dropout16
+from sk_softreg.modules import Dropout16, GaussianMLP, SoftRegCNN, dropout16
 
 
 def _stacked(n_members, **kwargs):
@@ -112,3 +112,49 @@ def test_direct_forward_of_a_module_saved_with_nn_dropout():
     module.eval()
     X = torch.randn(2, 5, 3)
     torch.testing.assert_close(direct_forward(module)(params, X), _vmapped(module, params, X))
+
+
+@pytest.mark.parametrize("input_shape", [(1, 8, 8), (3, 5, 7), (2, 1, 6)])
+def test_cnn_direct_forward_and_gradients_match_vmap(input_shape):
+    """The members' convolutions as one grouped convolution (channels_last on a CPU):
+    the outputs and the gradients of every member's weights are vmap's."""
+    torch.manual_seed(0)
+    kwargs = dict(input_shape=input_shape, n_classes=4, channels=(3, 5), hidden_units=6)
+    members = [SoftRegCNN(**kwargs) for _ in range(3)]
+    params, _ = stack_module_state(members)
+    module = members[0].eval()
+    forward = direct_forward(module)
+    assert forward is not None
+    X = torch.randn(3, 7, *input_shape)
+    out, ref = forward(params, X), _vmapped(module, params, X)
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad(out.square().sum(), list(params.values()))
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(params.values()))
+    for name, g, r in zip(params, grads, ref_grads):
+        torch.testing.assert_close(g, r, msg=name)
+
+
+def test_cnn_direct_forward_draws_dropout_per_member_in_training():
+    torch.manual_seed(0)
+    members = [SoftRegCNN(channels=(2,), hidden_units=64, dropout=0.5) for _ in range(2)]
+    params, _ = stack_module_state(members)
+    params = {k: v.detach() for k, v in params.items()}
+    params = {k: torch.cat([v[:1], v[:1]]) for k, v in params.items()}  # two equal members
+    X = torch.randn(1, 9, 1, 8, 8).expand(2, 9, 1, 8, 8)
+    module = members[0].train()
+    out = direct_forward(module)(params, X)
+    assert not torch.allclose(out[0], out[1])  # their own masks
+    torch.testing.assert_close(direct_forward(module.eval())(params, X)[0], module(X[0]))
+
+
+def test_cnn_direct_forward_only_for_the_plain_soft_reg_cnn():
+    class Sub(SoftRegCNN):
+        pass
+
+    assert direct_forward(Sub()) is None
+    batch_norm = SoftRegCNN()
+    batch_norm.features[1] = nn.BatchNorm2d(32)
+    assert direct_forward(batch_norm) is None
+    circular = SoftRegCNN()
+    circular.features[0].padding_mode = "circular"
+    assert direct_forward(circular) is None
