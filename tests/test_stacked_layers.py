@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from sk_softreg._stacked_layers import direct_forward
+from sk_softreg._stacked_layers import direct_forward, stacked_linear
 from sk_softreg.modules import Dropout16, GaussianMLP, SoftRegCNN, dropout16
 
 
@@ -24,6 +24,29 @@ def _vmapped(module, params, X, **kwargs):
         return functional_call(module, p, (x,), kwargs)
 
     return vmap(call, randomness="different")(params, X)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n_out", [2, 12])  # a narrow layer (own backward) and a wide one
+def test_stacked_linear_gradients_equal_the_members_linear_layers(n_out, bias):
+    torch.manual_seed(0)
+    X = torch.randn(3, 7, 12, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, n_out, 12, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, n_out, dtype=torch.float64, requires_grad=True) if bias else None
+    out = stacked_linear(X, weight, b)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [X, weight] + ([b] if bias else []), grad)
+    expected_out = torch.stack(
+        [nn.functional.linear(X[k], weight[k], None if b is None else b[k]) for k in range(3)]
+    )
+    expected = torch.autograd.grad(expected_out, [X, weight] + ([b] if bias else []), grad)
+    torch.testing.assert_close(out, expected_out)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+    # only the weights train (the inputs of a first layer): no gradient for the inputs
+    (g_weight,) = torch.autograd.grad(stacked_linear(X.detach(), weight, b), [weight], grad)
+    torch.testing.assert_close(g_weight, expected[1])
+    assert torch.autograd.gradcheck(stacked_linear, (X, weight, b))
 
 
 @pytest.mark.parametrize("hidden_units", [(16,), (16, 8)])
