@@ -42,6 +42,11 @@ def stacked_linear(x, weight, bias=None):
     """
     if 4 * weight.shape[1] <= weight.shape[2] and torch.is_grad_enabled():
         return _NarrowStackedLinear.apply(x, weight, bias)
+    return _product(x, weight, bias)
+
+
+def _product(x, weight, bias):
+    """The forward of :func:`stacked_linear`, one ``bmm`` or ``baddbmm``."""
     if bias is None:
         return torch.bmm(x, weight.transpose(1, 2))
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
@@ -51,18 +56,15 @@ class _NarrowStackedLinear(torch.autograd.Function):
     """:func:`stacked_linear` with the weight gradient as ``grad.T @ x``, ``(m, out, in)``.
 
     Autograd's ``baddbmm`` backward computes it as ``x.T @ grad``, ``(m, in,
-    out)``, and transposes it. On a CPU a batched product with a result of few
-    columns is several times slower: for 40 members, a batch of 256, 64 inputs
-    and 2 outputs, 1.2 ms against 0.19 ms with one thread (``benchmarks/search.md``).
+    out)``, and transposes it; on a CPU a batched product whose result has few
+    columns is several times slower (``benchmarks/search.md``).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        if bias is None:
-            return torch.bmm(x, weight.transpose(1, 2))
-        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+        return _product(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):

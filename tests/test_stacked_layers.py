@@ -34,6 +34,7 @@ def test_stacked_linear_gradients_equal_the_members_linear_layers(n_out, bias):
     weight = torch.randn(3, n_out, 12, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, n_out, dtype=torch.float64, requires_grad=True) if bias else None
     out = stacked_linear(X, weight, b)
+    assert ("NarrowStackedLinear" in type(out.grad_fn).__name__) == (n_out == 2)
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, [X, weight] + ([b] if bias else []), grad)
     expected_out = torch.stack(
