@@ -5,11 +5,15 @@
 200 epochs on all training rows; 200 epochs on the 90% that early stopping
 trains on (the same ``ValidSplit``); ``early_stopping=True`` with
 ``scoring="loss"`` (the default), ``"accuracy"``, and ``"loss"`` with
-``n_iter_no_change=30``. Test accuracy per seed and its mean, epochs run.
+``n_iter_no_change=30``, and the default rule with skorch's
+``LRScheduler("ReduceLROnPlateau")`` on the validation loss (patience 3 or 5
+epochs, factor 0.2). Test accuracy per seed and its mean, epochs run.
+``--rows`` runs some rows only (their numbers, from 1, comma-separated).
 
 Run from the repository root::
 
     python benchmarks/early_stopping_digits.py [--out benchmarks/early_stopping_digits.md]
+    python benchmarks/early_stopping_digits.py --rows 6,7 --out /tmp/plateau.md
     python benchmarks/early_stopping_digits.py --curves [--out benchmarks/early_stopping_curves.md]
 
 ``--curves`` asks where the accuracy goes, on seeds 0-5: per seed one fit of
@@ -35,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+from skorch.callbacks import LRScheduler
 from skorch.dataset import ValidSplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +56,12 @@ ROWS = {
     'early_stopping=True, scoring="loss", n_iter_no_change=30': {
         "early_stopping": True, "n_iter_no_change": 30,
     },
+    "early_stopping=True, lr x 0.2 after 3 epochs without a lower valid_loss": {
+        "early_stopping": True, "plateau": 3,
+    },
+    "early_stopping=True, lr x 0.2 after 5 epochs without a lower valid_loss": {
+        "early_stopping": True, "plateau": 5,
+    },
 }
 
 
@@ -58,6 +69,12 @@ def fit_row(params, seed, X_train, y_train):
     params = dict(params)
     if params.pop("held_out", False):
         params["train_split"] = ValidSplit(0.1, stratified=True, random_state=seed)
+    patience = params.pop("plateau", None)
+    if patience:
+        scheduler = LRScheduler(
+            policy="ReduceLROnPlateau", monitor="valid_loss", patience=patience, factor=0.2
+        )
+        params["callbacks"] = [("plateau", scheduler)]
     return SoftRegCNNClassifier(max_epochs=200, random_state=seed, **params).fit(X_train, y_train)
 
 
@@ -185,6 +202,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=None)
     parser.add_argument("--curves", action="store_true")
+    parser.add_argument("--rows", default=None, help="row numbers (from 1), comma-separated")
     args = parser.parse_args(argv)
     name = "early_stopping_curves.md" if args.curves else "early_stopping_digits.md"
     args.out = args.out or str(ROOT / "benchmarks" / name)
@@ -215,8 +233,11 @@ def main(argv=None):
         Path(args.out).write_text(text)
         print(text)
         return
+    rows = list(ROWS.items())
+    if args.rows:
+        rows = [rows[int(i) - 1] for i in args.rows.split(",")]
     lines = []
-    for name, params in ROWS.items():
+    for name, params in rows:
         accuracies, epochs = [], []
         for seed in SEEDS:
             X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, stratify=y, random_state=seed)
@@ -232,7 +253,8 @@ def main(argv=None):
         f"- date (UTC): {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
         f"- machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores; "
         f"load average at start: {load}",
-        f"- command: `python benchmarks/early_stopping_digits.py`; total {time.perf_counter() - start:.0f} s",
+        f"- command: `python benchmarks/early_stopping_digits.py{' --rows ' + args.rows if args.rows else ''}`; "
+        f"total {time.perf_counter() - start:.0f} s",
         "- digits / 16, stratified 75/25 splits, seeds 0, 1, 2; `SoftRegCNNClassifier(max_epochs=200)`",
         "",
         "| fit | mean test accuracy | per seed | epochs run |",

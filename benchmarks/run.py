@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/run.py            # full run (5 repeats; --repeats 9 takes 10-13 minutes on 2 cores)
+    python benchmarks/run.py            # full run, 5 repeats
     python benchmarks/run.py --quick    # smoke run: fewer epochs and repeats
     python benchmarks/run.py --only 3 --repeats 23   # row 3 alone, 154 pairs per thread count
 
@@ -13,12 +13,11 @@ rows that compare two fits repeat by repeat (1a, 2, 3 and 3f): there it is
 the median of the per-repeat ratios, with its distribution-free 95% confidence
 interval, and the note gives the ratio of medians. A slow phase of the shared
 machine hits both fits of a repeat alike and cancels out of their ratio, not
-out of two medians taken over different fits: in five runs of 2026-12-02 row 3
-(2 threads) gave ratios of medians from 0.98 to 1.08 and paired medians from
-1.01 to 1.05. Single fits here vary by +-10-20%, so the close comparisons get
-more pairs: 1a runs 3x the repeats, and row 3 runs 3-epoch fits, 20/3 as many
-of them as row 2 runs 10-epoch fits (``benchmarks/ab.py`` compares two
-revisions that way). Every fit runs exactly the stated number of epochs
+out of two medians taken over different fits (``benchmarks/results_paired.md``
+and the CHANGELOG give figures). Single fits on a shared machine vary by
++-10-20%, so the close comparisons get more pairs: 1a runs 3x the repeats,
+and row 3 runs 3-epoch fits, 20/3 as many of them as row 2 runs 10-epoch fits
+(``benchmarks/ab.py`` compares two revisions that way). Every fit runs exactly the stated number of epochs
 (checked after each fit). The "fastest hand-written loop" is the faster (by
 median) of the same loop with ``torch.optim.Adam`` and with
 ``Adam(fused=True)``. Peak memory (e) is measured in fresh child processes.

@@ -101,6 +101,23 @@ def test_dropout16_keeps_one_minus_p_of_every_lane(p):
     assert not torch.equal(kept[0], kept[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_dropout16_keeps_exactly_the_draws_at_or_above_the_threshold(dtype):
+    # the mask is u >= round(p * 2**16) - 2**15 on the 16-bit draws u, boundary included
+    p, n = 0.3, 1_000_000  # about 15 draws sit exactly on the threshold
+    torch.manual_seed(3)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    bits = words.view(torch.int16)[:n]
+    threshold = round(p * 2**16) - 2**15
+    assert (bits == threshold).any()
+    x = torch.randn(n).to(dtype)
+    torch.manual_seed(3)
+    out = dropout16(x, p)
+    assert out.dtype == dtype
+    expected = torch.where(bits >= threshold, x * torch.tensor(1 / (1 - p), dtype=dtype), 0)
+    assert torch.equal(out, expected)
+
+
 def test_dropout16_gradient_is_the_mask():
     torch.manual_seed(1)
     x = torch.randn(3, 10, requires_grad=True)
