@@ -173,12 +173,30 @@ class TensorBatches:
         order = self.epoch_order()
         stop = n - n % b if self.drop_last else n
         tensors = (self.X, self.y, self.sample_weight)
-        for start in range(0, stop, b):
+        # shuffled rows are gathered a block of batches at a time (up to BLOCK_BYTES),
+        # then sliced: the same batches in fewer index_select calls; rows in order
+        # are sliced from one block, the tensors themselves
+        rows = max(stop, 1) if order is None else b * block_batches(b, tensors)
+        for block_start in range(0, stop, rows):
+            block_stop = min(stop, block_start + rows)
             if order is None:
-                Xi, yi, wi = (None if t is None else t[start:start + b] for t in tensors)
+                block = [None if t is None else t[block_start:block_stop] for t in tensors]
             else:
-                rows = order[start:start + b]
-                Xi, yi, wi = (None if t is None else t.index_select(0, rows) for t in tensors)
-            if yi is None:
-                yi = torch.zeros(len(Xi), 1)
-            yield (Xi if wi is None else pack_weights(Xi, wi)), yi
+                index = order[block_start:block_stop]
+                block = [None if t is None else t.index_select(0, index) for t in tensors]
+            for start in range(0, block_stop - block_start, b):
+                Xi, yi, wi = (None if t is None else t[start:start + b] for t in block)
+                if yi is None:
+                    yi = torch.zeros(len(Xi), 1)
+                yield (Xi if wi is None else pack_weights(Xi, wi)), yi
+
+
+#: the most bytes of rows that :class:`TensorBatches` gathers in one block
+BLOCK_BYTES = 8 * 2**20
+
+
+def block_batches(batch_size, tensors):
+    """How many batches of ``batch_size`` rows of ``tensors`` to gather at once:
+    as many as fit in :data:`BLOCK_BYTES`, and at least one."""
+    row_bytes = sum(t[0].numel() * t.element_size() for t in tensors if t is not None and len(t))
+    return max(1, BLOCK_BYTES // max(1, batch_size * row_bytes))

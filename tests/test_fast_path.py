@@ -159,15 +159,20 @@ def test_shuffling_draws_like_dataloader():
     assert not torch.equal(torch.cat([b[1] for b in got]), y)  # it did shuffle
 
 
+@pytest.mark.parametrize("blocks", ["one", "of two batches"])
 @pytest.mark.parametrize("drop_last", [False, True])
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_weighted_batches_match_dataloader(shuffle, drop_last):
-    """The DataLoader's batches, weights included."""
+def test_weighted_batches_match_dataloader(shuffle, drop_last, blocks, monkeypatch):
+    """The DataLoader's batches, weights included, whether the shuffled rows are
+    gathered in one block or in blocks of two batches (the last one shorter)."""
     import sk_softreg._batching as batching
 
     X = torch.arange(33.0).reshape(11, 3)
     y = torch.arange(11.0)
     w = torch.linspace(0.5, 1.5, 11)
+    if blocks != "one":  # a row is 5 floats of 4 bytes: two batches of 3 rows in 120 bytes
+        monkeypatch.setattr(batching, "BLOCK_BYTES", 120)
+        assert batching.block_batches(3, (X, y, w)) == 2
     torch.manual_seed(3)
     ref = list(torch.utils.data.DataLoader(
         Dataset(batching.pack_weights(X, w), y), batch_size=3, shuffle=shuffle,
