@@ -114,6 +114,17 @@ def prepare_tensors(X, y, indices, sample_weight=None, *, device):
     )
 
 
+#: the most bytes of rows that :class:`TensorBatches` gathers in one block
+BLOCK_BYTES = 8 * 2**20
+
+
+def block_batches(batch_size, tensors):
+    """How many batches of ``batch_size`` rows of ``tensors`` to gather at once:
+    as many as fit in :data:`BLOCK_BYTES`, and at least one."""
+    row_bytes = sum(t[0].numel() * t.element_size() for t in tensors if t is not None and len(t))
+    return max(1, BLOCK_BYTES // max(1, batch_size * row_bytes))
+
+
 class TensorBatches:
     """An iterable of ``(Xi, yi)`` mini-batches cut from tensors prepared once.
 
@@ -173,9 +184,8 @@ class TensorBatches:
         order = self.epoch_order()
         stop = n - n % b if self.drop_last else n
         tensors = (self.X, self.y, self.sample_weight)
-        # shuffled rows are gathered a block of batches at a time (up to BLOCK_BYTES),
-        # then sliced: the same batches in fewer index_select calls; rows in order
-        # are sliced from one block, the tensors themselves
+        # shuffled rows: one index_select per block of batches (up to BLOCK_BYTES),
+        # then slices of it; rows in order: slices of the tensors (one block)
         rows = max(stop, 1) if order is None else b * block_batches(b, tensors)
         for block_start in range(0, stop, rows):
             block_stop = min(stop, block_start + rows)
@@ -190,13 +200,3 @@ class TensorBatches:
                     yi = torch.zeros(len(Xi), 1)
                 yield (Xi if wi is None else pack_weights(Xi, wi)), yi
 
-
-#: the most bytes of rows that :class:`TensorBatches` gathers in one block
-BLOCK_BYTES = 8 * 2**20
-
-
-def block_batches(batch_size, tensors):
-    """How many batches of ``batch_size`` rows of ``tensors`` to gather at once:
-    as many as fit in :data:`BLOCK_BYTES`, and at least one."""
-    row_bytes = sum(t[0].numel() * t.element_size() for t in tensors if t is not None and len(t))
-    return max(1, BLOCK_BYTES // max(1, batch_size * row_bytes))
