@@ -25,7 +25,10 @@ so both come from one training run). Since early stopping restores the best
 epoch's weights, the test accuracy of a stopping rule is the curve's value at
 the epoch that rule restores; the table gives it for rules on the validation
 loss, on its mean over 3 epochs and on the accuracy, with two patiences, and
-the test accuracy at fixed epochs.
+the test accuracy at fixed epochs. Two more kinds of rule (``RULES``): keeping
+the weights at the stop instead of restoring the best epoch's (on the loss),
+and letting an epoch that ties the best accuracy reset the patience and be the
+one restored (135 validation images give few distinct accuracies).
 """
 
 import argparse
@@ -148,11 +151,18 @@ def curves(X, y):
     return {(seed, held_out): fit for (seed, held_out), fit in zip(jobs, fits)}
 
 
-def restored_epoch(values, patience, greater, tol):
-    """0-based epoch that EarlyStopping's rule restores, and the epochs it runs."""
+def restored_epoch(values, patience, greater, tol, ties=False):
+    """0-based epoch that EarlyStopping's rule restores, and the epochs it runs.
+
+    With ``ties``, an epoch that equals the best value (within ``tol``) also
+    counts as an improvement: it resets the patience and becomes the restored
+    epoch (the latest of the tied epochs, not the first).
+    """
     best, best_i, wait = None, 0, 0
     for i, v in enumerate(values):
-        if best is None or (v > best + tol if greater else v < best - tol):
+        if ties and best is not None and abs(v - best) <= tol:
+            best_i, wait = i, 0
+        elif best is None or (v > best + tol if greater else v < best - tol):
             best, best_i, wait = v, i, 0
         else:
             wait += 1
@@ -172,6 +182,16 @@ def _monitors(curve):
             "valid_acc": (accuracy, True)}
 
 
+#: the stopping rules of the curves' table: a monitor, and which epoch's weights
+#: the fit keeps: ``best`` (restored, as ``early_stopping`` does), ``last`` (the
+#: weights at the stop) or ``ties`` (an epoch equal to the best resets the
+#: patience, and the latest such epoch is restored)
+RULES = (
+    ("valid_loss", "best"), ("valid_loss, mean of 3 epochs", "best"), ("valid_acc", "best"),
+    ("valid_loss", "last"), ("valid_acc", "ties"),
+)
+
+
 def curve_lines(runs):
     head = ("| weights | rule | mean, seeds 0-2 | mean, all seeds | per seed: test accuracy @ "
             "restored epoch / epochs run |")
@@ -183,16 +203,19 @@ def curve_lines(runs):
                 accs = [runs[seed, held_out][key]["test"][epoch - 1] for seed in CURVE_SEEDS]
                 rows.append((f"fixed {epoch} epochs, {rows_label}", accs,
                              ", ".join(f"{a:.4f}" for a in accs)))
-        for name in ("valid_loss", "valid_loss, mean of 3 epochs", "valid_acc"):
+        for name, variant in RULES:
             for patience in (10, 20):
                 accs, cells = [], []
                 for seed in CURVE_SEEDS:
                     curve = runs[seed, True][key]
                     values, greater = _monitors(curve)[name]
-                    i, n = restored_epoch(values, patience, greater, 1e-4)
+                    i, n = restored_epoch(values, patience, greater, 1e-4, ties=variant == "ties")
+                    if variant == "last":
+                        i = n - 1
                     accs.append(curve["test"][i])
                     cells.append(f"{curve['test'][i]:.4f} @ {i + 1} / {n}")
-                rows.append((f"{name}, n_iter_no_change={patience}", accs, ", ".join(cells)))
+                suffix = {"best": "", "last": ", last epoch kept", "ties": ", ties extend"}[variant]
+                rows.append((f"{name}, n_iter_no_change={patience}{suffix}", accs, ", ".join(cells)))
         for rule, accs, cells in rows:
             lines.append(f"| {label} | {rule} | {np.mean(accs[:3]):.4f} | {np.mean(accs):.4f} | {cells} |")
     return lines
