@@ -7,8 +7,11 @@ trains on (the same ``ValidSplit``); ``early_stopping=True`` with
 ``scoring="loss"`` (the default), ``"accuracy"``, and ``"loss"`` with
 ``n_iter_no_change=30``, and the default rule with skorch's
 ``LRScheduler("ReduceLROnPlateau")`` on the validation loss (patience 3 or 5
-epochs, factor 0.2). Test accuracy per seed and its mean, epochs run.
-``--rows`` runs some rows only (their numbers, from 1, comma-separated).
+epochs, factor 0.2), and the default rule watching a moving average of the
+weights (``WeightAverage``: validated as the average, which the fit then keeps,
+either the one at the stop or the best epoch's). Test accuracy per seed and its
+mean, epochs run. ``--rows`` runs some rows only (their numbers, from 1,
+comma-separated).
 
 Run from the repository root::
 
@@ -65,7 +68,67 @@ ROWS = {
     "early_stopping=True, lr x 0.2 after 5 epochs without a lower valid_loss": {
         "early_stopping": True, "plateau": 5,
     },
+    "early_stopping=True on the moving average (0.99, warm-up), the one at the stop kept": {
+        "early_stopping": True, "average": (0.99, True, "last"),
+    },
+    "early_stopping=True on the moving average (0.99, warm-up), the best epoch's kept": {
+        "early_stopping": True, "average": (0.99, True, "best"),
+    },
+    "early_stopping=True on the moving average (0.995), the best epoch's kept": {
+        "early_stopping": True, "average": (0.995, False, "best"),
+    },
+    "early_stopping=True on the moving average (0.998), the one at the stop kept": {
+        "early_stopping": True, "average": (0.998, False, "last"),
+    },
 }
+
+
+def average_step(average, params, step, decay, warm_up=True):
+    """One update of the moving average ``average`` of ``params`` (in place), after
+    training step ``step`` (from 1); with ``warm_up`` the decay is
+    ``min(decay, (1 + step) / (10 + step))``, so that early steps weigh more."""
+    import torch
+
+    if warm_up:
+        decay = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for a, p in zip(average, params):
+            a.lerp_(p.detach(), 1 - decay)
+
+
+def _weight_average(decay, warm_up):
+    """A skorch callback: the validation of each epoch sees a moving average of the
+    weights, which stays in the module after the last validation."""
+    import torch
+    from skorch.callbacks import Callback
+
+    class WeightAverage(Callback):
+        def on_train_begin(self, net, **kwargs):
+            self.params = list(net.module_.parameters())
+            self.average = [p.detach().clone() for p in self.params]
+            self.trained, self.steps = None, 0
+
+        def on_batch_end(self, net, training=False, **kwargs):
+            if training:
+                self.steps += 1
+                average_step(self.average, self.params, self.steps, decay, warm_up)
+
+        def on_batch_begin(self, net, training=False, **kwargs):
+            if not training and self.trained is None:  # the average in, for validation
+                self.trained = [p.detach().clone() for p in self.params]
+                self._load(self.average)
+
+        def on_epoch_begin(self, net, **kwargs):
+            if self.trained is not None:  # the trained weights back, for training
+                self._load(self.trained)
+                self.trained = None
+
+        def _load(self, values):
+            with torch.no_grad():
+                for p, v in zip(self.params, values):
+                    p.copy_(v)
+
+    return WeightAverage()
 
 
 def fit_row(params, seed, X_train, y_train):
@@ -78,6 +141,11 @@ def fit_row(params, seed, X_train, y_train):
             policy="ReduceLROnPlateau", monitor="valid_loss", patience=patience, factor=0.2
         )
         params["callbacks"] = [("plateau", scheduler)]
+    average = params.pop("average", None)
+    if average:
+        decay, warm_up, keep = average
+        params["callbacks"] = [("average", _weight_average(decay, warm_up))]
+        params["callbacks__early_stopping__load_best"] = keep == "best"
     return SoftRegCNNClassifier(max_epochs=200, random_state=seed, **params).fit(X_train, y_train)
 
 
@@ -110,10 +178,7 @@ def _curve_fit(seed, X, y, held_out):
         def on_batch_end(self, net, training=False, **kwargs):
             if training:  # the moving average, with the usual warm-up of its decay
                 self.steps += 1
-                decay = min(EMA_DECAY, (1 + self.steps) / (10 + self.steps))
-                with torch.no_grad():
-                    for a, p in zip(self.average, net.module_.parameters()):
-                        a.mul_(decay).add_(p, alpha=1 - decay)
+                average_step(self.average, net.module_.parameters(), self.steps, EMA_DECAY)
 
         def _evaluate(self, net, key):
             test, proba = self.out[key]
