@@ -34,6 +34,9 @@ scores (``within 1 std``). ``--noise-floor`` adds ``GridSearchCV(n_jobs=2)`` ove
 estimator with ``random_state=1``: its score differences from the reference (seed 0)
 are what another random draw of the same procedure gives, the scale against which the
 stacked searches' differences (their members draw their own dropout masks) are read.
+``--bf16`` adds ``BatchedGridSearchCV(n_jobs=1)`` and ``(n_jobs=2)`` with
+``mixed_precision="bf16"`` (bfloat16 autocast in the stacks' training forward passes;
+it pays only on a CPU with native bfloat16).
 """
 
 import argparse
@@ -53,6 +56,8 @@ SEARCHES = (
     "GridSearchCV(n_jobs=2)", "BatchedGridSearchCV(n_jobs=1, 1 thread)", "BatchedGridSearchCV(n_jobs=2)",
     "BatchedGridSearchCV(n_jobs=1)",
 )
+#: with ``--bf16``: the stacked searches with ``mixed_precision="bf16"``
+BF16 = ("BatchedGridSearchCV(n_jobs=1), bf16", "BatchedGridSearchCV(n_jobs=2), bf16")
 #: GridSearchCV with the estimator's random_state=1 instead of 0: its score differences from
 #: the reference are those of another random draw of the same procedure
 NOISE_FLOOR = "GridSearchCV(n_jobs=2), random_state=1"
@@ -135,12 +140,17 @@ def run_one(workload, search, max_epochs):
         est.set_params(random_state=1)
     if "1 thread" in search:
         torch.set_num_threads(1)  # as each of GridSearchCV(n_jobs=2)'s workers
-    cls = BatchedGridSearchCV if search.startswith("Batched") else GridSearchCV
     n_jobs = 2 if "n_jobs=2" in search else None
+    if search.startswith("Batched"):
+        precision = "bf16" if search.endswith("bf16") else None
+        searcher = BatchedGridSearchCV(est, grid, cv=cv, scoring=scoring, n_jobs=n_jobs,
+                                       refit=False, mixed_precision=precision)
+    else:
+        searcher = GridSearchCV(est, grid, cv=cv, scoring=scoring, n_jobs=n_jobs, refit=False)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fitted = cls(est, grid, cv=cv, scoring=scoring, n_jobs=n_jobs, refit=False).fit(X, y)
+        fitted = searcher.fit(X, y)
     seconds = time.perf_counter() - start
     rss = max(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -218,6 +228,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--noise-floor", action="store_true",
                         help=f"also run {NOISE_FLOOR}: how far another random draw moves the scores")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also run the stacked searches with mixed_precision='bf16'")
     parser.add_argument("--note", default=(
         "The machine was shared: 2 CPU cores, with other engineers' jobs running during the "
         "run, so the ratios are indicative."))
@@ -234,7 +246,7 @@ def main(argv=None):
         if args.quick:
             epochs, repeats = epochs or 3, 1
         caps[workload] = (epochs, repeats)
-        searches = SEARCHES + ((NOISE_FLOOR,) if args.noise_floor else ())
+        searches = SEARCHES + (BF16 if args.bf16 else ()) + ((NOISE_FLOOR,) if args.noise_floor else ())
         all_runs[workload] = compare(workload, repeats, epochs, searches)
     text = table(all_runs)
     sys.stderr.write(text + "\n")

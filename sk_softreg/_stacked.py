@@ -34,6 +34,7 @@ rounding; with dropout each member draws its own masks, not the fit's.
 
 import math
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -244,7 +245,7 @@ def _per_row(values, m, b):
     return values.reshape(m * b, -1).mean(dim=1).view(m, b)
 
 
-def train_stack(members, progress=None):
+def train_stack(members, progress=None, mixed_precision=None):
     """Train ``members`` (one :func:`stack_key`) together; each ends fitted or with ``error``.
 
     Parameters
@@ -252,6 +253,10 @@ def train_stack(members, progress=None):
     members : list of Member
     progress : callable or None
         Called after each epoch with ``(epoch, n_running)``.
+    mixed_precision : {None, "bf16"}
+        ``"bf16"``: the training steps' forward passes run under
+        ``torch.autocast`` with bfloat16, and their outputs are cast back to
+        float32 for the losses.
     """
     for member in members:
         member.running = True
@@ -281,7 +286,7 @@ def train_stack(members, progress=None):
                 running = [True] * len(stack.members)
             start = time.perf_counter()
             orders = _draw_orders(stack.members, running)
-            records = _train_epoch(stack, orders, running)
+            records = _train_epoch(stack, orders, running, mixed_precision)
             valid = _validate(stack, running) if stack.valid is not None else None
             duration = time.perf_counter() - start
             for i, member in enumerate(stack.members):
@@ -372,7 +377,7 @@ def _draw_orders(members, running):
     return orders
 
 
-def _train_epoch(stack, orders, running):
+def _train_epoch(stack, orders, running, mixed_precision=None):
     """One epoch of stacked steps; returns the host copies of the per-step records."""
     x_index, y_index, mask, sizes = stack.train.index(orders, running)
     active = mask.any(dim=2)
@@ -380,14 +385,7 @@ def _train_epoch(stack, orders, running):
     records = []
     for s in range(len(sizes)):
         X, y, w = stack.train.gather(x_index[s], y_index[s], mask[s])
-        kl_pred = None
-        if stack.kl_pair:  # the regressor's KL sees the dropout-free output
-            y_pred, kl_pred = stack.forward(X, dropout_free=True)
-        else:
-            y_pred = stack.forward(X)
-            if stack.kl_dropout is not None:
-                with dropout_off(stack.kl_dropout):
-                    kl_pred = stack.forward(X)
+        y_pred, kl_pred = _training_outputs(stack, X, mixed_precision)
         data, kl = _member_losses(stack, y_pred, y, w, training=True, kl_pred=kl_pred)
         alpha = stack.alpha
         objective = data + torch.where(alpha > 0, alpha * kl, 0.0)
@@ -410,6 +408,27 @@ def _train_epoch(stack, orders, running):
         total = (objective + l1 + l2 + features).detach()
         records.append(torch.stack([total, l1, l2, alpha * kl.detach(), features]))
     return torch.stack(records).cpu().numpy(), sizes
+
+
+def _training_outputs(stack, X, mixed_precision=None):
+    """The stack's training output on ``X``, and the output its KL sees (or None),
+    in float32; with ``mixed_precision="bf16"`` computed under bfloat16 autocast."""
+    if mixed_precision is None:
+        context = nullcontext()
+    else:
+        context = torch.autocast(stack.device.type, dtype=torch.bfloat16)
+    kl_pred = None
+    with context:
+        if stack.kl_pair:  # the regressor's KL sees the dropout-free output
+            y_pred, kl_pred = stack.forward(X, dropout_free=True)
+        else:
+            y_pred = stack.forward(X)
+            if stack.kl_dropout is not None:
+                with dropout_off(stack.kl_dropout):
+                    kl_pred = stack.forward(X)
+    if mixed_precision is None:
+        return y_pred, kl_pred
+    return y_pred.float(), None if kl_pred is None else kl_pred.float()
 
 
 @torch.no_grad()

@@ -68,7 +68,8 @@ class _NarrowStackedLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
+        # under autocast the forward ran in a lower precision, which grad has
+        x, weight = (t.to(grad.dtype) for t in ctx.saved_tensors)
         needs_x, needs_weight, needs_bias = ctx.needs_input_grad
         grad_x = grad.bmm(weight) if needs_x else None
         grad_weight = grad.transpose(1, 2).bmm(x) if needs_weight else None

@@ -27,7 +27,7 @@ from sklearn.model_selection._validation import (
     _warn_or_raise_about_fit_failures,
 )
 from sklearn.pipeline import Pipeline
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.metaestimators import _safe_split
 from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import _check_method_params, indexable
@@ -81,6 +81,15 @@ class BatchedGridSearchCV(GridSearchCV):
         The most members one stack trains at once (memory grows with it:
         weights, Adam moments and one batch per member); larger stacks are
         split. ``None``: no limit.
+    mixed_precision : {None, "bf16"}, default=None
+        ``"bf16"`` runs the stacks' training forward passes under
+        ``torch.autocast`` with bfloat16 (the weights, the optimizer, the
+        losses, validation and scoring stay in float32). It changes the
+        numerics: members no longer equal their independent fits to float
+        rounding. It pays for convolutions on a CPU with native bfloat16
+        (AVX512-BF16 or AMX), where it can be several times slower elsewhere;
+        see the docs page "Tuning in one pass". Fits that fall back to one
+        by one, and the refit, train in float32.
 
     Attributes
     ----------
@@ -116,6 +125,7 @@ class BatchedGridSearchCV(GridSearchCV):
     _parameter_constraints = {
         **GridSearchCV._parameter_constraints,
         "max_stack_size": [Interval(Integral, 1, None, closed="left"), None],
+        "mixed_precision": [StrOptions({"bf16"}), None],
     }
 
     def __init__(
@@ -132,6 +142,7 @@ class BatchedGridSearchCV(GridSearchCV):
         error_score=np.nan,
         return_train_score=False,
         max_stack_size=None,
+        mixed_precision=None,
     ):
         super().__init__(
             estimator,
@@ -146,6 +157,7 @@ class BatchedGridSearchCV(GridSearchCV):
             return_train_score=return_train_score,
         )
         self.max_stack_size = max_stack_size
+        self.mixed_precision = mixed_precision
 
     def _run_search(self, evaluate_candidates):
         """Search all candidates in ``param_grid``."""
@@ -243,7 +255,9 @@ class BatchedGridSearchCV(GridSearchCV):
             caller=self,
         )
         outputs = Parallel(n_jobs=self.n_jobs, pre_dispatch=self.pre_dispatch)(
-            delayed(_evaluate_task)(base_estimator, X, y, task, candidates, splits, kwargs)
+            delayed(_evaluate_task)(
+                base_estimator, X, y, task, candidates, splits, kwargs, self.mixed_precision
+            )
             for task in tasks
         )
         out = [None] * (len(candidates) * len(splits))
@@ -321,8 +335,8 @@ def _same_params(a, b):
     return True
 
 
-def _evaluate_task(base_estimator, X, y, task, candidates, splits, kwargs):
-    """Train one task's fits (stacked where they can be) and score each.
+def _evaluate_task(base_estimator, X, y, task, candidates, splits, kwargs, mixed_precision=None):
+    """Train one task's fits (stacked where they can be, with ``mixed_precision``) and score each.
 
     Returns ``(results, n_stacks, fallback_reasons)``, with ``results`` a list
     of ``((candidate, split), _fit_and_score result)``.
@@ -357,7 +371,11 @@ def _evaluate_task(base_estimator, X, y, task, candidates, splits, kwargs):
         start = time.time()
         if key is not None:
             try:
-                train_stack([item[2] for item in items], progress=_progress_bar(kwargs["verbose"], items))
+                train_stack(
+                    [item[2] for item in items],
+                    progress=_progress_bar(kwargs["verbose"], items),
+                    mixed_precision=mixed_precision,
+                )
             except Exception as error:  # e.g. an operation that vmap does not support
                 for (cand, split), *_ in items:
                     fit_alone(cand, split, f"training the stack raised {error!r}")

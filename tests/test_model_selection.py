@@ -323,6 +323,47 @@ def test_fold_with_a_missing_class_gets_its_own_stack(small_digits):
     _assert_same_splits(batched, plain)
 
 
+def _float32_weights(est, X, y):
+    return float(all(p.dtype == torch.float32 for p in est.module_.parameters()))
+
+
+@pytest.mark.parametrize("kind", ["cnn", "regressor"])
+def test_mixed_precision_bf16_trains_the_stacks_under_autocast(small_digits, reg_data, kind):
+    """bfloat16 forward passes move the members' predictions by bfloat16 rounding (not
+    float32's), and the members stay float32 estimators. Both networks end in a narrow
+    stacked layer (its own backward), the CNN's with dropout before it."""
+    if kind == "cnn":
+        X, y = small_digits
+        X, y, scale = X[:120] / 16, y[:120], 1.0  # predictions are probabilities
+        est = SoftRegCNNClassifier(max_epochs=2, random_state=0, device="cpu", batch_size=32,
+                                   module__channels=(4, 8), module__hidden_units=40,
+                                   module__dropout=0.25)
+    else:
+        X, y = reg_data
+        scale = np.std(y)  # predictions in y's units
+        est = _regressor(module__dropout=0.2)
+    grid = {"lambda1": [0.0, 1e-3], "alpha": [0.0, 0.1]}
+    scoring = {**SCORING, "float32": _float32_weights}
+    kwargs = dict(cv=KFold(2, shuffle=True, random_state=0), scoring=scoring, refit=False)
+    fp32 = BatchedGridSearchCV(est, grid, **kwargs).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StackingFallbackWarning)
+        bf16 = BatchedGridSearchCV(est, grid, mixed_precision="bf16", **kwargs).fit(X, y)
+    assert bf16.n_stacks_ == 1 and bf16.n_fallback_fits_ == 0
+    assert np.all(bf16.cv_results_["mean_test_float32"] == 1.0)
+    for key in ("split0_test_p0", "split1_test_p1", "split0_test_p2"):
+        diff = np.abs(bf16.cv_results_[key] - fp32.cv_results_[key])
+        assert diff.max() > 1e-5, key  # far above float32 rounding: autocast was on
+        assert diff.max() < 0.05 * scale, key  # and the same training
+
+
+def test_mixed_precision_rejects_other_values(reg_data):
+    X, y = reg_data
+    search = BatchedGridSearchCV(_regressor(), {"alpha": [0.0]}, cv=2, mixed_precision="fp16")
+    with pytest.raises(ValueError, match="'mixed_precision' parameter"):
+        search.fit(X, y)
+
+
 @pytest.mark.parametrize("grid", [{"no_such_param": [1, 2]}, []])
 def test_bad_param_grid_raises_as_gridsearch(reg_data, grid):
     X, y = reg_data
