@@ -67,6 +67,7 @@ class StackedAdam:
         self.exp_avg_sq = torch.zeros_like(self.exp_avg)
         #: each model's step count, as a float column (n_models, 1)
         self.steps = torch.zeros(len(flat), 1, dtype=flat.dtype, device=flat.device)
+        self._denom = None  # the last step's sqrt(v̂) + eps, which l1_thresholds reuses
 
     def state(self):
         """The per-model state tensors: ``[exp_avg, exp_avg_sq, steps]``."""
@@ -100,16 +101,19 @@ class StackedAdam:
         if self.weight_decay and not self.decoupled:
             grad = grad.add(flat, alpha=self.weight_decay) * on
         self.steps.add_(on)
-        count = self.steps.clamp_min(1.0)
-        bias1 = 1.0 - torch.pow(self.beta1, count)
-        bias2_root = torch.sqrt(1.0 - torch.pow(self.beta2, count))
+        bias1 = 1.0 - torch.pow(self.beta1, self.steps.clamp_min(1.0))
         self.exp_avg.lerp_(grad, on * (1.0 - self.beta1))
         self.exp_avg_sq.lerp_(grad * grad, on * (1.0 - self.beta2))
         if self.weight_decay and self.decoupled:
             flat.mul_(1.0 - on * (self.lr * self.weight_decay))
         step_size = on * (self.lr / bias1)
-        denom = (self.exp_avg_sq.sqrt() / bias2_root).add_(self.eps)
-        flat.sub_(step_size * self.exp_avg / denom)
+        self._denom = self._denominator()
+        flat.sub_(torch.div(self.exp_avg, self._denom).mul_(step_size))
+
+    def _denominator(self):
+        """Adam's ``sqrt(v̂) + eps`` for every model and coordinate, ``v̂`` bias-corrected."""
+        bias2_root = torch.sqrt(1.0 - torch.pow(self.beta2, self.steps.clamp_min(1.0)))
+        return self.exp_avg_sq.sqrt().div_(bias2_root).add_(self.eps)
 
     @torch.no_grad()
     def l1_thresholds(self, lambda1, active, columns):
@@ -127,7 +131,6 @@ class StackedAdam:
         -------
         torch.Tensor of shape (n_models, n_columns)
         """
-        count = self.steps.clamp_min(1.0)
-        root = torch.sqrt(1.0 - torch.pow(self.beta2, count))
-        scale = (self.lr * lambda1.reshape(-1, 1) * active.reshape(-1, 1)) * root
-        return scale / (self.exp_avg_sq[:, columns].sqrt() + self.eps * root)
+        denom = self._denom if self._denom is not None else self._denominator()
+        scale = self.lr * lambda1.reshape(-1, 1) * active.reshape(-1, 1)
+        return scale / denom[:, columns]
