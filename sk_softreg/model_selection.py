@@ -87,9 +87,9 @@ class BatchedGridSearchCV(GridSearchCV):
         losses, validation and scoring stay in float32). It changes the
         numerics: members no longer equal their independent fits to float
         rounding. It pays for convolutions on a CPU with native bfloat16
-        (AVX512-BF16 or AMX), where it can be several times slower elsewhere;
-        see the docs page "Tuning in one pass". Fits that fall back to one
-        by one, and the refit, train in float32.
+        (AVX512-BF16 or AMX); elsewhere it can be many times slower (see the
+        docs page "Tuning in one pass"). Fits that fall back to one by one,
+        and the refit, train in float32.
 
     Attributes
     ----------
