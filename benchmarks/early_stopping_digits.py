@@ -96,10 +96,18 @@ def average_step(average, params, step, decay, warm_up=True):
             a.lerp_(p.detach(), 1 - decay)
 
 
+def load_weights(params, values):
+    """Copy ``values`` into the tensors ``params`` (in place, without autograd)."""
+    import torch
+
+    with torch.no_grad():
+        for p, v in zip(params, values):
+            p.copy_(v)
+
+
 def _weight_average(decay, warm_up):
     """A skorch callback: the validation of each epoch sees a moving average of the
     weights, which stays in the module after the last validation."""
-    import torch
     from skorch.callbacks import Callback
 
     class WeightAverage(Callback):
@@ -116,17 +124,12 @@ def _weight_average(decay, warm_up):
         def on_batch_begin(self, net, training=False, **kwargs):
             if not training and self.trained is None:  # the average in, for validation
                 self.trained = [p.detach().clone() for p in self.params]
-                self._load(self.average)
+                load_weights(self.params, self.average)
 
         def on_epoch_begin(self, net, **kwargs):
             if self.trained is not None:  # the trained weights back, for training
-                self._load(self.trained)
+                load_weights(self.params, self.trained)
                 self.trained = None
-
-        def _load(self, values):
-            with torch.no_grad():
-                for p, v in zip(self.params, values):
-                    p.copy_(v)
 
     return WeightAverage()
 
@@ -190,13 +193,9 @@ def _curve_fit(seed, X, y, held_out):
             self._evaluate(net, "plain")
             params = list(net.module_.parameters())
             saved = [p.detach().clone() for p in params]
-            with torch.no_grad():
-                for p, a in zip(params, self.average):
-                    p.copy_(a)
+            load_weights(params, self.average)
             self._evaluate(net, "ema")
-            with torch.no_grad():
-                for p, s in zip(params, saved):
-                    p.copy_(s)
+            load_weights(params, saved)
 
     record = Record()
     SoftRegCNNClassifier(

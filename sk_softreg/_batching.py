@@ -199,4 +199,3 @@ class TensorBatches:
                 if yi is None:
                     yi = torch.zeros(len(Xi), 1)
                 yield (Xi if wi is None else pack_weights(Xi, wi)), yi
-
