@@ -20,6 +20,7 @@ from sklearn.exceptions import FitFailedWarning
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from skorch.callbacks import GradientNormClipping
 from torch import nn
 
 from sk_softreg import (
@@ -374,18 +375,6 @@ def test_bad_param_grid_raises_as_gridsearch(reg_data, grid):
     assert str(got.value) == str(expected.value)
 
 
-@pytest.mark.parametrize("module, layer", [(NormedMLP, "BatchNorm1d"), (UserMeans, "means only")])
-def test_unstackable_modules_fall_back_with_a_warning(reg_data, module, layer):
-    X, y = reg_data
-    est = SoftRegRegressor(module=module, max_epochs=2, random_state=0, device="cpu")
-    grid = {"alpha": [0.0, 0.5]}
-    with pytest.warns(StackingFallbackWarning, match=layer):
-        batched = BatchedGridSearchCV(est, grid, cv=2, scoring=SCORING, refit=False).fit(X, y)
-    plain = GridSearchCV(est, grid, cv=2, scoring=SCORING, refit=False).fit(X, y)
-    assert batched.n_fallback_fits_ == 4 and batched.n_stacks_ == 0
-    _assert_same_splits(batched, plain, atol=0)
-
-
 def test_a_stack_that_vmap_cannot_train_falls_back(reg_data):
     X, y = reg_data
     est = SoftRegRegressor(module=Branchy, max_epochs=2, random_state=0, device="cpu")
@@ -408,13 +397,32 @@ def test_global_rng_draws_are_those_of_gridsearch(reg_data):
     assert torch.equal(*states)
 
 
-def test_alpha_members_with_dropout_share_a_stack(reg_data):
+class DropoutHeads(nn.Module):
+    """A user's regression module with ``nn.Dropout``: means and log-variances from one
+    head, and a ``forward`` without ``dropout_free`` (the KL needs a second pass)."""
+
+    def __init__(self, n_features=1, n_outputs=1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_features, 16), nn.ReLU(), nn.Dropout(0.3))
+        self.head = nn.Linear(16, 2 * n_outputs)
+
+    def forward(self, X):
+        return self.head(self.body(X))
+
+
+@pytest.mark.parametrize("module", ["GaussianMLP", "DropoutHeads"])
+def test_alpha_members_with_dropout_share_a_stack(reg_data, module):
     """With dropout, the alpha == 0 and alpha > 0 members train in one stack, which runs
-    the KL's dropout-free pass for all: at a negligible lr the first epoch's KL (on the
-    dropout-free output, the same in any batch order) equals each independent fit's, and
-    is 0 at alpha == 0."""
+    the KL's dropout-free pass for all (in the same pass for GaussianMLP's direct forward,
+    in a second one under vmap for a user's module): at a negligible lr the first epoch's
+    KL (on the dropout-free output, the same in any batch order) equals each independent
+    fit's, and is 0 at alpha == 0."""
     X, y = reg_data
-    est = _regressor(module__dropout=0.3, lr=1e-12, max_epochs=1)
+    if module == "GaussianMLP":
+        est = _regressor(module__dropout=0.3, lr=1e-12, max_epochs=1)
+    else:
+        est = SoftRegRegressor(module=DropoutHeads, lr=1e-12, max_epochs=1, random_state=0,
+                               device="cpu")
     scoring = {"kl": lambda est, X, y: float(est.history[0, "train_kl"])}
     for grid in ({"alpha": [0.0, 0.5]}, {"alpha": [0.5, 0.0]}):  # the first member either
         batched, plain = _both(est, grid, X, y, scoring=scoring, refit=False, cv=2)
@@ -453,3 +461,102 @@ def test_multilabel_members_equal_independent_fits(small_digits):
                                X, Y, scoring=scoring, refit=False)
     assert batched.n_stacks_ == 1
     _assert_same_splits(batched, plain)
+
+
+def _valid_acc_sum(est, X, y):
+    """The sum over epochs of the history's ``valid_acc``: every epoch's validation accuracy."""
+    return float(sum(est.history[:, "valid_acc"]))
+
+
+@pytest.mark.parametrize("scoring", ["loss", "accuracy"])
+def test_classifier_early_stopping_per_member(small_digits, scoring):
+    """The classifier's stacks validate each member on its own held-out rows: its
+    ``valid_loss`` and ``valid_acc`` history, its stop and its restored epoch are
+    those of its own fit, whether early stopping watches the loss or a score."""
+    X, y = small_digits
+    est = _classifier(early_stopping=True, scoring=scoring, n_iter_no_change=2, max_epochs=25,
+                      lr=0.02)
+    grid = {"lambda1": [0.0, 3e-3], "alpha": [0.0, 0.5], "random_state": [0, 1]}
+    scoring_ = {**SCORING, "valid_acc": _valid_acc_sum}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StackingFallbackWarning)
+        batched, plain = _both(est, grid, X[:200], y[:200], scoring=scoring_, refit=False, cv=2)
+    assert batched.n_stacks_ == 1 and batched.n_fallback_fits_ == 0
+    n_iter = np.concatenate([batched.cv_results_[f"split{i}_test_n_iter"] for i in range(2)])
+    assert len(set(n_iter)) > 1 and n_iter.min() < 25  # members stopped at different epochs
+    _assert_same_splits(batched, plain)
+
+
+def _flip(image):
+    """A ``train_transform``: each training image mirrored left to right."""
+    return image.flip(-1)
+
+
+def _module_regressor(**params):
+    """A regressor on a module of its own (no ``module__*`` defaults of the tests')."""
+    return SoftRegRegressor(random_state=0, device="cpu", **params)
+
+
+@pytest.mark.parametrize("kind, params, reason", [
+    ("module", {"module": NormedMLP}, "BatchNorm1d"),
+    ("module", {"module": UserMeans}, "means only"),
+    ("regressor", {"callbacks": [("clip", GradientNormClipping(1.0))]}, "callbacks of your own"),
+    ("regressor", {"optimizer": torch.optim.SGD, "lr": 0.05}, "the optimizer SGD"),
+    ("regressor", {"optimizer__amsgrad": True}, "amsgrad=True"),
+    ("classifier", {"train_transform": _flip}, "a train_transform"),
+])
+def test_settings_that_do_not_stack_fall_back_to_their_own_fits(reg_data, small_digits, kind,
+                                                                  params, reason):
+    """Each module or setting the stacked trainer does not reproduce trains every fit one
+    by one, with a warning that names it, and gives GridSearchCV's results exactly."""
+    X, y = (small_digits[0][:90], small_digits[1][:90]) if kind == "classifier" else reg_data
+    make = {"module": _module_regressor, "regressor": _regressor, "classifier": _classifier}
+    est = make[kind](max_epochs=2, **params)
+    grid = {"alpha": [0.0, 0.5]}
+    with pytest.warns(StackingFallbackWarning, match=reason):
+        batched = BatchedGridSearchCV(est, grid, cv=2, scoring=SCORING, refit=False).fit(X, y)
+    plain = GridSearchCV(est, grid, cv=2, scoring=SCORING, refit=False).fit(X, y)
+    assert batched.n_fallback_fits_ == 4 and batched.n_stacks_ == 0
+    _assert_same_splits(batched, plain, atol=0)
+
+
+def _two_metrics(est, X, y):
+    """A callable scorer that returns several metrics at once."""
+    pred = est.predict(X)
+    return {"neg_mse": -float(np.mean((pred - y) ** 2)), "p0": float(pred[0])}
+
+
+def test_callable_multimetric_scoring_and_feature_names_as_gridsearch(reg_data):
+    """A callable scorer returning a dict makes a multi-metric search that refits on the
+    metric ``refit`` names; a DataFrame's column names reach ``feature_names_in_``."""
+    pd = pytest.importorskip("pandas")
+    X, y = reg_data
+    X = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+    batched, plain = _both(_regressor(), {"alpha": [0.0, 0.5], "lambda2": [0.0, 1.0]}, X, y,
+                           scoring=_two_metrics, refit="neg_mse")
+    assert batched.multimetric_ and plain.multimetric_
+    assert set(batched.cv_results_) == set(plain.cv_results_)
+    _assert_same_splits(batched, plain)
+    assert batched.best_params_ == plain.best_params_
+    assert list(batched.feature_names_in_) == list(X.columns)
+    with pytest.raises(ValueError, match="refit must be set to a scorer key"):  # sklearn's words
+        BatchedGridSearchCV(_regressor(), {"alpha": [0.0]}, scoring=_two_metrics, cv=2).fit(X, y)
+
+
+class _ShortCV:
+    """A splitter whose ``split`` yields fewer folds than ``get_n_splits`` says."""
+
+    def split(self, X, y=None, groups=None):
+        yield from list(KFold(3).split(X))[:2]
+
+    def get_n_splits(self, X=None, y=None, groups=None):
+        return 3
+
+
+def test_inconsistent_cv_raises_as_gridsearch(reg_data):
+    X, y = reg_data
+    with pytest.raises(ValueError) as expected:
+        GridSearchCV(_regressor(), {"alpha": [0.0]}, cv=_ShortCV()).fit(X, y)
+    with pytest.raises(ValueError) as got:
+        BatchedGridSearchCV(_regressor(), {"alpha": [0.0]}, cv=_ShortCV()).fit(X, y)
+    assert str(got.value) == str(expected.value)

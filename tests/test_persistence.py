@@ -328,6 +328,31 @@ def test_safe_format_refuses_classes_outside_allow_list(models, tmp_path):
         sk_softreg.load(tmp_path / "evil.safetensors")
 
 
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c.update({"class": "Pwned"}), "Unknown estimator class 'Pwned'"),
+    (lambda c: c.update({"format_version": c["format_version"] + 1}), "Upgrade sk_softreg"),
+    (lambda c: c.update({"format": "other"}), "carries no sk_softreg config"),
+    (lambda c: c["params"].update({"module__hidden_units": [3]}), "do not fit the network"),
+])
+def test_safe_format_refuses_configs_it_cannot_honour(models, tmp_path, edit, match):
+    """A file whose weights pass their checksum but whose config names another class, a
+    newer format, or a network its weights do not fit is refused with ModelFileError."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    est, _ = models["reg"]
+    est.save(tmp_path / "m.safetensors")
+    with safe_open(tmp_path / "m.safetensors", framework="pt") as f:
+        config = json.loads(f.metadata()["sk_softreg"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    edit(config)
+    save_file(tensors, tmp_path / "edited.safetensors", metadata={"sk_softreg": json.dumps(config)})
+    with pytest.raises(ModelFileError, match=match):
+        sk_softreg.load(tmp_path / "edited.safetensors")
+
+
 @pytest.mark.parametrize("damage", ["truncate", "header", "weights", "empty"])
 def test_safe_format_damaged_file(models, tmp_path, damage):
     est, _ = models["clf"]
