@@ -42,6 +42,7 @@ import torch
 from ._callbacks import fail_non_finite
 from ._engine import PenaltyEngine
 from ._exceptions import NonFiniteLossError
+from ._multilabel import THRESHOLD
 from ._predictive_std import dropout_off, shares_dropout_free_pass
 from ._stacked_layers import direct_forward
 from ._stacked_members import penalized_names
@@ -449,9 +450,19 @@ def _validate(stack, running):
         data, _ = _member_losses(stack, y_pred, y, w, training=False)
         losses.append(data)
         if classifier:
-            hits = (y_pred.argmax(-1) == y.view(mask[s].shape)) & mask[s]
+            hits = _hits(y_pred, y.view(*mask[s].shape, *y.shape[1:])) & mask[s]
             correct += hits.sum(1).cpu().numpy()
     return torch.stack(losses).cpu().numpy(), sizes, correct, classifier
+
+
+def _hits(logits, target):
+    """Which rows ``valid_acc`` counts right, ``(n_members, batch)``: the top class equals
+    the target, or for ``(n_members, batch, L)`` indicator targets every label's
+    probability is on the target's side of ``THRESHOLD`` (subset accuracy, as the
+    classifier's own ``valid_acc``)."""
+    if target.dim() == 3:
+        return ((torch.sigmoid(logits) > THRESHOLD) == (target == 1)).all(-1)
+    return logits.argmax(-1) == target
 
 
 def _end_epoch(stack, i, member, epoch, records, valid, duration):

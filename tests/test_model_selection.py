@@ -560,3 +560,26 @@ def test_inconsistent_cv_raises_as_gridsearch(reg_data):
     with pytest.raises(ValueError) as got:
         BatchedGridSearchCV(_regressor(), {"alpha": [0.0]}, cv=_ShortCV()).fit(X, y)
     assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("scoring", ["loss", "f1_samples"])
+def test_multilabel_early_stopping_stacks_as_the_fit(small_digits, scoring):
+    """Multilabel members validate in the stack too: their ``valid_acc`` is subset accuracy
+    (every label on the right side of 0.5), as in their own fits, and they stop and
+    restore their best epoch as those fits do."""
+    X, y = small_digits
+    X, y = X[:200], y[:200]
+    Y = np.stack([y % 2, (y > 4), (y % 3 == 0)], axis=1).astype(int)
+    est = _classifier(early_stopping=True, scoring=scoring, n_iter_no_change=2, max_epochs=15,
+                      lr=0.02)
+    scoring_ = {"p0": _pred(0), "n_iter": _attr("n_iter_"), "valid_acc": _valid_acc_sum}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StackingFallbackWarning)
+        warnings.simplefilter("ignore", sklearn.exceptions.UndefinedMetricWarning)
+        batched, plain = _both(est, {"alpha": [0.0, 0.2], "random_state": [0, 1]}, X, Y,
+                               scoring=scoring_, refit=False, cv=2)
+    assert batched.n_stacks_ == 1 and batched.n_fallback_fits_ == 0
+    n_iter = np.concatenate([batched.cv_results_[f"split{i}_test_n_iter"] for i in range(2)])
+    assert len(set(n_iter)) > 1 and n_iter.min() < 15
+    assert np.all(batched.cv_results_["mean_test_valid_acc"] > 0)  # some rows all right
+    _assert_same_splits(batched, plain)
