@@ -583,3 +583,35 @@ def test_multilabel_early_stopping_stacks_as_the_fit(small_digits, scoring):
     assert len(set(n_iter)) > 1 and n_iter.min() < 15
     assert np.all(batched.cv_results_["mean_test_valid_acc"] > 0)  # some rows all right
     _assert_same_splits(batched, plain)
+
+
+def _std(row):
+    """A scorer returning the predictive std (first output) for test row ``row``."""
+    def score(est, X, y):
+        return float(np.ravel(est.predict(np.asarray(X)[[row]], return_std=True)[1])[0])
+    return score
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+@pytest.mark.parametrize("two_outputs", [False, True])
+def test_regressor_members_predictive_std_equals_the_fit(reg_data, early_stopping, two_outputs):
+    """Each member's ``predict(return_std=True)``, ``residual_std_`` and ``std_scale_``
+    (from its held-out rows with early stopping, its training rows without) are its own
+    fit's, for one and for two outputs."""
+    X, y = reg_data
+    if two_outputs:
+        y = np.c_[y, X[:, 1] ** 2]
+    # 40 epochs at a high lr: the training residuals shrink, and the held-out rows ask
+    # for a larger std scale than the training rows do
+    est = _regressor(early_stopping=early_stopping, n_iter_no_change=40, max_epochs=40, lr=0.03)
+    scoring = {"std0": _std(0), "std1": _std(-1), "residual_std": _attr("residual_std_", np.max),
+               "std_scale": _attr("std_scale_", np.max)}
+    batched, plain = _both(est, {"alpha": [0.1, 1.0], "lambda2": [0.0, 1e-2]}, X, y,
+                           scoring=scoring, refit=False, cv=2)
+    assert batched.n_stacks_ == 1
+    for key in plain.cv_results_:
+        if key.startswith("split"):
+            assert np.all(np.isfinite(plain.cv_results_[key])), key
+            # 40 steps of float rounding apart (the scale without the held-out rows is ~10% off)
+            np.testing.assert_allclose(batched.cv_results_[key], plain.cv_results_[key],
+                                       rtol=1e-3, err_msg=key)
