@@ -99,7 +99,10 @@ def _parser():
     export = sub.add_parser(
         "export", help="write a fitted model (joblib) as ONNX, to predict without torch")
     export.add_argument("model", help="a fitted classifier or regressor saved with joblib")
-    export.add_argument("output", help="the .onnx file to write")
+    export.add_argument("output", nargs="?", help="the .onnx file to write")
+    # -o as in the other commands; the positional form stays
+    export.add_argument("-o", "--output", dest="output_option", metavar="OUTPUT",
+                        help="the .onnx file to write (instead of the positional argument)")
     return parser
 
 
@@ -116,7 +119,12 @@ def main(argv=None):
     int
         0 on success, 2 on an input error (reported on one line).
     """
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "export":
+        if (args.output is None) == (args.output_option is None):
+            parser.error("export: give the .onnx file to write once, as OUTPUT or as -o OUTPUT")
+        args.output = args.output or args.output_option
     try:
         return _COMMANDS[args.command](args)
     except (CLIError, FileNotFoundError, NotADirectoryError, ValueError) as exc:

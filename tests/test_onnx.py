@@ -176,6 +176,22 @@ def test_cli_export_end_to_end(tmp_path, capsys, regression_data):
     assert err.startswith("sk-softreg: error: ") and err.count("\n") == 1
 
 
+def test_cli_export_takes_the_output_as_o_too(tmp_path, capsys, regression_data):
+    """``-o OUTPUT``, as in ``fit``, ``predict`` and ``demo``, or the positional form; not
+    both, not neither (argparse's usage error, exit status 2)."""
+    X, y = regression_data
+    model = tmp_path / "model.joblib"
+    joblib.dump(SoftRegRegressor(max_epochs=1, random_state=0, device="cpu").fit(X, y), model)
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(model), "-o", str(out)]) == 0
+    assert out.exists() and f"wrote {out}" in capsys.readouterr().out
+    for argv in (["export", str(model)], ["export", str(model), str(out), "-o", str(out)]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert "give the .onnx file to write once" in capsys.readouterr().err
+
+
 def test_cli_export_without_the_extra_exits_2(monkeypatch, tmp_path, capsys, regression_data):
     X, y = regression_data
     model = tmp_path / "model.joblib"
