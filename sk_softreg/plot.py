@@ -65,10 +65,31 @@ def _get_ax(ax):
 
 
 def _final_estimator(estimator):
-    """The last step of a (possibly nested) Pipeline, else the estimator itself."""
-    while hasattr(estimator, "steps"):
-        estimator = estimator.steps[-1][1]
+    """The last step of a (possibly nested) Pipeline, or the refit (``best_estimator_``)
+    of a fitted search, else the estimator itself."""
+    while hasattr(estimator, "steps") or hasattr(estimator, "best_estimator_"):
+        if hasattr(estimator, "steps"):
+            estimator = estimator.steps[-1][1]
+        else:
+            estimator = estimator.best_estimator_
     return estimator
+
+
+def _fitted_net(estimator, function):
+    """The fitted sk_softreg estimator that ``function`` plots (:func:`_final_estimator`);
+    a TypeError that says what it takes for anything else."""
+    from ._base import SoftRegMixin
+
+    final = _final_estimator(estimator)
+    if not isinstance(final, SoftRegMixin):
+        hint = (" (a search fitted with refit=False has no best_estimator_)"
+                if hasattr(estimator, "cv_results_") else "")
+        raise TypeError(
+            f"{function} takes a fitted SoftRegCNNClassifier or SoftRegRegressor, a Pipeline "
+            f"ending in one, or a search refit on one; got {type(estimator).__name__}{hint}."
+        )
+    check_is_fitted(final)
+    return final
 
 
 def plot_history(estimator, ax=None):
@@ -83,8 +104,10 @@ def plot_history(estimator, ax=None):
 
     Parameters
     ----------
-    estimator : SoftRegCNNClassifier, SoftRegRegressor or Pipeline
-        A fitted estimator, or a Pipeline whose last step is one.
+    estimator : SoftRegCNNClassifier, SoftRegRegressor, Pipeline or search
+        A fitted estimator, a Pipeline whose last step is one, or a fitted
+        search (``GridSearchCV``, ``BatchedGridSearchCV``...) whose refit
+        ``best_estimator_`` is one of these.
     ax : matplotlib Axes, default=None
         Axes to draw on; ``None`` creates a new figure.
 
@@ -107,8 +130,7 @@ def plot_history(estimator, ax=None):
     >>> [line.get_label() for line in ax.get_lines()]
     ['data loss', 'L2 term (lambda2 * sum w**2)']
     """
-    estimator = _final_estimator(estimator)
-    check_is_fitted(estimator)
+    estimator = _fitted_net(estimator, "plot_history")
     ax = _get_ax(ax)
     history = estimator.history_
     epochs = np.asarray(history[:, "epoch"])
@@ -493,8 +515,10 @@ def plot_weight_histogram(estimator, ax=None, bins=50, log=False):
 
     Parameters
     ----------
-    estimator : SoftRegCNNClassifier, SoftRegRegressor or Pipeline
-        A fitted estimator, or a Pipeline whose last step is one.
+    estimator : SoftRegCNNClassifier, SoftRegRegressor, Pipeline or search
+        A fitted estimator, a Pipeline whose last step is one, or a fitted
+        search (``GridSearchCV``, ``BatchedGridSearchCV``...) whose refit
+        ``best_estimator_`` is one of these.
     ax : matplotlib Axes, default=None
         Axes to draw on; ``None`` creates a new figure.
     bins : int, default=50
@@ -521,8 +545,7 @@ def plot_weight_histogram(estimator, ax=None, bins=50, log=False):
     >>> ax.get_xlabel()
     'weight value'
     """
-    estimator = _final_estimator(estimator)
-    check_is_fitted(estimator)
+    estimator = _fitted_net(estimator, "plot_weight_histogram")
     params = select_penalized(estimator.module_, estimator.penalize)
     if not params:
         raise ValueError("The estimator has no penalized weights to plot.")

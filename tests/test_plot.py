@@ -68,6 +68,31 @@ def test_plot_history_unfitted_raises():
         softreg_plot.plot_history(_regressor())
 
 
+@pytest.mark.parametrize("plot", ["plot_history", "plot_weight_histogram"])
+def test_plots_of_a_fitted_search_draw_its_refit(data, plot):
+    """A fitted search (here over a Pipeline) is plotted through its refit, the
+    ``best_estimator_``; a search without one, or another kind of estimator, gets a
+    TypeError that says what the function takes."""
+    from sklearn.linear_model import Ridge
+
+    X, y = data
+    search = GridSearchCV(make_pipeline(StandardScaler(), _regressor(lambda1=1e-2)),
+                          {"softregregressor__alpha": [0.0, 0.1]}, cv=2).fit(X, y)
+    draw = getattr(softreg_plot, plot)
+    from_search = draw(search)
+    from_refit = draw(search.best_estimator_)
+    for a, b in zip(from_search.get_lines(), from_refit.get_lines(), strict=True):
+        np.testing.assert_array_equal(a.get_ydata(), b.get_ydata())
+    assert [p.get_height() for p in from_search.patches] == \
+        [p.get_height() for p in from_refit.patches]
+    assert from_search.get_lines() or from_search.patches
+    no_refit = GridSearchCV(_regressor(), {"alpha": [0.0, 0.1]}, cv=2, refit=False).fit(X, y)
+    with pytest.raises(TypeError, match=f"{plot} takes a fitted .*refit=False"):
+        draw(no_refit)
+    with pytest.raises(TypeError, match="got Ridge"):
+        draw(Ridge().fit(X, y))
+
+
 def test_plot_weight_histogram_counts_exact_zeros(data):
     X, y = data
     reg = _regressor(lambda1=0.05, max_epochs=5).fit(X, y)
