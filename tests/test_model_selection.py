@@ -155,15 +155,23 @@ def test_classifier_mlp_members_equal_independent_fits(small_digits):
     assert batched.n_stacks_ == 1
 
 
-def test_cnn_members_equal_independent_fits(small_digits):
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_cnn_members_equal_independent_fits(small_digits, early_stopping):
     """The default SoftRegCNN stacks through its direct forward (one grouped convolution
-    for all members), and every member equals its own fit."""
+    for all members), and every member equals its own fit; with early stopping, its
+    validation runs through that forward too."""
     X, y = small_digits
-    est = SoftRegCNNClassifier(max_epochs=2, random_state=0, device="cpu", batch_size=32,
-                               module__channels=(4, 8), module__hidden_units=16,
-                               module__dropout=0.0)
+    est = SoftRegCNNClassifier(max_epochs=4 if early_stopping else 2, random_state=0,
+                               device="cpu", batch_size=32, module__channels=(4, 8),
+                               module__hidden_units=16, module__dropout=0.0,
+                               early_stopping=early_stopping, n_iter_no_change=1,
+                               validation_fraction=0.2)  # 12 rows: one of each class
     grid = {"lambda1": [0.0, 1e-3], "alpha": [0.0, 0.1]}
-    batched, plain = _both(est, grid, X[:120] / 16, y[:120], scoring=SCORING, refit=False, cv=2)
+    scoring = {**SCORING, "valid_acc": _valid_acc_sum} if early_stopping else SCORING
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StackingFallbackWarning)
+        batched, plain = _both(est, grid, X[:120] / 16, y[:120], scoring=scoring, refit=False,
+                               cv=2)
     _assert_same_splits(batched, plain)
     assert batched.n_stacks_ == 1 and batched.n_fallback_fits_ == 0
 
