@@ -20,7 +20,7 @@ from skorch.utils import to_tensor
 from ._base import SoftRegMixin
 from ._batching import pack_weights, unpack_weights
 from ._images import ImageInputMixin
-from ._multilabel import THRESHOLD, MultilabelMixin, is_label_matrix
+from ._multilabel import MultilabelMixin, is_label_matrix, subset_correct
 from ._torchvision import TorchvisionClassifierNet
 from ._validation import is_lazy
 from .modules import SoftRegCNN
@@ -574,5 +574,5 @@ def _index_accuracy(net, X, y):
     for an ``(n, L)`` indicator ``y``, subset accuracy (every label right)."""
     proba, y = net.predict_proba(X), np.asarray(y)
     if y.ndim == 2:
-        return float(np.mean(np.all((proba > THRESHOLD) == (y == 1), axis=1)))
+        return float(np.mean(subset_correct(proba, y)))
     return float(np.mean(np.argmax(proba, axis=1) == y))

@@ -29,7 +29,9 @@ from sklearn.utils.multiclass import type_of_target
 
 from .penalties import bernoulli_kl_from_half, bernoulli_kl_to_half
 
-__all__ = ["MultilabelMixin", "balanced_pos_weight", "check_indicator", "is_label_matrix"]
+__all__ = [
+    "MultilabelMixin", "balanced_pos_weight", "check_indicator", "is_label_matrix", "subset_correct",
+]
 
 #: the per-label KL term of each ``kl`` option
 BERNOULLI_KL_TERMS = {
@@ -38,6 +40,15 @@ BERNOULLI_KL_TERMS = {
 }
 #: ``predict`` calls a label present where its probability exceeds this (as MLPClassifier)
 THRESHOLD = 0.5
+
+
+def subset_correct(proba, Y):
+    """Which rows have every label right: each probability on ``Y``'s side of ``THRESHOLD``.
+
+    ``proba`` and ``Y`` are ``(..., L)`` NumPy arrays or torch tensors (``Y`` of 0 and 1);
+    returns the boolean ``(...)`` of subset accuracy's hits.
+    """
+    return ((proba > THRESHOLD) == (Y == 1)).all(-1)
 
 
 def is_label_matrix(y):

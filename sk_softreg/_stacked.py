@@ -42,7 +42,7 @@ import torch
 from ._callbacks import fail_non_finite
 from ._engine import PenaltyEngine
 from ._exceptions import NonFiniteLossError
-from ._multilabel import THRESHOLD
+from ._multilabel import subset_correct
 from ._predictive_std import dropout_off, shares_dropout_free_pass
 from ._stacked_layers import direct_forward
 from ._stacked_members import penalized_names
@@ -457,11 +457,10 @@ def _validate(stack, running):
 
 def _hits(logits, target):
     """Which rows ``valid_acc`` counts right, ``(n_members, batch)``: the top class equals
-    the target, or for ``(n_members, batch, L)`` indicator targets every label's
-    probability is on the target's side of ``THRESHOLD`` (subset accuracy, as the
-    classifier's own ``valid_acc``)."""
+    the target, or for ``(n_members, batch, L)`` indicator targets every label
+    (:func:`~sk_softreg._multilabel.subset_correct`, as the classifier's own ``valid_acc``)."""
     if target.dim() == 3:
-        return ((torch.sigmoid(logits) > THRESHOLD) == (target == 1)).all(-1)
+        return subset_correct(torch.sigmoid(logits), target)
     return logits.argmax(-1) == target
 
 

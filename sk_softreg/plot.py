@@ -67,12 +67,13 @@ def _get_ax(ax):
 def _final_estimator(estimator):
     """The last step of a (possibly nested) Pipeline, or the refit (``best_estimator_``)
     of a fitted search, else the estimator itself."""
-    while hasattr(estimator, "steps") or hasattr(estimator, "best_estimator_"):
+    while True:
         if hasattr(estimator, "steps"):
             estimator = estimator.steps[-1][1]
-        else:
+        elif hasattr(estimator, "best_estimator_"):
             estimator = estimator.best_estimator_
-    return estimator
+        else:
+            return estimator
 
 
 def _fitted_net(estimator, function):

@@ -75,10 +75,14 @@ class Branchy(nn.Module):
         return out * 2 if out.sum() > 1e9 else out
 
 
-def _pred(row):
-    """A scorer returning the prediction (first output) for test row ``row``."""
+def _pred(row, std=False):
+    """A scorer returning the prediction (first output) for test row ``row``; with ``std``,
+    the regressor's predictive std there."""
     def score(est, X, y):
-        out = est.predict_proba(X) if hasattr(est, "predict_proba") else est.predict(X)
+        if std:
+            out = est.predict(X, return_std=True)[1]
+        else:
+            out = est.predict_proba(X) if hasattr(est, "predict_proba") else est.predict(X)
         return float(np.ravel(out[row])[0])
     return score
 
@@ -88,6 +92,11 @@ def _attr(name, fn=float):
         net = est[-1] if hasattr(est, "steps") else est
         return fn(getattr(net, name))
     return score
+
+
+def _valid_acc_sum(est, X, y):
+    """The sum over epochs of the history's ``valid_acc``: every epoch's validation accuracy."""
+    return float(sum(est.history[:, "valid_acc"]))
 
 
 SCORING = {"p0": _pred(0), "p1": _pred(1), "p2": _pred(-1), "sparsity": _attr("sparsity_"),
@@ -471,11 +480,6 @@ def test_multilabel_members_equal_independent_fits(small_digits):
     _assert_same_splits(batched, plain)
 
 
-def _valid_acc_sum(est, X, y):
-    """The sum over epochs of the history's ``valid_acc``: every epoch's validation accuracy."""
-    return float(sum(est.history[:, "valid_acc"]))
-
-
 @pytest.mark.parametrize("scoring", ["loss", "accuracy"])
 def test_classifier_early_stopping_per_member(small_digits, scoring):
     """The classifier's stacks validate each member on its own held-out rows: its
@@ -537,7 +541,8 @@ def _two_metrics(est, X, y):
 def test_callable_multimetric_scoring_and_feature_names_as_gridsearch(reg_data):
     """A callable scorer returning a dict makes a multi-metric search that refits on the
     metric ``refit`` names; a DataFrame's column names reach ``feature_names_in_``."""
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
+
     X, y = reg_data
     X = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
     batched, plain = _both(_regressor(), {"alpha": [0.0, 0.5], "lambda2": [0.0, 1.0]}, X, y,
@@ -593,13 +598,6 @@ def test_multilabel_early_stopping_stacks_as_the_fit(small_digits, scoring):
     _assert_same_splits(batched, plain)
 
 
-def _std(row):
-    """A scorer returning the predictive std (first output) for test row ``row``."""
-    def score(est, X, y):
-        return float(np.ravel(est.predict(np.asarray(X)[[row]], return_std=True)[1])[0])
-    return score
-
-
 @pytest.mark.parametrize("early_stopping", [True, False])
 @pytest.mark.parametrize("two_outputs", [False, True])
 def test_regressor_members_predictive_std_equals_the_fit(reg_data, early_stopping, two_outputs):
@@ -612,7 +610,8 @@ def test_regressor_members_predictive_std_equals_the_fit(reg_data, early_stoppin
     # 40 epochs at a high lr: the training residuals shrink, and the held-out rows ask
     # for a larger std scale than the training rows do
     est = _regressor(early_stopping=early_stopping, n_iter_no_change=40, max_epochs=40, lr=0.03)
-    scoring = {"std0": _std(0), "std1": _std(-1), "residual_std": _attr("residual_std_", np.max),
+    scoring = {"std0": _pred(0, std=True), "std1": _pred(-1, std=True),
+               "residual_std": _attr("residual_std_", np.max),
                "std_scale": _attr("std_scale_", np.max)}
     batched, plain = _both(est, {"alpha": [0.1, 1.0], "lambda2": [0.0, 1e-2]}, X, y,
                            scoring=scoring, refit=False, cv=2)

@@ -311,21 +311,30 @@ def test_safe_format_refuses_pickle_payload(tmp_path):
         sk_softreg.load(tmp_path / "m.joblib")
 
 
-def test_safe_format_refuses_classes_outside_allow_list(models, tmp_path):
+def _saved_with_edited_config(est, tmp_path, edit):
+    """``est`` saved in the safe format, then written again with ``edit(config)`` applied to
+    its config and the same weights (so their checksum still holds); the new file's path."""
     import json
 
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    est, _ = models["reg"]
     est.save(tmp_path / "m.safetensors")
     with safe_open(tmp_path / "m.safetensors", framework="pt") as f:
         config = json.loads(f.metadata()["sk_softreg"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    config["params"]["criterion"] = {"__class__": "os.system"}
-    save_file(tensors, tmp_path / "evil.safetensors", metadata={"sk_softreg": json.dumps(config)})
+    edit(config)
+    path = tmp_path / "edited.safetensors"
+    save_file(tensors, path, metadata={"sk_softreg": json.dumps(config)})
+    return path
+
+
+def test_safe_format_refuses_classes_outside_allow_list(models, tmp_path):
+    est, _ = models["reg"]
+    path = _saved_with_edited_config(
+        est, tmp_path, lambda c: c["params"].update({"criterion": {"__class__": "os.system"}}))
     with pytest.raises(ModelFileError, match="'os.system', outside the allowed modules"):
-        sk_softreg.load(tmp_path / "evil.safetensors")
+        sk_softreg.load(path)
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -337,20 +346,9 @@ def test_safe_format_refuses_classes_outside_allow_list(models, tmp_path):
 def test_safe_format_refuses_configs_it_cannot_honour(models, tmp_path, edit, match):
     """A file whose weights pass their checksum but whose config names another class, a
     newer format, or a network its weights do not fit is refused with ModelFileError."""
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     est, _ = models["reg"]
-    est.save(tmp_path / "m.safetensors")
-    with safe_open(tmp_path / "m.safetensors", framework="pt") as f:
-        config = json.loads(f.metadata()["sk_softreg"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    edit(config)
-    save_file(tensors, tmp_path / "edited.safetensors", metadata={"sk_softreg": json.dumps(config)})
     with pytest.raises(ModelFileError, match=match):
-        sk_softreg.load(tmp_path / "edited.safetensors")
+        sk_softreg.load(_saved_with_edited_config(est, tmp_path, edit))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "header", "weights", "empty"])
