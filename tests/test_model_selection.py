@@ -7,6 +7,7 @@ fitted attribute (``_attr``) compare the fitted members themselves.
 """
 
 import pickle
+import time
 import warnings
 
 import joblib
@@ -516,6 +517,7 @@ def _module_regressor(**params):
     ("regressor", {"optimizer": torch.optim.SGD, "lr": 0.05}, "the optimizer SGD"),
     ("regressor", {"optimizer__amsgrad": True}, "amsgrad=True"),
     ("classifier", {"train_transform": _flip}, "a train_transform"),
+    ("classifier", {"criterion__weight": torch.ones(10)}, "a criterion with class weights"),
 ])
 def test_settings_that_do_not_stack_fall_back_to_their_own_fits(reg_data, small_digits, kind,
                                                                   params, reason):
@@ -622,3 +624,88 @@ def test_regressor_members_predictive_std_equals_the_fit(reg_data, early_stoppin
             # 40 steps of float rounding apart (the scale without the held-out rows is ~10% off)
             np.testing.assert_allclose(batched.cv_results_[key], plain.cv_results_[key],
                                        rtol=1e-3, err_msg=key)
+
+
+def test_members_whose_epoch_ended_sit_out_penalty_steps_and_record_their_history(reg_data):
+    """Members with fewer batches sit out the last steps of an epoch entirely: neither
+    Adam nor the proximal L1 step nor the group soft-threshold of ``lambda_features``
+    moves them there. Every member's history (train_loss and its penalty terms, each the
+    batch-size-weighted mean over its own batches) is its own fit's."""
+    X, y = reg_data
+    settings = [dict(alpha=0.5, lambda1=1e-3),
+                dict(lambda1=3e-2, lambda2=1e-2, lambda_features=0.5),
+                dict(lambda_features=0.3, alpha=0.2, random_state=2)]
+    rows = [slice(0, 160), slice(0, 97), slice(30, 120)]  # 5, 4 and 3 batches, partial last ones
+    base = _regressor(batch_size=32, max_epochs=3, lr=0.01)
+    members = [prepare_member(clone(base).set_params(**s), X[r], y[r]) for s, r in zip(settings, rows)]
+    train_stack(members)
+    for member, s, r in zip(members, settings, rows):
+        alone = clone(base).set_params(**s).fit(X[r], y[r])
+        np.testing.assert_allclose(member.net.predict(X), alone.predict(X), atol=TOL)
+        for key in ("train_loss", "train_l1", "train_l2", "train_kl", "train_features"):
+            np.testing.assert_allclose(member.net.history_[:, key], alone.history_[:, key],
+                                       rtol=1e-4, atol=1e-7, err_msg=key)
+
+
+def test_drop_last_members_equal_independent_fits(reg_data):
+    """``iterator_train__drop_last``: each member drops its own last partial batch."""
+    X, y = reg_data
+    est = _regressor(batch_size=32, iterator_train__drop_last=True)  # 107 or 106 rows: 3 batches
+    batched, plain = _both(est, {"alpha": [0.0, 0.5], "lambda1": [0.0, 1e-3]}, X, y,
+                           scoring=SCORING, refit=False)
+    assert batched.n_stacks_ == 1
+    _assert_same_splits(batched, plain)
+
+
+def test_folds_with_different_auto_batch_sizes_train_in_their_own_stacks():
+    """``batch_size="auto"`` follows each fold's number of rows: at a fixed ``lr``, folds
+    on either side of its 2,000-row step share everything but the batch size, and
+    must not share a stack."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2999, 3))
+    y = X @ np.array([1.0, -1.0, 0.5]) + 0.1 * rng.normal(size=2999)
+    est = _regressor(max_epochs=1, lr=1e-3, early_stopping=False)  # 1999, 1999 and 2000 rows
+    batched, plain = _both(est, {"alpha": [0.0, 0.5]}, X, y, scoring=SCORING, refit=False,
+                           cv=KFold(3))
+    assert batched.n_stacks_ == 2
+    _assert_same_splits(batched, plain)
+
+
+def test_stacks_with_dropout_draw_their_masks_from_random_state(reg_data):
+    """With dropout, a stack's masks come from its members' ``random_state``, not from the
+    global torch stream: the search gives the same results whatever that stream holds."""
+    X, y = reg_data
+    results = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        search = BatchedGridSearchCV(_regressor(module__dropout=0.3), {"alpha": [0.0, 0.5]}, cv=2,
+                                     scoring=SCORING, refit=False).fit(X, y)
+        results.append(search.cv_results_)
+    for key in ("split0_test_p0", "split1_test_p1", "split0_test_p2"):
+        np.testing.assert_array_equal(results[0][key], results[1][key], err_msg=key)
+
+
+def test_fit_time_is_the_stack_time_shared_among_its_members(reg_data):
+    """``mean_fit_time``: a stack's wall time divided among its members, so the fit times
+    of all fits add up to no more than the search took."""
+    X, y = reg_data
+    start = time.perf_counter()
+    search = BatchedGridSearchCV(_regressor(max_epochs=5), {"alpha": [0.0, 0.5], "lambda1": [0.0, 1e-3]},
+                                 cv=3, refit=False).fit(X, y)
+    elapsed = time.perf_counter() - start
+    assert search.n_stacks_ == 1
+    fit_times = np.concatenate([search.cv_results_["mean_fit_time"]] * 3)
+    assert 0 < fit_times.sum() <= elapsed
+
+
+def test_diverging_member_stops_at_its_first_non_finite_loss_as_the_fit(reg_data):
+    """A member whose loss becomes non-finite stops there, with its fit's own error (the
+    epoch and batch where it diverged), not only when its weights end non-finite."""
+    X, y = reg_data
+    errors = []
+    for cls in (GridSearchCV, BatchedGridSearchCV):
+        with pytest.raises(NonFiniteLossError) as error:
+            cls(_regressor(), {"lambda2": [0.0, 1e38]}, cv=2, error_score="raise").fit(X, y)
+        errors.append(str(error.value))
+    assert "epoch 1, batch 1" in errors[0]
+    assert errors[1] == errors[0]
