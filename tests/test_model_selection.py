@@ -76,6 +76,17 @@ class Branchy(nn.Module):
         return out * 2 if out.sum() > 1e9 else out
 
 
+class Scaled(nn.Module):
+    """A module whose forward takes a keyword, passed as a fit parameter."""
+
+    def __init__(self, n_features=1, n_outputs=1):
+        super().__init__()
+        self.lin = nn.Linear(n_features, 2 * n_outputs)
+
+    def forward(self, X, scale=1.0):
+        return self.lin(X) * scale
+
+
 def _pred(row, std=False):
     """A scorer returning the prediction (first output) for test row ``row``; with ``std``,
     the regressor's predictive std there."""
@@ -530,6 +541,20 @@ def test_settings_that_do_not_stack_fall_back_to_their_own_fits(reg_data, small_
     with pytest.warns(StackingFallbackWarning, match=reason):
         batched = BatchedGridSearchCV(est, grid, cv=2, scoring=SCORING, refit=False).fit(X, y)
     plain = GridSearchCV(est, grid, cv=2, scoring=SCORING, refit=False).fit(X, y)
+    assert batched.n_fallback_fits_ == 4 and batched.n_stacks_ == 0
+    _assert_same_splits(batched, plain, atol=0)
+
+
+def test_fit_parameters_for_the_forward_fall_back_to_their_own_fits(reg_data):
+    """A fit parameter that goes to the module's forward (skorch passes it to every
+    batch) is not reproduced by the stacked forward: every fit trains on its own."""
+    X, y = reg_data
+    est = _module_regressor(module=Scaled, max_epochs=2)
+    grid = {"alpha": [0.0, 0.5]}
+    with pytest.warns(StackingFallbackWarning, match=r"module's forward \(scale\)"):
+        batched = BatchedGridSearchCV(est, grid, cv=2, scoring=SCORING, refit=False).fit(
+            X, y, scale=0.5)
+    plain = GridSearchCV(est, grid, cv=2, scoring=SCORING, refit=False).fit(X, y, scale=0.5)
     assert batched.n_fallback_fits_ == 4 and batched.n_stacks_ == 0
     _assert_same_splits(batched, plain, atol=0)
 
