@@ -286,3 +286,67 @@ def test_plot_selection_path(friedman):
             plot_selection_path([StandardScaler().fit(X)])
     finally:
         plt.close("all")
+
+
+def test_prox_group_l2_zeroes_a_column_exactly_at_the_threshold():
+    # u = 0 iff ||w / eta||_2 <= lambda: the boundary itself gives zeros, not NaN
+    w = torch.tensor([[3.0, 6.0], [4.0, 8.0]], dtype=torch.float64)
+    prox_group_l2_(w, torch.ones_like(w), 5.0)
+    torch.testing.assert_close(w[:, 0], torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(w[:, 1], torch.tensor([3.0, 4.0], dtype=torch.float64))  # 1 - 5/10
+
+
+@pytest.mark.parametrize("steps, lam", [(1.0, 0.0), ("tensor", 0.0), (0.0, 1.0), (-1.0, 1.0)])
+def test_prox_group_l2_without_penalty_or_step_is_the_identity(steps, lam):
+    # lambda == 0, or a scalar step <= 0, leaves the weight as it is (a zero column included)
+    w = torch.tensor([[0.0, 1.0, -2.0], [0.0, 0.5, 3.0]])
+    if steps == "tensor":
+        steps = torch.full_like(w, 0.1)
+    out = w.clone()
+    prox_group_l2_(out, steps, lam)
+    torch.testing.assert_close(out, w)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_input_layer_restores_the_train_or_eval_mode(training):
+    net = nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5), nn.Linear(2, 1)).train(training)
+    assert input_layer(net, torch.zeros(2, 3))[0] == "0"
+    assert all(m.training == training for m in net.modules())
+
+
+class _WithSquares(nn.Module):
+    """x -> (x, x**2): no parameters, twice the inputs."""
+
+    def forward(self, x):
+        return torch.cat([x, x**2], dim=1)
+
+
+def _squares_module(n):
+    # a Linear taking n inputs exists, but the first one called takes 2 n
+    return nn.Sequential(_WithSquares(), nn.Linear(2 * n, n), nn.ReLU(), nn.Linear(n, 2))
+
+
+def test_lambda_features_needs_the_first_linear_to_take_every_input(regression_data):
+    X, y = regression_data
+    est = SoftRegRegressor(module=_squares_module(5), lambda_features=0.1, max_epochs=1,
+                           random_state=0, device="cpu")
+    with pytest.raises(ValueError, match="starts with Linear .* taking 10 inputs"):
+        est.fit(X, y)
+
+
+def test_refit_without_a_linear_input_layer_drops_the_importances(regression_data):
+    X, y = regression_data
+    est = SoftRegRegressor(max_epochs=1, random_state=0, device="cpu").fit(X, y)
+    assert est.feature_importances_.shape == (5,)
+    est.set_params(module=_squares_module(5)).fit(X, y)
+    assert not hasattr(est, "feature_importances_")
+    assert not hasattr(est, "n_features_selected_")
+
+
+def test_lambda_features_that_drops_every_input_warns(regression_data):
+    X, y = regression_data
+    est = SoftRegRegressor(lambda_features=1e4, max_epochs=3, random_state=0, device="cpu")
+    with pytest.warns(UserWarning, match="ignores its inputs"):
+        est.fit(X, y)
+    assert est.n_features_selected_ == 0
+    np.testing.assert_array_equal(est.feature_importances_, 0.0)

@@ -17,7 +17,7 @@ from skorch.helper import predefined_split
 import sk_softreg
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
 from sk_softreg._batching import pack_weights
-from sk_softreg._multilabel import balanced_pos_weight
+from sk_softreg._multilabel import balanced_pos_weight, subset_correct
 from sk_softreg.penalties import bernoulli_kl_from_half, bernoulli_kl_to_half
 
 TINY = dict(module__channels=(4, 8), module__hidden_units=16, max_epochs=2, random_state=0,
@@ -286,3 +286,37 @@ def test_regressor_treats_a_0_1_matrix_as_a_2d_target(data):
     pred = reg.predict(X_test)
     assert pred.shape == (len(X_test), 3) and pred.dtype.kind == "f"
     assert not np.all(np.isin(pred, (0, 1)))
+
+
+def test_subset_correct_needs_a_probability_above_one_half_for_a_present_label():
+    # predict calls a label present where its probability exceeds 0.5: 0.5 itself is absent
+    proba = np.array([[0.5, 0.9], [0.5, 0.9], [0.51, 0.1]])
+    Y = np.array([[0, 1], [1, 1], [1, 0]])
+    np.testing.assert_array_equal(subset_correct(proba, Y), [True, False, True])
+
+
+def test_predict_leaves_labels_of_probability_one_half_absent(data):
+    X, Y, X_test, _ = data
+    est = clf(max_epochs=1).fit(X, Y)
+    last = [m for m in est.module_.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # every logit exactly 0: every probability exactly 1/2
+        last.weight.zero_()
+        last.bias.zero_()
+    np.testing.assert_array_equal(est.predict_proba(X_test[:4]), 0.5)
+    np.testing.assert_array_equal(est.predict(X_test[:4]), np.zeros((4, 3)))
+
+
+def test_refit_without_class_weight_drops_the_balanced_pos_weight(data):
+    X, Y, _, _ = data
+    est = clf(max_epochs=1, class_weight="balanced").fit(X, Y)
+    assert est.criterion_.pos_weight is not None
+    est.set_params(class_weight=None).fit(X, Y)
+    assert not hasattr(est, "pos_weight_")
+    assert est.criterion_.pos_weight is None
+
+
+def test_balanced_class_weight_and_criterion_pos_weight_are_exclusive(data):
+    X, Y, _, _ = data
+    est = clf(max_epochs=1, class_weight="balanced", criterion__pos_weight=torch.ones(3))
+    with pytest.raises(ValueError, match="not both"):
+        est.fit(X, Y)

@@ -10,6 +10,7 @@ from torch import nn
 from sk_softreg.penalties import (
     bernoulli_kl_from_half,
     bernoulli_kl_to_half,
+    clamp_log_var,
     gaussian_soft_kl,
     kl_from_uniform,
     kl_to_uniform,
@@ -18,7 +19,9 @@ from sk_softreg.penalties import (
     prox_l1_,
     prox_thresholds,
     select_penalized,
+    soft_target_std,
     soft_threshold,
+    weighted_mean,
 )
 
 
@@ -207,3 +210,79 @@ def test_prox_threshold_with_fused_adam_on_cuda():
     for param, t in ((p, tp), (q, tq)):
         v_hat = opt.state[param]["exp_avg_sq"] / (1 - 0.999**3)
         torch.testing.assert_close(t, 0.01 * 0.5 / (v_hat.sqrt() + 1e-8))
+
+
+def test_select_penalized_skips_frozen_parameters():
+    # only trainable parameters are penalized: a frozen layer keeps its weights
+    net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    net[0].weight.requires_grad_(False)
+    assert [id(p) for p in select_penalized(net, "weights")] == [id(net[1].weight)]
+    assert id(net[0].weight) not in {id(p) for p in select_penalized(net, "all")}
+
+
+def test_prox_threshold_amsgrad_reads_the_running_maximum():
+    # a zero gradient lowers exp_avg_sq to beta2 times its maximum: amsgrad's threshold uses the maximum
+    p = nn.Parameter(torch.tensor([1.0, -1.0]))
+    lr, beta2 = 0.01, 0.9
+    opt = torch.optim.Adam([p], lr=lr, betas=(0.9, beta2), amsgrad=True)
+    for g in (torch.tensor([2.0, -1.0]), torch.zeros(2)):
+        p.grad = g
+        opt.step()
+    v_max = (1 - beta2) * torch.tensor([4.0, 1.0])  # the first step's v
+    expected = lr * 0.5 / ((v_max / (1 - beta2**2)).sqrt() + 1e-8)
+    (t,) = prox_thresholds(opt, [p], lambda1=0.5)
+    torch.testing.assert_close(t, expected, rtol=1e-5, atol=0)  # thresholds are ~1e-3
+
+
+def test_prox_threshold_adam_adds_eps_to_the_bias_corrected_root():
+    # t = lr * lambda1 / (sqrt(v_hat) + eps): with a large eps the placement of eps shows
+    p = nn.Parameter(torch.tensor([1.0, -1.0, 0.5]))
+    lr, eps, beta2 = 0.01, 0.1, 0.999
+    opt = torch.optim.Adam([p], lr=lr, eps=eps, betas=(0.9, beta2))
+    g = torch.tensor([0.3, -0.1, 2.0])
+    for _ in range(2):
+        p.grad = g
+        opt.step()
+    v_hat = g**2  # two equal gradients: the bias correction recovers g**2 exactly
+    (t,) = prox_thresholds(opt, [p], lambda1=0.5)
+    torch.testing.assert_close(t, lr * 0.5 / (v_hat.sqrt() + eps))
+
+
+def test_prox_thresholds_are_zero_for_parameters_the_optimizer_does_not_hold():
+    p, q = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([p], lr=0.1)
+    tp, tq = prox_thresholds(opt, [p, q], lambda1=0.5)
+    assert tp == pytest.approx(0.05)
+    assert tq == 0.0
+
+
+def test_soft_target_std_subtracts_tau_squared_and_floors_at_c_tau():
+    # sigma_y = sqrt(max(exp(s) - tau^2, (c tau)^2)), c = floor
+    tau = 0.5
+    s = torch.tensor([1.25, 0.75, 0.25, 0.01], dtype=torch.float64).log()
+    torch.testing.assert_close(
+        soft_target_std(s, tau), torch.tensor([1.0, 0.5**0.5, 0.5, 0.5], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        soft_target_std(s, tau, floor=0.5),
+        torch.tensor([1.0, 0.5**0.5, 0.25, 0.25], dtype=torch.float64),
+    )
+
+
+def test_clamp_log_var_keeps_variances_in_1e_minus_6_to_1e6():
+    s = torch.tensor([-100.0, math.log(2e-6), 0.0, math.log(5e5), 100.0], dtype=torch.float64)
+    torch.testing.assert_close(
+        clamp_log_var(s).exp(), torch.tensor([1e-6, 2e-6, 1.0, 5e5, 1e6], dtype=torch.float64)
+    )
+
+
+def test_weighted_mean_averages_trailing_dims_then_weighs_rows():
+    # sum_i w_i v_i / sum_i w_i, with v_i the mean of row i's outputs
+    values = torch.tensor([[1.0, 3.0], [4.0, 8.0], [10.0, 0.0]])  # row means 2, 6, 5
+    weights = torch.tensor([1.0, 3.0, 0.0])
+    assert weighted_mean(values, weights).item() == pytest.approx((1 * 2 + 3 * 6) / 4)
+    assert weighted_mean(values[:, 0], weights).item() == pytest.approx((1 * 1 + 3 * 4) / 4)
+
+
+def test_weighted_mean_of_a_batch_of_zero_weights_is_zero():
+    assert weighted_mean(torch.tensor([1.0, 2.0]), torch.zeros(2)).item() == 0.0
