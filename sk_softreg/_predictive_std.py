@@ -49,14 +49,16 @@ def dropout_layers(module):
 
 @contextmanager
 def dropout_off(layers):
-    """Within: the dropout ``layers`` in eval mode (the rest of the module as it is)."""
+    """Within: the dropout ``layers`` in eval mode (the rest of the module as it is);
+    after: each layer in the mode it had."""
+    modes = [layer.training for layer in layers]
     for layer in layers:
         layer.training = False
     try:
         yield
     finally:
-        for layer in layers:
-            layer.training = True
+        for layer, mode in zip(layers, modes):
+            layer.training = mode
 
 
 def shares_dropout_free_pass(module):

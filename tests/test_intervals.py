@@ -10,7 +10,12 @@ from skorch.dataset import Dataset, ValidSplit
 from skorch.helper import predefined_split
 
 from sk_softreg import SoftRegRegressor
-from sk_softreg._predictive_std import dropout_layers, shares_dropout_free_pass, std_scale
+from sk_softreg._predictive_std import (
+    dropout_layers,
+    dropout_off,
+    shares_dropout_free_pass,
+    std_scale,
+)
 from sk_softreg.modules import GaussianMLP
 from sk_softreg.penalties import gaussian_soft_kl
 
@@ -210,3 +215,12 @@ def test_dropout_layers_finds_every_torch_dropout_class():
     classes = [c for c in _DropoutNd.__subclasses__() if c.__module__.startswith("torch.")]
     module = torch.nn.Sequential(*(c(0.5) for c in classes), torch.nn.Linear(2, 2))
     assert len(dropout_layers(module)) == len(classes) >= 6
+
+
+def test_dropout_off_switches_the_layers_off_only_within():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5), torch.nn.Dropout1d(0.5))
+    layers = dropout_layers(net)
+    layers[1].eval()
+    with dropout_off(layers):
+        assert not any(m.training for m in layers) and net[0].training
+    assert [m.training for m in net] == [True, True, False]  # each back in its own mode
