@@ -149,3 +149,12 @@ def test_saved_model_keeps_its_resolved_defaults(tmp_path):
     assert loaded.get_params_for("iterator_train")["batch_size"] == 256
     assert loaded.optimizer_.param_groups[0]["lr"] == pytest.approx(auto_lr(256))
     assert dropouts(loaded) == dropouts(est)
+
+
+@pytest.mark.parametrize("n, active", [(120, True), (119, False)])
+def test_auto_early_stopping_starts_at_30_validation_rows(n, active):
+    """early_stopping="auto" holds out rows when n * validation_fraction >= 30."""
+    X, y = rows(n)
+    est = SoftRegRegressor(max_epochs=1, validation_fraction=0.25, random_state=0, device="cpu").fit(X, y)
+    assert ("valid_loss" in est.history[-1]) is active
+    assert sum(epoch_batches(est)[0]) == (n - 30 if active else n)

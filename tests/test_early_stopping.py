@@ -259,3 +259,13 @@ def test_multilabel_scorer_gets_the_indicators():
     received = scorer.calls[0][2]
     assert received.shape == (10, 4) and received.dtype == np.int64
     assert {tuple(row) for row in received} <= {tuple(row) for row in Y}
+
+
+def test_scorer_is_not_called_where_auto_early_stopping_is_off(noisy):
+    """early_stopping="auto" on small data: a train_split's validation set gets its
+    valid_loss, but no scorer call and no valid_score (ValidationScore stays idle)."""
+    X, y = noisy  # 120 rows: 12 would be held out, fewer than 30
+    scorer = Recorder()
+    est = reg(scoring=scorer, max_epochs=3, train_split=ValidSplit(0.5, random_state=0)).fit(X, y)
+    assert "valid_loss" in est.history[-1] and "valid_score" not in est.history[-1]
+    assert scorer.calls == [] and est.n_iter_ == 3

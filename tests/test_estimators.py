@@ -464,3 +464,44 @@ def test_default_regressor_on_diabetes_against_ridge():
     assert ours[:3].mean() > ridge[:3].mean()
     # ten splits: measured 0.018 behind Ridge (dropout 0.5), 0.022 at 0.3, 0.029 at 0.1 or 0
     assert ours.mean() > ridge.mean() - 0.025
+
+
+def test_split_output_clamps_the_head_log_variances(regression_data):
+    """The log-variances of a 2 * n_outputs head are clamped to [log 1e-6, log 1e6]."""
+    X, y = regression_data
+    est = reg(alpha=0.1, max_epochs=1).fit(X, y)
+    mu, log_var = est._split_output(torch.tensor([[1.0, 50.0], [2.0, -50.0], [3.0, 0.5]]))
+    torch.testing.assert_close(mu, torch.tensor([[1.0], [2.0], [3.0]]))
+    expected = torch.log(torch.tensor([[1e6], [1e-6], [float(np.exp(0.5))]]))
+    torch.testing.assert_close(log_var, expected)
+
+
+def test_regressor_constant_target_keeps_a_unit_scale(regression_data):
+    """A constant y has std 0: y_scale_ falls back to 1 and predictions stay finite."""
+    X, _ = regression_data
+    est = reg(alpha=0.1).fit(X, np.full(len(X), 7.0))
+    np.testing.assert_array_equal(est.y_mean_, [7.0])
+    np.testing.assert_array_equal(est.y_scale_, [1.0])
+    mean, std = est.predict(X, return_std=True)
+    assert np.isfinite(mean).all() and np.isfinite(std).all()
+
+
+def test_partial_fit_rejects_labels_unseen_in_the_first_call(small_digits):
+    X, y = small_digits
+    first = np.isin(y, [0, 2, 4])
+    est = clf(max_epochs=1).fit(X[first], y[first])
+    with pytest.raises(ValueError, match=r"previously unseen labels: \[3\]"):
+        est.partial_fit(X[y == 3], y[y == 3])
+
+
+def test_valid_acc_best_marks_each_new_highest_accuracy(small_digits):
+    """valid_acc is greater-is-better: valid_acc_best is true at each epoch whose
+    accuracy beats every earlier one (what a Checkpoint on it saves)."""
+    from skorch.dataset import ValidSplit
+
+    X, y = small_digits
+    est = clf(max_epochs=6, train_split=ValidSplit(0.3, stratified=True, random_state=0)).fit(X, y)
+    acc = est.history[:, "valid_acc"]
+    expected = [i == 0 or acc[i] > max(acc[:i]) for i in range(len(acc))]
+    assert est.history[:, "valid_acc_best"] == expected
+    assert acc[-1] > acc[0]  # at least one later epoch improves (not all best flags trivial)

@@ -224,3 +224,54 @@ def test_dropout_off_switches_the_layers_off_only_within():
     with dropout_off(layers):
         assert not any(m.training for m in layers) and net[0].training
     assert [m.training for m in net] == [True, True, False]  # each back in its own mode
+
+
+def test_alpha_zero_keeps_a_scale_of_one_with_held_out_rows(data):
+    """std_scale_ is 1 when alpha == 0, even where held-out rows would ask for more."""
+    X, y = data
+    X_fit, X_valid, y_fit, y_valid = X[:300], X[300:], y[:300], y[300:]
+    noisy = Dataset(X_valid, (3.0 * (y_valid - y_fit.mean()) / y_fit.std()).astype(np.float32))
+    reg = small_reg(alpha=0.0, train_split=predefined_split(noisy)).fit(X_fit, y_fit)
+    np.testing.assert_array_equal(reg.std_scale_, [1.0])
+    np.testing.assert_allclose(reg.predict(X_valid, return_std=True)[1], reg.residual_std_[0])
+
+
+def test_weighted_early_stopping_scale_weights_the_held_out_rows(data):
+    """In a weighted fit, the held-out rows' scale is weighted as the training rows' is."""
+    X, y = data
+    _, valid = ValidSplit(0.25, random_state=0)(Dataset(X, y), y)
+    idx = np.asarray(valid.indices)
+    loud = idx[::2]  # held-out rows with extra noise and a large weight
+    y = y.copy()
+    y[loud] += 3 * y.std() * np.random.default_rng(0).standard_normal(len(loud))
+    w = np.ones(len(y))
+    w[loud] = 5.0
+    reg = small_reg(early_stopping=True, validation_fraction=0.25).fit(X, y, sample_weight=w)
+
+    def weighted_scale(rows):
+        mean, std = reg.predict(X[rows], return_std=True)
+        z = (y[rows] - mean) / (std / reg.std_scale_[0])
+        return np.sqrt(np.average(z**2, weights=w[rows])), np.sqrt(np.mean(z**2))
+
+    (on_valid, unweighted_valid), (on_all, _) = weighted_scale(idx), weighted_scale(np.arange(len(y)))
+    assert on_valid > on_all and not np.isclose(on_valid, unweighted_valid, rtol=0.05)
+    np.testing.assert_allclose(reg.std_scale_[0], on_valid, rtol=1e-4)
+
+
+def test_alpha_zero_takes_no_dropout_free_pass(data):
+    """Without the KL term (alpha == 0) no dropout-free output is needed: one forward
+    pass per training step, against two with alpha > 0 for a module without
+    ``dropout_free``."""
+    X, y = data
+
+    def training_passes(alpha):
+        _Shifted.shifts = []
+        reg = small_reg(module=_Shifted, max_epochs=2, module__dropout=0.3, alpha=alpha,
+                        early_stopping=False).fit(X, y)
+        n_steps = sum(len(epoch["batches"]) for epoch in reg.history)
+        return len(_Shifted.shifts), n_steps
+
+    passes, n_steps = training_passes(0.0)
+    assert passes == n_steps
+    passes, n_steps = training_passes(0.1)
+    assert passes == 2 * n_steps

@@ -1,5 +1,7 @@
 """sample_weight and class_weight: exactness, normalization, both data paths, sklearn routing."""
 
+import warnings
+
 import numpy as np
 import pytest
 import sklearn
@@ -282,3 +284,56 @@ def test_weights_need_a_criterion_with_reduction(reg_data):
     est.fit(X, y)  # fine without weights
     with pytest.raises(TypeError, match="criterion PlainHalfMSE has no 'reduction' attribute"):
         est.fit(X, y, sample_weight=w)
+
+
+def test_regressor_standardizes_y_and_measures_residuals_with_the_weights(reg_data):
+    """y_mean_ / y_scale_ are the sample_weight-weighted mean and std of y, and
+    residual_std_ the weighted root mean squared residual in y's units."""
+    X, y, w = reg_data
+    y = y + 0.02 * y**2  # skewed: the weighted and unweighted moments differ clearly
+    est = reg(early_stopping=False).fit(X, y, sample_weight=w)
+    mean = np.average(y, weights=w)
+    scale = np.sqrt(np.average((y - mean) ** 2, weights=w))
+    assert not np.isclose(mean, y.mean(), rtol=1e-2) and not np.isclose(scale, y.std(), rtol=1e-2)
+    np.testing.assert_allclose(est.y_mean_, [mean], rtol=1e-10)
+    np.testing.assert_allclose(est.y_scale_, [scale], rtol=1e-10)
+    residual = y - est.predict(X)
+    rms = np.sqrt(np.average(residual**2, weights=w))
+    assert not np.isclose(rms, np.sqrt(np.mean(residual**2)), rtol=1e-2)
+    np.testing.assert_allclose(est.residual_std_, [rms], rtol=1e-4)
+
+
+def test_class_weight_balanced_leaves_out_a_class_of_zero_weight_rows(clf_data):
+    """"balanced" counts the classes over the rows of positive weight: a class whose
+    rows all weigh 0 keeps weight 0 and does not enter the other classes' weights."""
+    X, y, _ = clf_data
+    w = np.where(y == 9, 0.0, 1.0)
+    pos = w > 0
+    counts = {label: np.sum(y[pos] == label) for label in np.unique(y[pos])}
+    expected = np.array([pos.sum() / (len(counts) * counts[label]) if p else 0.0 for label, p in zip(y, pos)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no 0-count class: no division by 0
+        balanced = clf(class_weight="balanced").fit(X, y, sample_weight=w)
+    by_row = clf().fit(X, y, sample_weight=expected)
+    np.testing.assert_allclose(balanced.predict_proba(X), by_row.predict_proba(X), rtol=1e-5, atol=1e-7)
+
+
+def test_class_weight_zero_drops_the_class_rows(clf_data):
+    """A class weight of 0 is allowed (non-negative): its rows weigh 0, as a
+    sample_weight of 0 would make them."""
+    X, y, _ = clf_data
+    by_class = clf(class_weight={9: 0.0}).fit(X, y)
+    by_row = clf().fit(X, y, sample_weight=np.where(y == 9, 0.0, 1.0))
+    np.testing.assert_array_equal(by_class.predict_proba(X), by_row.predict_proba(X))
+
+
+def test_class_weight_may_name_a_class_given_only_to_partial_fit(clf_data):
+    """partial_fit's ``classes`` makes a label known before any of its rows arrive:
+    class_weight may name it."""
+    X, y, _ = clf_data
+    first = y != 9
+    est = clf(class_weight={9: 2.0}).partial_fit(X[first], y[first], classes=np.arange(10))
+    assert list(est.classes_) == list(range(10))
+    est.partial_fit(X[~first], y[~first])
+    with pytest.raises(ValueError, match="not among the classes of y"):
+        clf(class_weight={9: 2.0}).partial_fit(X[first], y[first])
