@@ -269,3 +269,34 @@ def test_scorer_is_not_called_where_auto_early_stopping_is_off(noisy):
     est = reg(scoring=scorer, max_epochs=3, train_split=ValidSplit(0.5, random_state=0)).fit(X, y)
     assert "valid_loss" in est.history[-1] and "valid_score" not in est.history[-1]
     assert scorer.calls == [] and est.n_iter_ == 3
+
+
+def _stop_of(curve, tol, patience, lower_is_better=True):
+    """(epochs run, best epoch) of the rule: an epoch counts as progress where it beats the
+    last progress epoch's score by more than ``tol`` (absolute), and the fit stops after
+    ``patience`` epochs without progress."""
+    sign = 1.0 if lower_is_better else -1.0
+    threshold, best, misses = np.inf, 0, 0
+    for epoch, score in enumerate(sign * np.asarray(curve), start=1):
+        if score < threshold:
+            threshold, best, misses = score - tol, epoch, 0
+        else:
+            misses += 1
+            if misses == patience:
+                return epoch, best
+    return len(curve), best
+
+
+@pytest.mark.parametrize("scoring, tol", [("loss", 0.02), ("r2", 0.05)])
+def test_tol_is_the_least_absolute_improvement_that_counts(noisy, scoring, tol):
+    """``tol`` in the score's own units: the stop and the restored epoch follow the rule
+    on the curve of a fit that never stops (the same split and seed train the same way)."""
+    X, y = noisy
+    kwargs = dict(early_stopping=True, validation_fraction=0.2, scoring=scoring, max_epochs=40)
+    full = reg(n_iter_no_change=40, tol=0.0, **kwargs).fit(X, y)
+    key = "valid_loss" if scoring == "loss" else "valid_score"
+    curve = full.history[:, key]
+    expected = _stop_of(curve, tol, patience=3, lower_is_better=scoring == "loss")
+    assert expected != _stop_of(curve, 0.0, patience=3, lower_is_better=scoring == "loss")
+    est = reg(n_iter_no_change=3, tol=tol, **kwargs).fit(X, y)
+    assert (est.n_iter_, est.best_epoch_) == expected
