@@ -120,3 +120,36 @@ def test_the_flat_engine_steps_as_the_reference(optimizer_cls, torch_kernels):
     engines[1].close()
     assert engines[1]._flat is None
     assert all(p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in flat)
+
+
+@pytest.mark.parametrize("l1_method", ["proximal", "subgradient"])
+def test_in_loss_gradients_come_through_the_values_only(l1_method):
+    # in_loss: the values carry the gradients, add_grads_ adds nothing (else they count twice)
+    params = _params(_models(1)[0])
+    lam1, lam2 = 0.1, 0.2
+    PenaltyEngine(params, lam1, lam2, l1_method=l1_method).add_grads_()
+    expected = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    engine = PenaltyEngine(params, lam1, lam2, l1_method=l1_method, in_loss=True)
+    l1, l2 = engine.values()
+    terms = lam2 * l2 + (lam1 * l1 if l1_method == "subgradient" else 0.0)
+    terms.backward()
+    engine.add_grads_()
+    for p, g in zip(params, expected):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_the_flat_engine_takes_a_new_optimizers_learning_rate():
+    # a new optimizer (here SGD, whose threshold is lr·λ1) replaces the buffer's one
+    models = _models(1)[0]
+    ref, flat = _params(models), _params(models)
+    engines = [PenaltyEngine(ref, 1e-2, 0.0), FlatPenaltyEngine(flat, 1e-2, 0.0)]
+    for lr in (1e-2, 0.5):
+        optimizers = [torch.optim.SGD(p, lr=lr) for p in (ref, flat)]
+        for params, engine, optimizer in zip((ref, flat), engines, optimizers):
+            _gradients(params, seed=0)
+            optimizer.step()
+            engine.prox_(optimizer)
+        for a, b in zip(ref, flat):
+            assert torch.equal(a, b)

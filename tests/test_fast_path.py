@@ -179,8 +179,22 @@ def test_weighted_batches_match_dataloader(shuffle, drop_last, blocks, monkeypat
         drop_last=drop_last,
     ))
     torch.manual_seed(3)
-    got = list(TensorBatches(X, y, 3, shuffle, drop_last, sample_weight=w))
-    assert len(got) == len(ref) == (3 if drop_last else 4)
+    batches = TensorBatches(X, y, 3, shuffle, drop_last, sample_weight=w)
+    got = list(batches)
+    assert len(got) == len(ref) == len(batches) == (3 if drop_last else 4)
     for (xa, ya), (xb, yb) in zip(ref, got):
         assert torch.equal(xa["X"], xb["X"]) and torch.equal(ya, yb)
         assert torch.equal(xa["sample_weight"], xb["sample_weight"])
+
+
+def test_nested_subsets_batch_their_own_rows():
+    """A Subset of a Subset (ValidSplit of a user's Subset) yields the rows it indexes."""
+    X = np.arange(40.0, dtype=np.float32).reshape(20, 2)
+    y = np.arange(20, dtype=np.float32)
+    inner = torch.utils.data.Subset(Dataset(X, y), [3, 5, 7, 9, 11, 13, 15, 17])
+    nested = torch.utils.data.Subset(inner, [6, 0, 2])  # rows 15, 3, 7 of X
+    batches = _regressor(batch_size=2).get_iterator(nested)
+    assert isinstance(batches, TensorBatches)
+    Xb, yb = (torch.cat(parts) for parts in zip(*batches))
+    rows = [15, 3, 7]
+    assert torch.equal(Xb, torch.as_tensor(X[rows])) and torch.equal(yb, torch.as_tensor(y[rows]))

@@ -247,3 +247,44 @@ def test_flatten_declines_what_it_cannot_hold():
     views = _params((3, 4), (2, 5))
     views[0].data = torch.randn(20)[:12].view(3, 4)  # a view of a larger storage
     declines(views, _stepped(views))
+    relaid = _params((6, 3, 3, 3), (4, 6))
+    relaid[0].data = relaid[0].data.contiguous(memory_format=torch.channels_last)
+    optimizer = _stepped(relaid)
+    state = optimizer.state[relaid[0]]
+    state["exp_avg_sq"] = state["exp_avg_sq"].contiguous()  # a moment laid out otherwise
+    declines(relaid, optimizer)
+
+
+class _ReplaceScaled(Callback):
+    """At the third training batch, give a penalized weight new storage holding other values."""
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training and len(net.history) == 1 and len(net.history[-1, "batches"]) == 3:
+            param = select_penalized(net.module_)[0]
+            param.data = param.data * 0.5
+
+
+class _PenaltyValues(Callback):
+    """Records λ1·Σ|w| and λ2·Σw² of the penalized weights at each training batch's start."""
+
+    def on_train_begin(self, net, **kwargs):
+        self.rows_ = []
+
+    def on_batch_begin(self, net, training=False, **kwargs):
+        if training:
+            params = [p.detach().double() for p in select_penalized(net.module_)]
+            self.rows_.append((net.lambda1 * sum(float(p.abs().sum()) for p in params),
+                               net.lambda2 * sum(float(p.square().sum()) for p in params)))
+
+
+def test_history_terms_follow_weights_given_new_storage(digits):
+    # after param.data = ..., the values come from the new tensors, not the stale buffer
+    X, y = _images(digits, n=128)
+    values = _PenaltyValues()
+    net = SoftRegCNNClassifier(
+        **{**FAST, "max_epochs": 1}, **TINY_CNN, **PENALTIES,
+        callbacks=[_ReplaceScaled(), values],
+    ).fit(X, y)
+    expected = np.mean(values.rows_, axis=0)  # batches of 32 rows: a plain mean
+    assert net.history[-1, "train_l1"] == pytest.approx(expected[0], rel=1e-5)
+    assert net.history[-1, "train_l2"] == pytest.approx(expected[1], rel=1e-5)

@@ -61,15 +61,19 @@ def test_non_finite_validation_loss_stops_training_clearly():
 class _PoisonWeights(Callback):
     """Set a weight to NaN after the last optimizer step, keeping that batch's loss finite."""
 
+    def __init__(self, index=0):
+        self.index = index
+
     def on_batch_end(self, net, training=False, **kwargs):
         last_batch = len(net.history[-1, "batches"]) == 3  # 48 samples / batch_size 16
         if training and len(net.history) == net.max_epochs and last_batch:
             with torch.no_grad():
-                next(net.module_.parameters()).view(-1)[0] = float("nan")
+                next(net.module_.parameters()).view(-1)[self.index] = float("nan")
 
 
-def test_non_finite_weights_after_last_batch_are_caught():
-    est = SoftRegRegressor(max_epochs=2, callbacks=[_PoisonWeights()], **FAST)
+@pytest.mark.parametrize("index", [0, -1], ids=["first weight", "last weight"])
+def test_non_finite_weights_after_last_batch_are_caught(index):
+    est = SoftRegRegressor(max_epochs=2, callbacks=[_PoisonWeights(index)], **FAST)
     with pytest.raises(NonFiniteLossError, match="weights of 'module' became non-finite"):
         est.fit(X_TAB, Y_REG)
     with pytest.raises(NotFittedError):

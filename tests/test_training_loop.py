@@ -160,3 +160,29 @@ def test_batch_history_is_a_history():
         assert type(restored) is cls and restored.to_list() == history.to_list()
         assert history[-1, "batches", :, "train_loss"] == [0.5, 0.25]
     assert rows[0] == rows[1]
+
+
+class _Order(Callback):
+    """Appends its name to the batch's history row at each batch end; at each batch
+    begin, checks that the net's own on_batch_begin already opened the row."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def on_batch_begin(self, net, training=None, **kwargs):
+        row = list.__getitem__(net.history, -1)["batches"][-1]
+        assert "train_loss" not in row and "valid_loss" not in row  # a fresh row
+        row.setdefault("begin", []).append(self.name)
+
+    def on_batch_end(self, net, **kwargs):
+        list.__getitem__(net.history, -1)["batches"][-1].setdefault("end", []).append(self.name)
+
+
+def test_batch_hooks_run_in_the_callbacks_order():
+    # skorch's notify: the net's own method first, then the callbacks in their order
+    est = SoftRegRegressor(callbacks=[("a", _Order("a")), ("b", _Order("b"))], max_epochs=2,
+                           batch_size=50, lambda1=1e-3, random_state=0,
+                           early_stopping=False).fit(*_data())
+    batches = [b for row in est.history for b in row["batches"]]
+    assert len(batches) == 2 * 3
+    assert all(b["begin"] == ["a", "b"] and b["end"] == ["a", "b"] for b in batches)

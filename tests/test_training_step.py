@@ -76,21 +76,26 @@ class _Spy(Callback):
             self.grads_ = {name: p.grad.clone() for name, p in net.module_.named_parameters()}
 
 
-def test_step_gradient_includes_the_l2_term(digits):
+@pytest.mark.parametrize("params, term", [
+    ({"lambda2": 0.05}, torch.square),
+    ({"lambda1": 0.05, "l1_method": "subgradient"}, torch.abs),
+], ids=["l2", "subgradient l1"])
+def test_step_gradient_includes_the_penalty_term(digits, params, term):
     # The gradient that callbacks and the optimizer see is that of data + λ2·Σw²
-    # computed by autograd on the same batch and weights.
+    # (or, under l1_method="subgradient", data + λ1·Σ|w|) computed by autograd on the
+    # same batch and weights.
     X, y = digits
     X, y = X[:64].reshape(-1, 1, 8, 8).astype(np.float32), y[:64]
-    lam2 = 0.05
     spy = _Spy()
     SoftRegCNNClassifier(
-        **TINY_CNN, lambda2=lam2, max_epochs=1, batch_size=64, module__dropout=0.0,
+        **TINY_CNN, **params, max_epochs=1, batch_size=64, module__dropout=0.0,
         callbacks=[spy], random_state=0, device="cpu",
     ).fit(X, y)
     module = spy.initial_
+    lam = params.get("lambda2", params.get("lambda1"))
     weights = [p for p in module.parameters() if p.ndim > 1]
     loss = nn.functional.cross_entropy(module(torch.as_tensor(X)), torch.as_tensor(y))
-    (loss + lam2 * sum(w.square().sum() for w in weights)).backward()
+    (loss + lam * sum(term(w).sum() for w in weights)).backward()
     for name, p in module.named_parameters():
         torch.testing.assert_close(spy.grads_[name], p.grad, rtol=1e-5, atol=1e-7)
 
@@ -334,3 +339,96 @@ def test_channels_last_module_computes_the_same_function(digits):
     Xt = torch.as_tensor(X[:64], dtype=torch.float32).reshape(-1, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(clf.module_(Xt), plain(Xt), rtol=1e-5, atol=1e-5)
+
+
+class _CountsTrain(_Probe):
+    """Counts the calls of its own train() (an override that keeps the flags consistent)."""
+
+    def __init__(self, n_features=1, n_outputs=1):
+        super().__init__(n_features, n_outputs)
+        self.train_calls = 0
+
+    def train(self, mode=True):
+        self.train_calls += 1
+        return super().train(mode)
+
+
+def test_train_override_is_called_as_often_as_skorch_calls_it(regression_data):
+    X, y = regression_data
+    ours = SoftRegRegressor(_CountsTrain, batch_size=50, **FAST).fit(X, y).module_
+    theirs = _SkorchModes(_CountsTrain, batch_size=50, **FAST).fit(X, y).module_
+    assert ours.train_calls == theirs.train_calls >= 2 * 4  # at least once per training batch
+
+
+class _TermsAtEachBatch(Callback):
+    """Records (rows, λ1·Σ|w|, λ2·Σw²) of the penalized weights at each training batch."""
+
+    def on_train_begin(self, net, **kwargs):
+        self.rows_ = []
+
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        if training:
+            weights = [p.detach().double() for p in net._penalized_params()]
+            self.rows_.append((
+                len(batch[1]),
+                net.lambda1 * sum(float(w.abs().sum()) for w in weights),
+                net.lambda2 * sum(float(w.square().sum()) for w in weights),
+            ))
+
+
+def test_history_terms_weight_each_batch_by_its_rows(regression_data):
+    # 65 rows in batches of 32: the one-row batch counts once in the epoch's means
+    X, y = regression_data
+    spy = _TermsAtEachBatch()
+    est = SoftRegRegressor(lambda1=1e-2, lambda2=1e-2, max_epochs=1, batch_size=32, lr=0.1,
+                           random_state=0, device="cpu", callbacks=[spy]).fit(X[:65], y[:65])
+    rows = np.array(spy.rows_)
+    assert rows[:, 0].tolist() == [32, 32, 1]
+    expected = rows[:, 0] @ rows[:, 1:] / rows[:, 0].sum()
+    assert est.history[-1, "train_l1"] == pytest.approx(expected[0], rel=1e-5)
+    assert est.history[-1, "train_l2"] == pytest.approx(expected[1], rel=1e-5)
+
+
+def test_proximal_l1_alone_is_an_sgd_step_then_soft_thresholding(digits):
+    # λ1 alone (no λ2): one full-batch SGD step, then w ← sign(w)·max(|w| − lr·λ1, 0)
+    X, y = digits
+    X, y = X[:64].reshape(-1, 1, 8, 8).astype(np.float32), y[:64]
+    lam1, lr = 0.05, 0.1
+    spy = _Spy()
+    est = SoftRegCNNClassifier(
+        **TINY_CNN, lambda1=lam1, optimizer=torch.optim.SGD, lr=lr, max_epochs=1, batch_size=64,
+        module__dropout=0.0, callbacks=[spy], random_state=0, device="cpu",
+    ).fit(X, y)
+    module = spy.initial_
+    nn.functional.cross_entropy(module(torch.as_tensor(X)), torch.as_tensor(y)).backward()
+    with torch.no_grad():
+        for p in module.parameters():
+            p -= lr * p.grad
+            if p.ndim > 1:
+                p.copy_(torch.sign(p) * torch.clamp(p.abs() - lr * lam1, min=0.0))
+    for (name, a), b in zip(est.module_.named_parameters(), module.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert est.sparsity_ > 0
+
+
+class _NewModule(Callback):
+    """At the second epoch's start, replace the module with a copy and build its optimizer."""
+
+    def on_epoch_begin(self, net, **kwargs):
+        if len(net.history) == 2:
+            net.module_ = copy.deepcopy(net.module_)
+            net.initialize_optimizer()
+
+
+def test_penalties_follow_a_module_replaced_mid_fit(regression_data):
+    # plain SGD keeps no state: a copy with a new optimizer trains as the original would,
+    # provided the penalties act on the new module's weights
+    X, y = regression_data
+    kw = dict(lambda1=1e-2, lambda2=1e-2, optimizer=torch.optim.SGD, lr=0.05, batch_size=50,
+              max_epochs=3, random_state=0, device="cpu")
+    replaced = SoftRegRegressor(**kw, callbacks=[_NewModule()]).fit(X, y)
+    plain = SoftRegRegressor(**kw).fit(X, y)
+    for (name, a), b in zip(replaced.module_.named_parameters(), plain.module_.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    np.testing.assert_allclose(replaced.history[:, "train_l2"], plain.history[:, "train_l2"],
+                               rtol=1e-5)
