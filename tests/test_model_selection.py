@@ -295,6 +295,27 @@ def test_n_jobs_splits_the_stack_and_gives_the_same_results(reg_data):
     _assert_same_splits(two, one)
 
 
+@pytest.mark.parametrize("n_jobs, max_stack_size, sizes", [
+    (1, None, [6, 6]),         # one stack per lr
+    (3, None, [3, 3, 3, 3]),   # fewer groups than workers: each group in ceil(3 / 2) parts
+    (4, None, [3, 3, 3, 3]),
+    (1, 4, [3, 3, 3, 3]),      # at most 4 fits a stack: 6 fits in 2 parts of 3
+])
+def test_tasks_split_each_group_over_the_workers_and_the_stack_size(n_jobs, max_stack_size,
+                                                                    sizes):
+    """Each (candidate, split) is trained once, in the task of its lr group; a group is
+    split into enough parts for the workers and the stack size, every part-th fit each."""
+    grid = list(sklearn.model_selection.ParameterGrid(
+        {"lr": [1e-3, 3e-3], "alpha": [0.0, 0.5, 1.0]}))
+    search = BatchedGridSearchCV(_regressor(), grid, n_jobs=n_jobs, max_stack_size=max_stack_size)
+    tasks = search._tasks(search.estimator, grid, n_splits=2)
+    assert [len(task) for task in tasks] == sizes
+    assert sorted(fit for task in tasks for fit in task) == [(c, s) for c in range(6) for s in range(2)]
+    for task in tasks:
+        assert len({grid[c]["lr"] for c, _ in task}) == 1
+        assert len({c for c, _ in task}) > 1  # every part-th fit: candidates spread over parts
+
+
 def test_other_parameters_make_their_own_stacks(reg_data):
     X, y = reg_data
     grid = {"alpha": [0.0, 0.5], "lr": [1e-3, 3e-3]}
