@@ -550,6 +550,9 @@ def _module_regressor(**params):
     ("regressor", {"optimizer__amsgrad": True}, "amsgrad=True"),
     ("classifier", {"train_transform": _flip}, "a train_transform"),
     ("classifier", {"criterion__weight": torch.ones(10)}, "a criterion with class weights"),
+    ("regressor", {"early_stopping": True, "lambda2": 1e-3,
+                   "callbacks__early_stopping__monitor": "train_l2"},
+     "early stopping on 'train_l2'"),
 ])
 def test_settings_that_do_not_stack_fall_back_to_their_own_fits(reg_data, small_digits, kind,
                                                                   params, reason):
