@@ -90,6 +90,29 @@ def test_fit_augment_flag(trained, tmp_path, capsys):
     assert exc.value.code == 2 and "expected DEGREES >= 0 and SHIFT in [0, 1]" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, value, accepted", [
+    ("--image-size", "1", True),  # N or HxW of positive ints
+    ("--image-size", "1x1", True),
+    ("--image-size", "0", False),
+    ("--image-size", "8x0", False),
+    ("--augment", "0", True),  # DEGREES >= 0 and SHIFT in [0, 1], both ends included
+    ("--augment", "8,0", True),
+    ("--augment", "8,1", True),
+    ("--augment", "-1", False),
+])
+def test_fit_option_ranges(tmp_path, capsys, flag, value, accepted):
+    """Values in the documented ranges parse (fit then stops at the missing folder, exit
+    2 from main); values outside them are argparse errors (SystemExit 2)."""
+    argv = ["fit", str(tmp_path / "nope"), "-o", str(tmp_path / "m.joblib"), f"{flag}={value}"]
+    if accepted:
+        assert main(argv) == 2
+        assert "does not exist" in capsys.readouterr().err
+    else:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and "expected" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "not_a_model", "wrong_object", "bad_input"])
 def test_input_errors_exit_2_with_one_line(trained, tmp_path, capsys, case):
     _, folder, model = trained

@@ -329,11 +329,17 @@ def _saved_with_edited_config(est, tmp_path, edit):
     return path
 
 
-def test_safe_format_refuses_classes_outside_allow_list(models, tmp_path):
+@pytest.mark.parametrize("target", [
+    "os.system",
+    # the allow list holds top-level packages, not name prefixes
+    "torchvision.models.resnet18",
+    "sk_softreg_plugin.Net",
+])
+def test_safe_format_refuses_classes_outside_allow_list(models, tmp_path, target):
     est, _ = models["reg"]
     path = _saved_with_edited_config(
-        est, tmp_path, lambda c: c["params"].update({"criterion": {"__class__": "os.system"}}))
-    with pytest.raises(ModelFileError, match="'os.system', outside the allowed modules"):
+        est, tmp_path, lambda c: c["params"].update({"criterion": {"__class__": target}}))
+    with pytest.raises(ModelFileError, match=f"'{target}', outside the allowed modules"):
         sk_softreg.load(path)
 
 
@@ -342,6 +348,12 @@ def test_safe_format_refuses_classes_outside_allow_list(models, tmp_path):
     (lambda c: c.update({"format_version": c["format_version"] + 1}), "Upgrade sk_softreg"),
     (lambda c: c.update({"format": "other"}), "carries no sk_softreg config"),
     (lambda c: c["params"].update({"module__hidden_units": [3]}), "do not fit the network"),
+    # a config value that is neither plain JSON nor one of the format's tagged values
+    (lambda c: c["params"].update({"lambda1": {"__eval__": "1e-3"}}), "Unknown value"),
+    # an array of a dtype outside bool/int/uint/float/str/object
+    (lambda c: c["fitted"].update(
+        {"y_mean_": {"__ndarray__": [0], "dtype": "<M8[s]", "shape": [1]}}),
+     "Unsupported array dtype"),
 ])
 def test_safe_format_refuses_configs_it_cannot_honour(models, tmp_path, edit, match):
     """A file whose weights pass their checksum but whose config names another class, a
@@ -369,6 +381,50 @@ def test_safe_format_damaged_file(models, tmp_path, damage):
     match = "checksum" if damage == "weights" else "not a readable sk_softreg model file"
     with pytest.raises(ModelFileError, match=match):
         sk_softreg.load(path)
+
+
+def test_safe_format_refuses_weights_missing_from_the_file(models, tmp_path):
+    """Weights whose checksum holds but that lack one of the network's tensors do not
+    fit the network: load refuses them rather than keeping freshly initialized ones."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from sk_softreg._persistence import _digest
+
+    est, _ = models["reg"]
+    est.save(tmp_path / "m.safetensors")
+    with safe_open(tmp_path / "m.safetensors", framework="pt") as f:
+        config = json.loads(f.metadata()["sk_softreg"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    dropped = sorted(k for k in tensors if k.startswith("module."))[-1]
+    del tensors[dropped]
+    config["sha256"] = _digest(tensors)
+    path = tmp_path / "partial.safetensors"
+    save_file(tensors, path, metadata={"sk_softreg": json.dumps(config)})
+    with pytest.raises(ModelFileError, match="do not fit the network"):
+        sk_softreg.load(path)
+
+
+def test_safe_format_missing_file_is_file_not_found(tmp_path):
+    """A path that does not exist is reported as such, not as a damaged model file."""
+    with pytest.raises(FileNotFoundError):
+        sk_softreg.load(tmp_path / "nope.safetensors")
+    assert not issubclass(ModelFileError, FileNotFoundError)
+
+
+def test_safe_format_refuses_subclasses(tmp_path):
+    """Only the two estimator classes themselves are saved: a subclass (even one of the
+    same name) would load as its base class and silently lose what it overrides."""
+
+    class SoftRegRegressor(sk_softreg.SoftRegRegressor):
+        pass
+
+    est = SoftRegRegressor(**{**FAST, "max_epochs": 1}).fit(X_TAB, Y_2D)
+    with pytest.raises(TypeError, match="save supports"):
+        est.save(tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_safe_format_save_errors(tmp_path):
