@@ -1,13 +1,14 @@
 """sk_softreg.datasets: image folders into arrays, and lazily."""
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from _image_folder import make_image_folder
 
 from sk_softreg import SoftRegCNNClassifier
-from sk_softreg.datasets import ImageFolderDataset, load_image_folder
+from sk_softreg.datasets import ImageFolderDataset, list_image_files, load_image_folder
 
 
 @pytest.fixture
@@ -80,3 +81,28 @@ def test_lazy_dataset_matches_arrays(folder):
         image, target = ds[i]
         np.testing.assert_array_equal(image.numpy(), X[i])
         assert ds.classes[target] == y[i]
+
+
+def test_labels_match_the_files_when_some_are_skipped(folder):
+    for i in range(2):
+        (folder / "circle" / f"broken{i}.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="Skipped 2"):
+        X, y, paths = load_image_folder(folder)
+    assert len(X) == len(y) == len(paths) == 12
+    assert [Path(p).parent.name for p in paths] == y.tolist()
+
+
+def test_rgb_images_are_height_by_width(folder):
+    X, _, _ = load_image_folder(folder, image_size=(6, 8))
+    assert X.shape == (12, 3, 6, 8)
+
+
+def test_hidden_folders_are_skipped_and_extensions_match_any_case(folder):
+    from PIL import Image
+
+    (folder / ".cache").mkdir()
+    Image.new("RGB", (10, 10)).save(folder / ".cache" / "thumb.png")
+    Image.new("RGB", (10, 10)).save(folder / "square" / "UPPER.PNG")
+    classes, samples = list_image_files(folder)
+    assert classes == ["circle", "cross", "square"]
+    assert len(samples) == 13 and any(f.endswith("UPPER.PNG") for f, _ in samples)

@@ -496,3 +496,14 @@ def test_engine_does_not_import_the_estimators(module):
 @pytest.mark.parametrize("module", ["penalties", "_divergences", "modules"])
 def test_the_math_imports_nothing_of_the_package_above_it(module):
     assert _sk_softreg_imports(module) <= {"sk_softreg._divergences"}
+
+
+def test_pickle_keeps_a_parameter_added_since_0_1_0():
+    reg = pickle.loads(pickle.dumps(SoftRegRegressor(scoring="r2", device="cpu")))
+    assert reg.scoring == "r2"
+
+
+def test_pickling_leaves_the_live_lr_scheduler_alone(tmp_path):
+    est = _with_callbacks(tmp_path)
+    pickle.dumps(est)
+    assert dict(est.callbacks_)["lrs"].lr_scheduler_ is not None

@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from sklearn.base import clone
+import torch
+from sklearn.base import BaseEstimator, RegressorMixin, clone, is_classifier, is_regressor
 from sklearn.datasets import make_classification, make_friedman1
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LinearRegression
@@ -329,3 +330,151 @@ def test_auto_lambda_range_stacked_and_relaxed():
     assert sel.n_features_path_[-1] <= 1
     assert sel.cv_scores_.shape == sel.cv_n_features_.shape == (len(sel.lambdas_), 2)
     assert np.all(np.isfinite(sel.cv_scores_))
+
+
+def test_stacked_path_on_all_rows_gives_the_kept_inputs():
+    rng = np.random.RandomState(0)
+    n = 200
+    X = rng.randn(2 * n, 3)
+    y = 2.0 * X[:, 0]
+    y[:n] = 0.1 * rng.randn(n)  # the first fold trains on rows where y is noise
+    folds = [(np.arange(n), np.arange(n, 2 * n)), (np.arange(n, 2 * n), np.arange(n))]
+    sel = SoftRegSelectorCV(SoftRegRegressor(max_epochs=20, random_state=0, device="cpu"),
+                            lambdas=[0.01, 0.5], cv=folds, relaxed=False, stacked=True,
+                            dense_epochs=20, path_epochs=10).fit(X, y)
+    assert sel.cv_n_features_[-1, 0] == 0  # the noise fold's path drops every input
+    # n_features_path_ and support_ come from the path on all the rows, which keeps x0
+    assert sel.n_features_path_[-1] >= 1
+    assert sel.support_[0]
+
+
+class _StepPath(RegressorMixin, BaseEstimator):
+    """A stand-in: input j's column is zero once lambda_features >= leave[j]; a linear fit."""
+
+    def __init__(self, leave=(1.0,), lambda_features=0.0, max_epochs=1, warm_start=False):
+        self.leave = leave
+        self.lambda_features = lambda_features
+        self.max_epochs = max_epochs
+        self.warm_start = warm_start
+
+    def fit(self, X, y):
+        self.n_features_in_ = X.shape[1]
+        self.w_ = np.array([float(self.lambda_features < t) for t in self.leave[:X.shape[1]]])
+        self.model_ = LinearRegression().fit(X * self.w_, y)
+        return self
+
+    def predict(self, X):
+        return self.model_.predict(X * self.w_)
+
+    def _feature_weight(self):
+        return torch.tensor(self.w_[None, :])
+
+
+def _linear(n=120, n_features=4, seed=0):
+    rng = np.random.RandomState(seed)
+    X = rng.randn(n, n_features)
+    return X, X @ np.arange(1.0, n_features + 1) + 0.1 * rng.randn(n)
+
+
+def test_auto_range_stops_at_the_first_lambda_with_one_input_left():
+    X, y = _linear()
+    # step 2 on the grid of lambda_max=0.3; the inputs leave at 0.5, 1.0, 2.0, 4.0
+    sel = SoftRegSelectorCV(_StepPath(leave=(0.5, 1.0, 2.0, 4.0)), lambda_max="auto",
+                            n_lambdas=6, lambda_min_ratio=1 / 32, cv=2, path_params={},
+                            selection="best", relaxed=False, dense_epochs=1, path_epochs=1)
+    sel.fit(X, y)
+    np.testing.assert_allclose(sel.lambdas_, [0.3, 0.6, 1.2, 2.4])
+    np.testing.assert_array_equal(sel.n_features_path_, [4, 3, 2, 1])
+    np.testing.assert_allclose(sel.feature_importances_, [0.6, 1.2, 2.4, np.inf])
+
+
+def test_auto_range_adds_at_most_n_lambdas_values():
+    X, y = _linear(n_features=3)
+    sel = SoftRegSelectorCV(_StepPath(leave=(1e3, 1e3, 1e3)), lambda_max="auto", n_lambdas=3,
+                            lambda_min_ratio=0.25, cv=2, path_params={}, relaxed=False,
+                            dense_epochs=1, path_epochs=1)
+    sel.fit(X, y)  # no input ever leaves
+    np.testing.assert_allclose(sel.lambdas_, 0.3 * 2.0 ** np.arange(-2, 4))
+
+
+def test_auto_range_with_refit_false_keeps_the_penalized_model():
+    X, y = _linear()
+    sel = SoftRegSelectorCV(_StepPath(leave=(0.5, 1.0, 2.0, 4.0)), lambda_max="auto",
+                            n_lambdas=6, lambda_min_ratio=1 / 32, cv=2, path_params={},
+                            refit=False, dense_epochs=1, path_epochs=1).fit(X, y)
+    assert isinstance(sel.estimator_, _StepPath)
+    assert sel.estimator_.lambda_features == sel.best_lambda_
+    assert sel.predict(X).shape == (len(X),)
+
+
+def test_relaxed_scores_and_refit_use_lambda_features_zero():
+    from sklearn.model_selection import KFold
+
+    X, y = _linear()
+    folds = list(KFold(2).split(X))
+    # the user's lambda_features=3 would drop the first three inputs
+    est = _StepPath(leave=(0.5, 1.0, 2.0, 4.0), lambda_features=3.0)
+    sel = SoftRegSelectorCV(est, lambdas=[0.1, 0.2], cv=folds, path_params={}, relaxed=True,
+                            dense_epochs=1, path_epochs=1).fit(X, y)
+    for i, (train, test) in enumerate(folds):
+        expected = LinearRegression().fit(X[train], y[train]).score(X[test], y[test])
+        np.testing.assert_allclose(sel.cv_scores_[:, i], expected)
+    assert sel.estimator_.lambda_features == 0.0
+    np.testing.assert_array_equal(sel.estimator_.w_, np.ones(4))
+
+
+def test_one_standard_error_rule():
+    sel = SoftRegSelectorCV()
+    best = np.array([1.0, 0.8, 0.6, 0.4])  # the best mean, 0.7
+    se = best.std(ddof=1) / 2  # the folds' standard deviation over sqrt(4)
+    scores = np.vstack([best] + [np.full(4, 0.7 - k * se) for k in (0.9, 1.1, 10.0)])
+    assert sel._choose(scores) == 1  # the largest λ within one SE of the best mean
+    assert clone(sel).set_params(selection="best")._choose(scores) == 0
+
+
+def test_leaving_lambda_is_where_the_column_stays_zero():
+    norms = np.array([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    lambdas = np.array([0.1, 0.2, 0.4, 0.8])
+    out = SoftRegSelectorCV._leaving_lambdas(norms, lambdas)
+    np.testing.assert_allclose(out, [0.8, 0.4])
+    np.testing.assert_allclose(SoftRegSelectorCV._leaving_lambdas(norms[:3], lambdas[:3]),
+                               [np.inf, 0.4])
+
+
+def test_no_input_left_at_the_chosen_lambda_is_an_error():
+    X, y = _linear(n_features=3)
+    sel = SoftRegSelectorCV(_StepPath(leave=(0.05, 0.05, 0.05)), lambdas=[0.1, 0.2], cv=2,
+                            path_params={}, relaxed=False, dense_epochs=1, path_epochs=1)
+    with pytest.raises(ValueError, match="No input is left"):
+        sel.fit(X, y)
+
+
+def test_tags_follow_the_estimator():
+    assert is_regressor(SoftRegSelectorCV())
+    assert is_classifier(SoftRegSelectorCV(SoftRegCNNClassifier()))
+    assert SoftRegSelectorCV().__sklearn_tags__().target_tags.required
+
+
+def test_plot_selector_cv_draws_the_one_se_threshold_of_the_rule():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sk_softreg.plot import plot_selector_cv
+
+    best = np.array([1.0, 0.8, 0.6, 0.4])
+    se = best.std(ddof=1) / 2  # the folds' standard deviation over sqrt(4)
+    sel = SoftRegSelectorCV(relaxed=False)
+    sel.cv_scores_ = np.vstack([best] + [np.full(4, 0.7 - k * se) for k in (0.9, 1.1, 10.0)])
+    sel.lambdas_ = np.array([0.01, 0.02, 0.04, 0.08])
+    sel.n_features_path_ = np.array([4, 3, 2, 1])
+    sel.n_features_in_ = 4
+    sel.best_index_ = sel._choose(sel.cv_scores_)
+    sel.best_lambda_ = float(sel.lambdas_[sel.best_index_])
+    try:
+        ax = plot_selector_cv(sel)
+        dotted = [line for line in ax.lines if line.get_linestyle() == ":"]
+        assert len(dotted) == 1
+        np.testing.assert_allclose(dotted[0].get_ydata(), 0.7 - se)
+    finally:
+        plt.close("all")

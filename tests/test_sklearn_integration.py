@@ -7,9 +7,11 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
+from sklearn.utils.validation import check_is_fitted
 
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
 
@@ -102,3 +104,11 @@ def test_device_auto_trains_on_the_available_device(small_digits):
     est = SoftRegCNNClassifier(max_epochs=1, random_state=0).fit(X, y)
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert next(est.module_.parameters()).device.type == expected
+
+
+def test_a_failed_fit_leaves_the_estimator_unfitted():
+    reg = SoftRegRegressor(module__bogus=1, max_epochs=1, device="cpu")
+    with pytest.raises(TypeError, match="bogus"):
+        reg.fit(np.zeros((10, 2), np.float32), np.arange(10.0))
+    with pytest.raises(NotFittedError):
+        check_is_fitted(reg)

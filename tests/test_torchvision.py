@@ -7,10 +7,11 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
+from torch import nn
 from torchvision.transforms import v2
 
 from sk_softreg import SoftRegCNNClassifier
-from sk_softreg._torchvision import TorchvisionClassifierNet
+from sk_softreg._torchvision import TorchvisionClassifierNet, _replace_first_conv
 
 
 def _images(n=48, channels=1, side=8, n_classes=3, seed=0):
@@ -132,3 +133,33 @@ def test_train_transform_must_be_callable():
     X, y = _images()
     with pytest.raises(ValueError, match="train_transform"):
         _clf(train_transform="flip").fit(X, y)
+
+
+def test_network_stays_in_training_mode_after_probing_the_size():
+    net = TorchvisionClassifierNet("resnet18", input_shape=(1, 8, 8), n_classes=4)
+    assert net.min_size == 32  # the probe ran (in eval mode)
+    assert all(m.training for m in net.modules())
+
+
+def test_auxiliary_heads_are_off_by_default():
+    net = TorchvisionClassifierNet("googlenet", input_shape=(3, 32, 32), n_classes=3)
+    assert net.net.aux_logits is False and net.net.aux1 is None and net.net.aux2 is None
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_first_conv_keeps_its_geometry_for_other_channel_counts():
+    net = nn.Sequential(nn.Conv2d(3, 6, kernel_size=5, stride=2, padding=1, groups=3), nn.ReLU())
+    _replace_first_conv(net, 2)
+    conv = net[0]
+    assert (conv.in_channels, conv.out_channels, conv.groups) == (2, 6, 2)
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((5, 5), (2, 2), (1, 1))
+
+
+def test_upsampling_keeps_the_aspect_ratio():
+    net = TorchvisionClassifierNet("resnet18", input_shape=(1, 8, 16), n_classes=2)
+    seen = []
+    net.net.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[-2:]))
+    net.eval()
+    with torch.no_grad():
+        net(torch.zeros(1, 1, 8, 16))
+    assert tuple(seen[-1]) == (net.min_size, 2 * net.min_size)
