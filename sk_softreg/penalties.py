@@ -447,8 +447,10 @@ def prox_group_l2_(weight, steps, lam, newton_steps=2):
     weight : torch.Tensor of shape (m, n)
         Modified in place; one group per column.
     steps : float or torch.Tensor of shape (m, n)
-        Per-coordinate step sizes :math:`\\eta > 0` (for Adam,
+        Per-coordinate step sizes :math:`\\eta \\ge 0` (for Adam,
         ``prox_thresholds(optimizer, [weight], 1.0)[0]``), or one scalar.
+        A coordinate whose step is 0 (a learning rate of 0, say) does not
+        move, and its column is zeroed only if that coordinate is already 0.
         A scalar ``<= 0`` leaves ``weight`` unchanged.
     lam : float
         The penalty weight :math:`\\lambda \\ge 0`.
@@ -472,9 +474,14 @@ def prox_group_l2_(weight, steps, lam, newton_steps=2):
         norms = torch.linalg.vector_norm(weight, dim=0)
         weight.mul_(torch.clamp_min(1.0 - steps * lam / norms, 0.0))  # norm 0 -> -inf -> 0
         return
-    scaled_norm = torch.linalg.vector_norm(weight / steps, dim=0)
+    moving = steps > 0
+    # w / eta, with a frozen coordinate (eta = 0) infinite unless it is 0: it keeps its column
+    frozen = torch.where(weight == 0, 0.0, math.inf)
+    scaled = torch.where(moving, weight / torch.where(moving, steps, 1.0), frozen)
+    scaled_norm = torch.linalg.vector_norm(scaled, dim=0)
     keep = scaled_norm > lam
-    mu = lam / (steps.amin(dim=0) * torch.clamp_min(scaled_norm - lam, torch.finfo(weight.dtype).tiny))
+    smallest = torch.where(moving, steps, math.inf).amin(dim=0)
+    mu = lam / (smallest * torch.clamp_min(scaled_norm - lam, torch.finfo(weight.dtype).tiny))
     for _ in range(newton_steps):
         shrink = torch.reciprocal(1.0 + steps * mu)
         u2 = (weight * shrink).square()

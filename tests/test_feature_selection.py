@@ -296,6 +296,44 @@ def test_prox_group_l2_zeroes_a_column_exactly_at_the_threshold():
     torch.testing.assert_close(w[:, 1], torch.tensor([3.0, 4.0], dtype=torch.float64))  # 1 - 5/10
 
 
+def test_prox_group_l2_keeps_coordinates_whose_step_is_zero():
+    # eta_i = 0 (a learning rate of 0): u_i = w_i, and the other coordinates solve the prox
+    # with that coordinate fixed; a column is zeroed only if its frozen coordinates are 0
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(6, 5))
+    eta = np.exp(rng.uniform(np.log(0.1), np.log(1.0), size=w.shape))
+    eta[:2, 0] = 0.0  # column 0: two frozen coordinates
+    eta[:, 1] = 0.0  # column 1: all frozen
+    eta[0, 2], w[0, 2], w[1:, 2] = 0.0, 0.0, 1e-3  # column 2: a frozen 0, the rest small
+    lam = 2.0
+    for newton_steps in (2, 8):
+        u = torch.tensor(w)
+        prox_group_l2_(u, torch.tensor(eta), lam, newton_steps=newton_steps)
+        u = u.numpy()
+        assert np.isfinite(u).all()
+        np.testing.assert_array_equal(u[eta == 0], w[eta == 0])
+        np.testing.assert_array_equal(u[:, 2], 0.0)  # ||w / eta|| over the moving ones <= lam
+        with np.errstate(divide="ignore"):
+            exact = _exact_group_prox(w[:, [0, 1, 3, 4]], eta[:, [0, 1, 3, 4]], lam)
+        got = u[:, [0, 1, 3, 4]]
+        assert np.all(np.linalg.norm(got, axis=0) <= np.linalg.norm(exact, axis=0) * (1 + 1e-12))
+    np.testing.assert_allclose(got, exact, rtol=1e-9, atol=1e-12)
+
+
+def test_group_l1_fit_survives_a_learning_rate_of_zero():
+    # a cosine schedule reaches lr = 0 at its T_max: Adam's steps, and the prox's, are then 0
+    from skorch.callbacks import LRScheduler
+
+    rng = np.random.RandomState(0)
+    X = rng.randn(120, 4).astype(np.float32)
+    y = X[:, 0] + 0.1 * rng.randn(120)
+    schedule = LRScheduler(policy="CosineAnnealingLR", T_max=2)
+    net = SoftRegRegressor(lambda_features=0.05, max_epochs=4, early_stopping=False,
+                           callbacks=[("schedule", schedule)], random_state=0).fit(X, y)
+    assert np.isfinite(net.history[:, "train_loss"]).all()
+    assert np.isfinite(net.predict(X)).all()
+
+
 @pytest.mark.parametrize("steps, lam", [(1.0, 0.0), ("tensor", 0.0), (0.0, 1.0), (-1.0, 1.0)])
 def test_prox_group_l2_without_penalty_or_step_is_the_identity(steps, lam):
     # lambda == 0, or a scalar step <= 0, leaves the weight as it is (a zero column included)
