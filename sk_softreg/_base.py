@@ -218,7 +218,7 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         """Set the fitted attributes after training on ``X, y``; ``held_out`` is the
         validation ``Dataset`` of the fit (``early_stopping`` or a ``train_split``), if any."""
         check_finite_weights(self)
-        params = self._penalized_params()
+        params = self._sparsity_params()
         total = sum(p.numel() for p in params)
         zeros = sum(int((p == 0).sum()) for p in params)
         self.sparsity_ = zeros / total if total else 0.0
@@ -403,6 +403,10 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
     def _penalized_params(self):
         """The weights the λ penalties act on (``penalize``)."""
         return select_penalized(self.module_, self.penalize)
+
+    def _sparsity_params(self):
+        """The weights ``sparsity_`` counts: the penalized ones (:meth:`_penalized_params`)."""
+        return self._penalized_params()
 
     def _penalty_engine(self):
         """The fit's penalty engine (:mod:`~sk_softreg._engine`); outside a fit, a new one.

@@ -150,7 +150,9 @@ class SoftRegRegressor(DropoutFreeKLMixin, SoftRegMixin, NeuralNetRegressor):
         validation rows (``early_stopping`` or a ``train_split``) where
         that is larger (see the user guide); 1 when ``alpha == 0``.
     sparsity_ : float
-        Fraction of the penalized weights that are exactly zero.
+        Fraction of the penalized weights that are exactly zero. At ``alpha == 0``
+        the default module's log-variance head, which the fit neither trains
+        nor uses, is left out.
     feature_importances_ : ndarray of shape (n_features,)
         Euclidean norms of the first layer's weight columns, normalized to sum
         to 1; exactly 0 for the inputs that ``lambda_features`` dropped. Only
@@ -446,6 +448,16 @@ class SoftRegRegressor(DropoutFreeKLMixin, SoftRegMixin, NeuralNetRegressor):
         if held_out is not None and len(held_out):
             scale = np.maximum(scale, self._std_scale(*self._held_out_residuals(held_out)))
         self.std_scale_ = scale
+
+    def _sparsity_params(self):
+        """The penalized weights, less the log-variance head of a :class:`~sk_softreg.modules.GaussianMLP`
+        at ``alpha == 0``: such a fit neither trains nor uses that head (its std is
+        ``residual_std_``), so the head's zero initialization is not sparsity."""
+        params = super()._sparsity_params()
+        if self.alpha or not isinstance(self.module_, GaussianMLP):
+            return params
+        head = {id(p) for p in self.module_.log_var.parameters()}
+        return [p for p in params if id(p) not in head]
 
     def _std_scale(self, residual, log_var, sample_weight):
         """:func:`std_scale` of the unscaled predictive std on these rows."""

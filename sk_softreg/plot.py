@@ -25,8 +25,6 @@ import warnings
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from .penalties import select_penalized
-
 __all__ = [
     "plot_history",
     "plot_regularization_path",
@@ -510,9 +508,9 @@ def plot_weight_histogram(estimator, ax=None, bins=50, log=False):
     """Histogram of the penalized weights, with the exact zeros as their own bar.
 
     The non-zero penalized weights (those selected by the estimator's
-    ``penalize``) fill the histogram; the exact zeros, produced by the
-    proximal L1 step, are drawn as a separate bar at 0 whose label gives their
-    count and fraction (which equals ``sparsity_``).
+    ``penalize``, and counted by ``sparsity_``) fill the histogram; the exact
+    zeros, produced by the proximal L1 step, are drawn as a separate bar at 0
+    whose label gives their count and fraction (which equals ``sparsity_``).
 
     Parameters
     ----------
@@ -547,7 +545,7 @@ def plot_weight_histogram(estimator, ax=None, bins=50, log=False):
     'weight value'
     """
     estimator = _fitted_net(estimator, "plot_weight_histogram")
-    params = select_penalized(estimator.module_, estimator.penalize)
+    params = estimator._sparsity_params()
     if not params:
         raise ValueError("The estimator has no penalized weights to plot.")
     weights = np.concatenate([p.detach().cpu().numpy().ravel() for p in params])

@@ -312,6 +312,20 @@ def test_device_auto_resolves_without_changing_the_parameter():
 
 # ----------------------------------------------------------------------------
 # regressor
+@pytest.mark.parametrize("alpha, lambda1", [(0.0, 0.0), (0.0, 0.05), (0.1, 0.0), (0.1, 0.05)])
+def test_regressor_sparsity_counts_the_weights_the_fit_trains(regression_data, alpha, lambda1):
+    # at alpha=0 the log-variance head is neither trained nor used: its zero
+    # initialization is not sparsity; at alpha > 0 it is trained and counted
+    X, y = regression_data
+    est = reg(alpha=alpha, lambda1=lambda1, max_epochs=5).fit(X, y)
+    counted = [p for name, p in est.module_.named_parameters()
+               if p.ndim > 1 and (alpha or not name.startswith("log_var."))]
+    zeros = sum(int((p == 0).sum()) for p in counted)
+    assert est.sparsity_ == pytest.approx(zeros / sum(p.numel() for p in counted))
+    if not lambda1:
+        assert est.sparsity_ == 0.0
+
+
 def test_regressor_1d_and_2d_targets(regression_data):
     X, y = regression_data
     est = reg(max_epochs=3).fit(X, y)
