@@ -7,17 +7,20 @@ with it, CUDA matmuls and convolutions round their inputs to 10 mantissa bits.
 """
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
 import skorch
 import skorch.dataset
 import torch
+from sklearn.model_selection import GridSearchCV, KFold
 from skorch.callbacks import Callback
 
 import sk_softreg
-from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
+from sk_softreg import BatchedGridSearchCV, SoftRegCNNClassifier, SoftRegRegressor
 from sk_softreg._batching import TensorBatches
+from sk_softreg.model_selection import StackingFallbackWarning
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -206,3 +209,42 @@ def test_cuda_model_exports_to_onnx(tmp_path, data, kind):
     for got, want in zip(outputs, expected):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------
+# BatchedGridSearchCV: the stacks on the GPU
+def _first_output(est, X, y):
+    """A scorer: the first test row's prediction (the classifier's top probability), the
+    member's prediction itself."""
+    if hasattr(est, "predict_proba"):
+        return float(est.predict_proba(X)[0].max())
+    return float(np.ravel(est.predict(X)[0])[0])
+
+
+def _sparsity(est, X, y):
+    return float(est.sparsity_)
+
+
+@pytest.mark.parametrize("kind", ["clf", "reg"])
+def test_cuda_stacked_search_equals_gridsearch(no_tf32, deterministic_cudnn, data, kind):
+    # every fit stacked on the GPU (the default CNN by its grouped convolution, the default
+    # GaussianMLP by its direct forward), each member equal to its own CUDA fit; refit on CUDA
+    X, y = data[kind]
+    X, y = X[:300], y[:300]
+    est = _make(kind, device="cuda")
+    grid = {"lambda1": [0.0, est.lambda1], "alpha": [0.0, 0.1]}
+    kwargs = {"cv": KFold(3, shuffle=True, random_state=0),
+              "scoring": {"p0": _first_output, "sparsity": _sparsity}, "refit": "p0"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StackingFallbackWarning)
+        batched = BatchedGridSearchCV(est, grid, **kwargs).fit(X, y)
+    plain = GridSearchCV(est, grid, **kwargs).fit(X, y)
+    assert batched.n_stacks_ == 1 and batched.n_fallback_fits_ == 0
+    for key in ("mean_test_p0", "mean_test_sparsity"):
+        np.testing.assert_allclose(batched.cv_results_[key], plain.cv_results_[key], atol=1e-4,
+                                   err_msg=key)
+    assert np.ptp(batched.cv_results_["mean_test_p0"]) > 1e-3  # the candidates differ
+    assert batched.best_params_ == plain.best_params_
+    assert all(p.is_cuda for p in batched.best_estimator_.module_.parameters())
+    _assert_close_outputs(_outputs(batched.best_estimator_, X), _outputs(plain.best_estimator_, X),
+                          atol=1e-4)
