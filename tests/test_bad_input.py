@@ -64,6 +64,7 @@ FIT_CASES = [
     ("reg-empty-X", lambda: reg().fit(np.empty((0, 3)), []), ValueError, r"0 sample\(s\)"),
     ("clf-0-features", lambda: clf().fit(np.empty((20, 0)), Y_CLS), ValueError, r"0 feature\(s\)"),
     ("clf-0-features-4d", lambda: clf().fit(np.empty((20, 1, 0, 4)), Y_CLS), ValueError, r"0 feature\(s\)"),
+    ("clf-0-channels-4d", lambda: clf().fit(np.empty((20, 0, 4, 4)), Y_CLS), ValueError, r"0 feature\(s\)"),
     ("reg-0-features", lambda: reg().fit(np.empty((20, 0)), Y_REG), ValueError, r"0 feature\(s\)"),
     ("clf-1d-X", lambda: clf().fit(X_IMG[:, 0], Y_CLS), ValueError, "Expected 2D array, got 1D array"),
     ("reg-1d-X", lambda: reg().fit(X_TAB[:, 0], Y_REG), ValueError, "Expected 2D array, got 1D array"),
@@ -87,6 +88,7 @@ FIT_CASES = [
     ("clf-image-shape-size", lambda: clf(image_shape=(3, 3)).fit(X_IMG, Y_CLS), ValueError, r"image_shape=\(3, 3\) holds 9 values per sample, but X has 16 features"),
     ("clf-image-shape-4d", lambda: clf(image_shape=(1, 3, 3)).fit(X_IMG.reshape(20, 1, 4, 4), Y_CLS), ValueError, r"image_shape=\(1, 3, 3\) does not match"),
     ("clf-image-shape-nonpositive", lambda: clf(image_shape=(0, 16)).fit(X_IMG, Y_CLS), InvalidParameterError, "'image_shape' parameter"),
+    ("clf-image-shape-4-values", lambda: clf(image_shape=(1, 1, 4, 4)).fit(X_IMG, Y_CLS), InvalidParameterError, "'image_shape' parameter"),
     ("clf-image-shape-str", lambda: clf(image_shape="4x4").fit(X_IMG, Y_CLS), InvalidParameterError, "'image_shape' parameter"),
     # devices
     ("clf-device-unknown", lambda: clf(device="gpu").fit(X_IMG, Y_CLS), InvalidParameterError, "'device' parameter.*Got 'gpu'"),

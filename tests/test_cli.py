@@ -1,7 +1,9 @@
 """The sk-softreg command line, end to end on a generated PNG folder."""
 
 import csv
+import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,8 @@ import numpy as np
 import pytest
 from _image_folder import make_image_folder
 
-from sk_softreg.cli import main
+from sk_softreg import SoftRegCNNClassifier
+from sk_softreg.cli import _augment, _image_size, main
 from sk_softreg.datasets import load_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +69,11 @@ def test_info(trained, capsys):
     out = capsys.readouterr().out
     assert "lambda1 = 0.0001" in out and "circle, cross, square" in out
     assert "sparsity:" in out and "history: 3 epochs" in out
+    import joblib
+
+    history = joblib.load(model).history_
+    assert "network: SoftRegCNN (default)" in out
+    assert f"train_loss {history[0]['train_loss']:.4f} -> {history[-1]['train_loss']:.4f}" in out
 
 
 def test_fit_augment_flag(trained, tmp_path, capsys):
@@ -99,6 +107,7 @@ def test_fit_augment_flag(trained, tmp_path, capsys):
     ("--augment", "8,0", True),
     ("--augment", "8,1", True),
     ("--augment", "-1", False),
+    ("--augment", "8,0.1,0.1", False),
 ])
 def test_fit_option_ranges(tmp_path, capsys, flag, value, accepted):
     """Values in the documented ranges parse (fit then stops at the missing folder, exit
@@ -113,8 +122,97 @@ def test_fit_option_ranges(tmp_path, capsys, flag, value, accepted):
         assert exc.value.code == 2 and "expected" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "not_a_model", "wrong_object", "bad_input"])
-def test_input_errors_exit_2_with_one_line(trained, tmp_path, capsys, case):
+@pytest.mark.parametrize("parse, text, expected", [
+    (_image_size, "10", 10),
+    (_image_size, "8x6", (8, 6)),  # H x W
+    (_image_size, "8X6", (8, 6)),
+    (_image_size, "8,6", (8, 6)),
+    (_augment, "20", (20.0, 0.1)),  # SHIFT defaults to 0.1
+    (_augment, "20,0.25", (20.0, 0.25)),
+])
+def test_option_values_parse(parse, text, expected):
+    assert parse(text) == expected
+
+
+def test_fit_passes_its_options_and_reports_the_train_accuracy(trained, tmp_path, capsys):
+    import joblib
+
+    _, folder, _ = trained
+    out = tmp_path / "m.joblib"
+    assert main(["fit", str(folder), "-o", str(out), "--epochs", "1", "--lambda2", "0.003",
+                 "--kl", "confidence_penalty", "--batch-size", "7", "--lr", "0.05",
+                 "--random-state", "4", "--grayscale", "--device", "cpu", "-q"]) == 0
+    clf = joblib.load(out)
+    assert (clf.lambda2, clf.kl, clf.batch_size, clf.lr, clf.random_state) == (
+        0.003, "confidence_penalty", 7, 0.05, 4)
+    X, y, _ = load_image_folder(folder, grayscale=True)
+    assert f"train accuracy {np.mean(clf.predict(X) == y):.4f};" in capsys.readouterr().out
+
+
+def test_predict_folder_with_an_rgb_model_of_non_square_images(trained, tmp_path):
+    """Images are read as the model's channels (3 here) and resized to its (H, W)."""
+    import joblib
+
+    _, folder, _ = trained
+    model = tmp_path / "rgb.joblib"
+    assert main(["fit", str(folder), "-o", str(model), "--epochs", "1", "--image-size", "8x6",
+                 "--device", "cpu", "-q"]) == 0
+    clf = joblib.load(model)
+    assert clf.input_shape_ == (3, 8, 6)
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(model), str(folder), "-o", str(out)]) == 0
+    with open(out) as f:
+        rows = {row[0]: np.array(row[2:], dtype=float) for row in list(csv.reader(f))[1:]}
+    X, _, paths = load_image_folder(folder, image_size=(8, 6))
+    proba = np.array([rows[str(p)] for p in paths])
+    np.testing.assert_allclose(proba, clf.predict_proba(X), rtol=1e-5, atol=1e-6)
+
+
+def test_predict_folder_skips_unreadable_and_non_image_files(trained, tmp_path, capsys):
+    _, folder, model = trained
+    first, second = sorted(folder.rglob("*.png"))[:2]
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(first, mixed / "a.png")
+    shutil.copy(second, mixed / "B.PNG")  # the extension in any case
+    (mixed / "0bad.png").write_bytes(b"not an image")
+    (mixed / "notes.txt").write_text("not an image either")
+    with pytest.warns(UserWarning, match="Skipped 1 unreadable image file"):
+        assert main(["predict", str(model), str(mixed)]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert [Path(row[0]).name for row in rows[1:]] == ["B.PNG", "a.png"]
+
+
+def test_predict_multilabel_model_lists_the_labels_present(tmp_path, capsys, digits):
+    import joblib
+
+    X, y = digits
+    X, y = X[:150], y[:150]
+    Y = np.c_[y % 2 == 0, y >= 5, np.isin(y, [2, 3, 5, 7])].astype(int)
+    clf = SoftRegCNNClassifier(max_epochs=10, random_state=0, device="cpu",
+                               module__channels=(4,), module__hidden_units=8).fit(X, Y)
+    joblib.dump(clf, tmp_path / "ml.joblib")
+    np.save(tmp_path / "x.npy", X[:30].reshape(-1, 1, 8, 8).astype(np.float32))
+    assert main(["predict", str(tmp_path / "ml.joblib"), str(tmp_path / "x.npy")]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    expected = [" ".join(str(c) for c in clf.classes_[row == 1]) for row in clf.predict(X[:30])]
+    assert {len(labels.split()) for labels in expected} != {1}  # not one label per row
+    assert [row[1] for row in rows[1:]] == expected
+
+
+@pytest.mark.parametrize("case, says", [
+    ("missing", "does not exist"),
+    ("empty", ""),
+    ("not_a_model", "is not a sk_softreg model file"),
+    ("wrong_object", "is not a fitted SoftRegCNNClassifier"),
+    ("unfitted", "is not a fitted SoftRegCNNClassifier"),
+    ("bad_input", "holds no images"),
+    ("pickled_npy", "cannot read"),
+    ("flat_npy", "Expected 2D array, got 1D array instead:"),  # the first line of a longer one
+])
+def test_input_errors_exit_2_with_one_line(trained, tmp_path, capsys, case, says):
+    import joblib
+
     _, folder, model = trained
     if case == "missing":
         argv = ["fit", str(tmp_path / "nope"), "-o", str(tmp_path / "m.joblib")]
@@ -125,16 +223,23 @@ def test_input_errors_exit_2_with_one_line(trained, tmp_path, capsys, case):
         (tmp_path / "junk.joblib").write_bytes(b"definitely not a pickle")
         argv = ["info", str(tmp_path / "junk.joblib")]
     elif case == "wrong_object":
-        import joblib
-
         joblib.dump({"a": 1}, tmp_path / "dict.joblib")
         argv = ["predict", str(tmp_path / "dict.joblib"), str(folder)]
-    else:
+    elif case == "unfitted":
+        joblib.dump(SoftRegCNNClassifier(), tmp_path / "unfitted.joblib")
+        argv = ["info", str(tmp_path / "unfitted.joblib")]
+    elif case == "bad_input":
         (tmp_path / "empty2").mkdir()
         argv = ["predict", str(model), str(tmp_path / "empty2")]
+    elif case == "pickled_npy":  # never unpickled (allow_pickle=False)
+        np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
+        argv = ["predict", str(model), str(tmp_path / "obj.npy")]
+    else:
+        np.save(tmp_path / "flat.npy", np.zeros(5, dtype=np.float32))
+        argv = ["predict", str(model), str(tmp_path / "flat.npy")]
     assert main(argv) == 2
     captured = capsys.readouterr()
-    assert captured.err.startswith("sk-softreg: error: ")
+    assert captured.err.startswith("sk-softreg: error: ") and says in captured.err
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
     assert not (tmp_path / "m.joblib").exists()
 

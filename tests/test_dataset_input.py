@@ -159,3 +159,82 @@ def test_regressor_dataset_with_bad_samples_is_rejected():
     fitted = SoftRegRegressor(max_epochs=1, device="cpu").fit(Rows(X[:20], y[:20]))
     with pytest.raises(ValueError, match="X has 5 features, but SoftRegRegressor is expecting 10"):
         fitted.partial_fit(Rows(X[:20, :5], y[:20]))
+
+
+SMALL_REG = {"max_epochs": 1, "random_state": 0, "device": "cpu"}
+
+
+class Scalars(torch.utils.data.Dataset):
+    """Samples without a shape (python floats), not the 1-D tensors the regressor takes."""
+
+    def __len__(self):
+        return 20
+
+    def __getitem__(self, i):
+        return float(i), float(i)
+
+
+class WideDigits(DigitsImages):
+    """The digits served as (1, 4, 16) images."""
+
+    def __getitem__(self, i):
+        x, target = super().__getitem__(i)
+        return x.reshape(1, 4, 16), target
+
+
+@pytest.mark.parametrize("case", [
+    "clf-slice-X-without-y", "reg-slice-X-without-y", "reg-shapeless-samples", "clf-image-shape",
+    "clf-multilabel-y", "clf-length-mismatch", "clf-continuous-y",
+])
+def test_bad_dataset_input_is_rejected(digits200, case):
+    X, y = digits200
+    images = SliceDataset(DigitsImages(X, y), idx=0)
+    without_y = "got a SliceDataset X without y; pass the targets as y"
+    call, match = {
+        "clf-slice-X-without-y": (lambda: SoftRegCNNClassifier(**SMALL).fit(images), without_y),
+        "reg-slice-X-without-y": (
+            lambda: SoftRegRegressor(**SMALL_REG).fit(SliceDataset(Rows(X, y), idx=0)), without_y),
+        "reg-shapeless-samples": (lambda: SoftRegRegressor(**SMALL_REG).fit(Scalars()),
+                                  r"1-D feature tensors; the first sample has shape \(\)"),
+        "clf-image-shape": (
+            lambda: SoftRegCNNClassifier(image_shape=(4, 16), **SMALL).fit(DigitsImages(X, y)),
+            r"image_shape=\(4, 16\) does not match the shape of the images in X"),
+        "clf-multilabel-y": (
+            lambda: SoftRegCNNClassifier(**SMALL).fit(images, np.c_[y % 2, y > 4]),
+            "multilabel targets only for in-memory X"),
+        "clf-length-mismatch": (lambda: SoftRegCNNClassifier(**SMALL).fit(images, y[:-1]),
+                                r"inconsistent numbers of samples: \[200, 199\]"),
+        "clf-continuous-y": (lambda: SoftRegCNNClassifier(**SMALL).fit(images, y + 0.5),
+                             "Unknown label type: continuous"),
+    }[case]
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_dataset_partial_fit_checks_image_shape_and_labels(digits200):
+    """Later Datasets must hold images of the fitted shape and only labels seen at fit
+    (here 0, 2, ..., 18: served through the label-to-index mapping)."""
+    X, y = digits200
+    clf = SoftRegCNNClassifier(**dict(SMALL, max_epochs=1)).fit(DigitsImages(X, 2 * y))
+    assert clf.classes_.tolist() == list(range(0, 20, 2))
+    with pytest.raises(ValueError, match=r"images of shape \(1, 4, 16\), but SoftRegCNNClassifier "
+                       r"was fitted on images of shape \(1, 8, 8\)"):
+        clf.partial_fit(WideDigits(X, 2 * y))
+    for unseen in (5, 19):  # between two classes, above the last one
+        labels = 2 * y
+        labels[7] = unseen
+        with pytest.raises(ValueError, match="previously unseen labels"):
+            clf.partial_fit(DigitsImages(X, labels))
+
+
+class NumberedDigits(DigitsImages):
+    """A ``classes`` attribute that is not a list of names: the targets are the labels."""
+
+    classes = list(range(10, 20))
+
+
+def test_dataset_classes_that_are_not_names_are_not_an_index(digits200):
+    X, y = digits200
+    clf = SoftRegCNNClassifier(**dict(SMALL, max_epochs=1)).fit(NumberedDigits(X, y + 10))
+    assert clf.classes_.tolist() == list(range(10, 20))
+    assert set(clf.predict(X)) <= set(range(10, 20))

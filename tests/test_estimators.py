@@ -69,10 +69,23 @@ def test_dataframe_sets_feature_names(small_digits):
     assert list(est.feature_names_in_) == list(frame.columns)
 
 
-def test_flat_and_image_input_are_interchangeable_at_predict(small_digits):
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 4, 16)])
+def test_flat_and_image_input_are_interchangeable_at_predict(small_digits, shape):
+    """Flat rows are reshaped to the fitted images' shape, square or not."""
     X, y = small_digits
-    est = clf().fit(X.reshape(-1, 1, 8, 8), y)
-    np.testing.assert_array_equal(est.predict_proba(X), est.predict_proba(X.reshape(-1, 8, 8)))
+    est = clf().fit(X.reshape(-1, *shape), y)
+    np.testing.assert_array_equal(est.predict_proba(X), est.predict_proba(X.reshape(-1, *shape)))
+    np.testing.assert_array_equal(est.predict_proba(X), est.predict_proba(X.reshape(-1, *shape[1:])))
+
+
+def test_predict_on_images_leaves_the_fitted_feature_names(small_digits):
+    """Predicting validates X without resetting what fit learned (sklearn's contract)."""
+    X, y = small_digits
+    frame = pd.DataFrame(X, columns=[f"px{i}" for i in range(64)])
+    est = clf().fit(frame, y)
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        est.predict_proba(X.reshape(-1, 1, 8, 8))
+    assert list(est.feature_names_in_) == list(frame.columns) and est.n_features_in_ == 64
 
 
 def test_image_shape_parameter(small_digits):

@@ -10,7 +10,9 @@ from sklearn.datasets import make_regression
 from sklearn.exceptions import NotFittedError
 from torch import nn
 
+import sk_softreg
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
+from sk_softreg._onnx import _plain
 from sk_softreg.cli import main
 
 pytest.importorskip("onnx")
@@ -77,6 +79,8 @@ def test_classifier_graph_ends_and_metadata(digits_split, tmp_path):
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["classes"]) == ["one", "two", "zero"] == list(clf.classes_)
     assert meta["estimator"] == "SoftRegCNNClassifier"
+    assert meta["sk_softreg_version"] == sk_softreg.__version__
+    assert json.loads(meta["input_shape"]) == [1, 8, 8] and json.loads(meta["multilabel"]) is False
     # the probability columns follow classes_
     (proba,) = _run(path, X[:20].reshape(-1, 1, 8, 8))
     np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], clf.predict(X[:20]))
@@ -112,13 +116,14 @@ class MeansOnly(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "case", ["1d_alpha", "1d_residual_std", "2d_alpha", "2d_means_only"],
+    "case", ["1d_alpha", "1d_residual_std", "2d_alpha", "2d_means_only", "1d_far_offset"],
 )
 def test_regressor_mean_and_std_match_predict(tmp_path, case):
     X, y = make_regression(n_samples=240, n_features=6, n_targets=2, noise=5.0, random_state=0)
     # y away from standardized units (the graph must undo normalize_y), with a std of 5:
     # the network runs in float32, so differences grow with y_scale_
-    y = 5.0 * y / y.std(axis=0) + 50.0
+    # far_offset: a y_mean_ that float32 cannot hold to 1e-4 (the graph keeps it in float64)
+    y = 5.0 * y / y.std(axis=0) + (1e6 + 1 / 3 if case == "1d_far_offset" else 50.0)
     params = {"alpha": 0.1, "max_epochs": 15, "random_state": 0, "device": "cpu",
               "lambda_features": 1e-2}
     if case == "1d_residual_std":
@@ -147,13 +152,45 @@ def test_unfitted_estimator_raises_not_fitted(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_missing_extra_names_the_install_command(monkeypatch, tmp_path, regression_data):
+@pytest.mark.parametrize("missing, names", [
+    (("onnxscript",), "onnxscript is not installed"),
+    (("onnx", "onnxscript"), "onnx, onnxscript are not installed"),
+])
+def test_missing_extra_names_the_install_command(monkeypatch, tmp_path, regression_data, missing,
+                                                 names):
     X, y = regression_data
     reg = SoftRegRegressor(max_epochs=1, random_state=0, device="cpu").fit(X, y)
-    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    for name in missing:
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match=r'pip install "sk-softreg\[onnx\]"') as info:
         reg.export_onnx(tmp_path / "m.onnx")
-    assert "onnxscript" in str(info.value)
+    assert names in str(info.value)
+
+
+def test_export_leaves_the_estimator_as_it_is_and_writes_one_file(tmp_path, regression_data):
+    """The graph is built on copies of the fitted modules (their train/eval mode is kept),
+    and the weights are inside the one .onnx file, with no external data file."""
+    X, y = regression_data
+    reg = SoftRegRegressor(module=MeansOnly, module__n_features=5, alpha=0.1, max_epochs=1,
+                           random_state=0, device="cpu").fit(X, y)
+    reg.module_.train()
+    reg.log_var_.train()
+    reg.export_onnx(tmp_path / "reg.onnx")
+    assert reg.module_.training and reg.log_var_.training
+    assert [p.name for p in tmp_path.iterdir()] == ["reg.onnx"]
+
+
+@pytest.mark.parametrize("value, expected", [
+    (np.array([["a", "b"], ["c", "d"]]), [["a", "b"], ["c", "d"]]),
+    ((1, 8, 8), [1, 8, 8]),
+    (np.float32(0.5), 0.5),
+    (np.int64(3), 3),
+    (np.bool_(True), True),
+    (None, None),
+])
+def test_metadata_values_become_plain_json(value, expected):
+    """Arrays, tuples and numpy scalars become JSON lists and numbers (``_plain``)."""
+    assert json.loads(json.dumps(_plain(value))) == expected
 
 
 def test_cli_export_end_to_end(tmp_path, capsys, regression_data):
