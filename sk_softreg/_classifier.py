@@ -404,6 +404,15 @@ class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, Neura
         self.multilabel_ = False
         self.__dict__.pop("pos_weight_", None)
 
+    @property
+    def classes_(self):
+        """The class labels: ``classes`` if given, else those inferred at fit. An empty
+        ``classes`` infers them too (in skorch it means no ``classes_``, which this
+        classifier cannot do without)."""
+        if self.classes is not None and not len(self.classes):
+            return self.classes_inferred_
+        return super().classes_
+
     def _encode(self, y):
         classes = self.classes_
         idx = np.searchsorted(classes, y)

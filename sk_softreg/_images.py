@@ -21,7 +21,7 @@ from sklearn.utils.validation import (
 )
 
 from ._multilabel import is_label_matrix
-from ._validation import FLOAT_DTYPES, first_sample_shape, is_lazy
+from ._validation import FLOAT_DTYPES, as_float32, first_sample_shape, is_lazy
 
 __all__ = ["ImageInputMixin"]
 
@@ -56,7 +56,7 @@ class ImageInputMixin:
             images = X.reshape(len(X), *shape)
         if reset:
             self.input_shape_ = shape
-        return np.ascontiguousarray(images, dtype=np.float32)
+        return as_float32(images)
 
     def _parsed_image_shape(self):
         shape = self.image_shape
@@ -180,5 +180,6 @@ class _EncodedTargets(torch.utils.data.Dataset):
             label = self.names[label]
         idx = np.searchsorted(self.classes, label)
         if idx >= len(self.classes) or self.classes[idx] != label:
-            raise ValueError(f"y contains previously unseen labels: [{label!r}]")
+            # worded as in-memory labels are (_encode): a plain list, [5] not [np.int64(5)]
+            raise ValueError(f"y contains previously unseen labels: {np.atleast_1d(label).tolist()}")
         return x, int(idx)

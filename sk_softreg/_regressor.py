@@ -19,7 +19,7 @@ from ._base import SoftRegMixin
 from ._batching import unpack_weights
 from ._predictive_std import DropoutFreeKLMixin, std_scale
 from ._size_rules import AUTO_STOP_MIN_VALID, auto_batch_size, auto_dropout, auto_lr, is_auto
-from ._validation import FLOAT_DTYPES, first_sample_shape, is_lazy
+from ._validation import FLOAT_DTYPES, as_float32, first_sample_shape, is_lazy
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
 from .penalties import clamp_log_var, gaussian_soft_kl, soft_target_std
 
@@ -263,7 +263,7 @@ class SoftRegRegressor(DropoutFreeKLMixin, SoftRegMixin, NeuralNetRegressor):
         )
         if reset:
             self._n_fit_rows = len(y)
-        return X.astype(np.float32, copy=False), self._standardize_y(y, reset, sample_weight)
+        return as_float32(X), self._standardize_y(y, reset, sample_weight)
 
     def _validate_fit_dataset(self, X, y, reset):
         """Lazy data: a torch ``Dataset`` of ``(x, y)`` pairs, or a ``SliceDataset`` and y.
@@ -518,7 +518,7 @@ class SoftRegRegressor(DropoutFreeKLMixin, SoftRegMixin, NeuralNetRegressor):
         """
         check_is_fitted(self)
         if not is_lazy(X):  # lazy data; skorch's scoring callbacks pass validation Datasets
-            X = validate_data(self, X, reset=False, dtype=FLOAT_DTYPES).astype(np.float32)
+            X = as_float32(validate_data(self, X, reset=False, dtype=FLOAT_DTYPES))
         mu, log_var = self._predict_standardized(X)
         mean = mu.astype(np.float64) * self.y_scale_ + self.y_mean_
         if self._y_1d:

@@ -4,10 +4,22 @@ import numpy as np
 import torch
 from skorch.helper import SliceDataset
 
-__all__ = ["FLOAT_DTYPES", "first_sample_shape", "is_lazy"]
+__all__ = ["FLOAT_DTYPES", "as_float32", "first_sample_shape", "is_lazy"]
 
 #: the dtypes ``check_array`` keeps; anything else is converted to the first
 FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def as_float32(X):
+    """Validated (finite) ``X`` as a C-contiguous float32 array, the networks' dtype.
+
+    A float64 value beyond float32's range would become infinite in the cast; it is
+    an error, worded as scikit-learn's for non-finite input.
+    """
+    out = np.ascontiguousarray(X, dtype=np.float32)
+    if out.dtype != X.dtype and not np.isfinite(out).all():
+        raise ValueError("Input X contains infinity or a value too large for dtype('float32').")
+    return out
 
 
 def is_lazy(X):

@@ -64,6 +64,13 @@ def test_classes_param_avoids_scanning_the_dataset(digits200):
     assert data.reads == len(X) + 1
 
 
+def test_empty_classes_param_infers_the_dataset_labels(digits200):
+    X, y = digits200
+    clf = SoftRegCNNClassifier(classes=[], **dict(SMALL, max_epochs=1)).fit(DigitsImages(X, y + 10))
+    assert clf.classes_.tolist() == list(range(10, 20))
+    assert set(clf.predict(X[:20])) <= set(range(10, 20))
+
+
 def test_dataset_with_bad_samples_is_rejected(digits200):
     X, y = digits200
     flat = [(torch.from_numpy(x), t) for x, t in zip(X, y)]
@@ -223,7 +230,7 @@ def test_dataset_partial_fit_checks_image_shape_and_labels(digits200):
     for unseen in (5, 19):  # between two classes, above the last one
         labels = 2 * y
         labels[7] = unseen
-        with pytest.raises(ValueError, match="previously unseen labels"):
+        with pytest.raises(ValueError, match=rf"previously unseen labels: \[{unseen}\]$"):
             clf.partial_fit(DigitsImages(X, labels))
 
 

@@ -78,6 +78,17 @@ def test_flat_and_image_input_are_interchangeable_at_predict(small_digits, shape
     np.testing.assert_array_equal(est.predict_proba(X), est.predict_proba(X.reshape(-1, *shape[1:])))
 
 
+def test_empty_classes_infers_them_as_none_does(small_digits):
+    # skorch's classes=[] means "no classes_"; this classifier needs them, and infers them
+    X, y = small_digits
+    labels = np.array(["a", "b", "c"])[y % 3]
+    inferred = clf().fit(X, labels)
+    empty = clf(classes=[]).fit(X, labels)
+    np.testing.assert_array_equal(empty.classes_, ["a", "b", "c"])
+    np.testing.assert_array_equal(empty.predict_proba(X), inferred.predict_proba(X))
+    assert not hasattr(clf(classes=[]), "classes_")  # unfitted
+
+
 def test_predict_on_images_leaves_the_fitted_feature_names(small_digits):
     """Predicting validates X without resetting what fit learned (sklearn's contract)."""
     X, y = small_digits
