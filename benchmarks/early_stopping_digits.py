@@ -9,7 +9,8 @@ trains on (the same ``ValidSplit``); ``early_stopping=True`` with
 ``LRScheduler("ReduceLROnPlateau")`` on the validation loss (patience 3 or 5
 epochs, factor 0.2), and the default rule watching a moving average of the
 weights (``WeightAverage``: validated as the average, which the fit then keeps,
-either the one at the stop or the best epoch's). Test accuracy per seed and its
+either the one at the stop or the best epoch's), and the default rule holding out
+20% or 30% instead of 10% (``validation_fraction``). Test accuracy per seed and its
 mean, epochs run. ``--rows`` runs some rows only (their numbers, from 1,
 comma-separated).
 
@@ -79,6 +80,12 @@ ROWS = {
     },
     "early_stopping=True on the moving average (0.998), the one at the stop kept": {
         "early_stopping": True, "average": (0.998, False, "last"),
+    },
+    "early_stopping=True, validation_fraction=0.2": {
+        "early_stopping": True, "validation_fraction": 0.2,
+    },
+    "early_stopping=True, validation_fraction=0.3": {
+        "early_stopping": True, "validation_fraction": 0.3,
     },
 }
 
