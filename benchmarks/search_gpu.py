@@ -47,7 +47,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import digits_images, fixed_epochs, images_28, machine_info  # noqa: E402
+from run import (  # noqa: E402
+    digits_images,
+    fixed_epochs,
+    images_28,
+    interleaved,
+    machine_info,
+)
 
 from sk_softreg import BatchedGridSearchCV, SoftRegCNNClassifier  # noqa: E402
 from sk_softreg._demo import DEFAULT_GRID  # noqa: E402
@@ -104,24 +110,27 @@ def sides(X, y, device, epochs, bf16):
 
 
 def measure(funcs, repeats, device):
-    """Each side's wall times over ``repeats`` rotated rounds, its peak GPU memory, and
-    its last fitted object."""
-    names = list(funcs)
-    times = {name: [] for name in names}
-    peak = dict.fromkeys(names, float("nan"))
+    """Each side's wall times over ``repeats`` rotated rounds (``run.interleaved``), after
+    one untimed warm-up round; its peak GPU memory, and its last fitted object."""
+    cuda = device.startswith("cuda")
+    peak = dict.fromkeys(funcs, float("nan"))
     last = {}
-    for name in names:  # the warm-up round, not timed
-        last[name] = funcs[name][0]()
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            if device.startswith("cuda"):
+
+    def tracked(name):
+        def call():
+            if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
             last[name] = funcs[name][0]()
-            times[name].append(time.perf_counter() - start)
-            if device.startswith("cuda"):
+            if cuda:
                 peak[name] = torch.cuda.max_memory_allocated() / 2**20
+
+        return call
+
+    calls = {name: tracked(name) for name in funcs}
+    for call in calls.values():
+        call()
+    times = {}
+    interleaved(calls, repeats, record=times)
     return times, peak, last
 
 

@@ -476,8 +476,7 @@ def prox_group_l2_(weight, steps, lam, newton_steps=2):
         return
     moving = steps > 0
     # w / eta, with a frozen coordinate (eta = 0) infinite unless it is 0: it keeps its column
-    frozen = torch.where(weight == 0, 0.0, math.inf)
-    scaled = torch.where(moving, weight / torch.where(moving, steps, 1.0), frozen)
+    scaled = torch.where(moving, weight / steps, torch.where(weight == 0, 0.0, math.inf))
     scaled_norm = torch.linalg.vector_norm(scaled, dim=0)
     keep = scaled_norm > lam
     smallest = torch.where(moving, steps, math.inf).amin(dim=0)

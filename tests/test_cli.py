@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pytest
 from _image_folder import make_image_folder
@@ -33,8 +34,6 @@ def trained(tmp_path_factory):
 
 
 def test_fit_writes_a_model(trained, capsys):
-    import joblib
-
     _, _, model = trained
     clf = joblib.load(model)
     assert list(clf.classes_) == ["circle", "cross", "square"]
@@ -69,16 +68,12 @@ def test_info(trained, capsys):
     out = capsys.readouterr().out
     assert "lambda1 = 0.0001" in out and "circle, cross, square" in out
     assert "sparsity:" in out and "history: 3 epochs" in out
-    import joblib
-
     history = joblib.load(model).history_
     assert "network: SoftRegCNN (default)" in out
     assert f"train_loss {history[0]['train_loss']:.4f} -> {history[-1]['train_loss']:.4f}" in out
 
 
 def test_fit_augment_flag(trained, tmp_path, capsys):
-    import joblib
-
     _, folder, _ = trained
     common = ["fit", str(folder), "--epochs", "1", "--grayscale", "--device", "cpu", "-q"]
     fitted = {}
@@ -135,8 +130,6 @@ def test_option_values_parse(parse, text, expected):
 
 
 def test_fit_passes_its_options_and_reports_the_train_accuracy(trained, tmp_path, capsys):
-    import joblib
-
     _, folder, _ = trained
     out = tmp_path / "m.joblib"
     assert main(["fit", str(folder), "-o", str(out), "--epochs", "1", "--lambda2", "0.003",
@@ -151,8 +144,6 @@ def test_fit_passes_its_options_and_reports_the_train_accuracy(trained, tmp_path
 
 def test_predict_folder_with_an_rgb_model_of_non_square_images(trained, tmp_path):
     """Images are read as the model's channels (3 here) and resized to its (H, W)."""
-    import joblib
-
     _, folder, _ = trained
     model = tmp_path / "rgb.joblib"
     assert main(["fit", str(folder), "-o", str(model), "--epochs", "1", "--image-size", "8x6",
@@ -184,8 +175,6 @@ def test_predict_folder_skips_unreadable_and_non_image_files(trained, tmp_path, 
 
 
 def test_predict_multilabel_model_lists_the_labels_present(tmp_path, capsys, digits):
-    import joblib
-
     X, y = digits
     X, y = X[:150], y[:150]
     Y = np.c_[y % 2 == 0, y >= 5, np.isin(y, [2, 3, 5, 7])].astype(int)
@@ -211,8 +200,6 @@ def test_predict_multilabel_model_lists_the_labels_present(tmp_path, capsys, dig
     ("flat_npy", "Expected 2D array, got 1D array instead:"),  # the first line of a longer one
 ])
 def test_input_errors_exit_2_with_one_line(trained, tmp_path, capsys, case, says):
-    import joblib
-
     _, folder, model = trained
     if case == "missing":
         argv = ["fit", str(tmp_path / "nope"), "-o", str(tmp_path / "m.joblib")]
@@ -247,7 +234,6 @@ def test_input_errors_exit_2_with_one_line(trained, tmp_path, capsys, case, says
 def test_demo_function_small(tmp_path):
     import io
 
-    import joblib
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
