@@ -10,7 +10,8 @@ trains on (the same ``ValidSplit``); ``early_stopping=True`` with
 epochs, factor 0.2), and the default rule watching a moving average of the
 weights (``WeightAverage``: validated as the average, which the fit then keeps,
 either the one at the stop or the best epoch's), and the default rule holding out
-20% or 30% instead of 10% (``validation_fraction``). Test accuracy per seed and its
+20% or 30% instead of 10% (``validation_fraction``), and early stopping on
+``scoring="neg_brier_score"`` (patience 10 or 20). Test accuracy per seed and its
 mean, epochs run. ``--rows`` runs some rows only (their numbers, from 1,
 comma-separated).
 
@@ -86,6 +87,12 @@ ROWS = {
     },
     "early_stopping=True, validation_fraction=0.3": {
         "early_stopping": True, "validation_fraction": 0.3,
+    },
+    'early_stopping=True, scoring="neg_brier_score"': {
+        "early_stopping": True, "scoring": "neg_brier_score",
+    },
+    'early_stopping=True, scoring="neg_brier_score", n_iter_no_change=20': {
+        "early_stopping": True, "scoring": "neg_brier_score", "n_iter_no_change": 20,
     },
 }
 
