@@ -11,7 +11,9 @@ epochs, factor 0.2), and the default rule watching a moving average of the
 weights (``WeightAverage``: validated as the average, which the fit then keeps,
 either the one at the stop or the best epoch's), and the default rule holding out
 20% or 30% instead of 10% (``validation_fraction``), and early stopping on
-``scoring="neg_brier_score"`` (patience 10 or 20). Test accuracy per seed and its
+``scoring="neg_brier_score"`` (patience 10 or 20), and the default rule keeping
+the mean of the last epochs' weights at the stop (``WindowAverage``: training
+unchanged, the average loaded at the end). Test accuracy per seed and its
 mean, epochs run. ``--rows`` runs some rows only (their numbers, from 1,
 comma-separated).
 
@@ -94,6 +96,15 @@ ROWS = {
     'early_stopping=True, scoring="neg_brier_score", n_iter_no_change=20': {
         "early_stopping": True, "scoring": "neg_brier_score", "n_iter_no_change": 20,
     },
+    "early_stopping=True, the mean of the last 11 epochs' weights kept (the best to the stop)": {
+        "early_stopping": True, "window": ("last", 11),
+    },
+    "early_stopping=True, the mean of the last 6 epochs' weights kept": {
+        "early_stopping": True, "window": ("last", 6),
+    },
+    "early_stopping=True, the mean of the weights of the best epoch +- 5 kept": {
+        "early_stopping": True, "window": ("best", 5),
+    },
 }
 
 
@@ -163,7 +174,43 @@ def fit_row(params, seed, X_train, y_train):
         decay, warm_up, keep = average
         params["callbacks"] = [("average", _weight_average(decay, warm_up))]
         params["callbacks__early_stopping__load_best"] = keep == "best"
+    window = params.pop("window", None)
+    if window:
+        params["callbacks"] = [("window", _window_average(*window))]
+        params["callbacks__early_stopping__load_best"] = False
     return SoftRegCNNClassifier(max_epochs=200, random_state=seed, **params).fit(X_train, y_train)
+
+
+def _window_average(mode, width):
+    """A skorch callback: at the end of training, the module takes the mean of the
+    weights at the end of the last ``width`` epochs (``mode="last"``), or of the
+    epochs within ``width`` of the best validation loss (``mode="best"``). The
+    training itself is unchanged."""
+    from collections import deque
+
+    from skorch.callbacks import Callback
+
+    class WindowAverage(Callback):
+        def on_train_begin(self, net, **kwargs):
+            self.params = list(net.module_.parameters())
+            self.kept = deque(maxlen=2 * width + 1 if mode == "best" else width)
+
+        def on_epoch_end(self, net, **kwargs):
+            epoch = net.history[-1, "epoch"]
+            self.kept.append((epoch, [p.detach().clone() for p in self.params]))
+
+        def on_train_end(self, net, **kwargs):
+            if mode == "best":
+                best = max(e for e, ok in net.history[:, ("epoch", "valid_loss_best")] if ok)
+                chosen = [w for e, w in self.kept if abs(e - best) <= width]
+            else:
+                chosen = [w for _, w in self.kept]
+            import torch
+
+            mean = [torch.stack(ws).mean(0) for ws in zip(*chosen)]
+            load_weights(self.params, mean)
+
+    return WindowAverage()
 
 
 CURVE_EPOCHS = 100
