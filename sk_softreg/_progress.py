@@ -48,8 +48,9 @@ class EpochProgressBar(Callback):
         self.bar_ = self._tqdm(total=net.max_epochs, desc=type(net).__name__, unit="epoch")
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        batch_size = net.get_params_for("iterator_train").get("batch_size", net.batch_size)
-        n_batches = _n_batches(dataset_train, batch_size)
+        params = net.get_params_for("iterator_train")
+        batch_size = params.get("batch_size", net.batch_size)
+        n_batches = _n_batches(dataset_train, batch_size, params.get("drop_last", False))
         if n_batches is not None and n_batches >= self.min_batches:
             self.batch_bar_ = self._tqdm(total=n_batches, desc="batches", leave=False, position=1)
 
@@ -89,11 +90,13 @@ class EpochProgressBar(Callback):
         return state
 
 
-def _n_batches(dataset, batch_size):
+def _n_batches(dataset, batch_size, drop_last=False):
+    """The number of training batches of an epoch over ``dataset``, as a DataLoader
+    counts them (None for a dataset without a length)."""
     try:
         n = len(dataset)
     except TypeError:
         return None
     if batch_size is None or batch_size == -1:
         return 1
-    return math.ceil(n / batch_size)
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
