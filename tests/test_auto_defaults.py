@@ -6,7 +6,7 @@ import torch
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sk_softreg import SoftRegRegressor
-from sk_softreg._size_rules import auto_batch_size, auto_dropout, auto_lr
+from sk_softreg._size_rules import auto_batch_size, auto_dropout, auto_lr, is_auto
 from sk_softreg.modules import GaussianMLP
 
 
@@ -31,6 +31,17 @@ def test_rule_values(n, dropout, batch, lr):
 def test_lr_follows_the_batch_size_up_to_256():
     assert auto_lr(64) == pytest.approx(1e-3)
     assert auto_lr(32) < auto_lr(64) < auto_lr(128) < auto_lr(256) == auto_lr(4096)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Auto", "auto ", 1e-3, None, np.array("auto"), np.array(["auto"]), torch.tensor(1e-3)],
+    ids=["Auto", "trailing_space", "float", "None", "0d_array", "1d_array", "tensor"],
+)
+def test_is_auto_only_for_the_string(value):
+    # an array or tensor holding "auto" (or a value) is not the "auto" default
+    assert is_auto("auto") is True
+    assert is_auto(value) is False
 
 
 def rows(n, seed=0):

@@ -210,6 +210,16 @@ def test_a_constant_score_stops_after_the_patience():
     assert "valid_score" not in est.set_params(scoring="loss").fit(X, y).history[-1]
 
 
+def test_validation_score_keeps_no_validation_data_after_fit():
+    """The valid_score callback drops its copy of the validation rows when training ends
+    (a pickled estimator carries no validation data)."""
+    X, y = three_blobs(np.arange(3))
+    est = SoftRegCNNClassifier(max_epochs=2, early_stopping=True, scoring=Recorder(),
+                               random_state=0, device="cpu").fit(X, y)
+    assert "valid_score" in est.history[-1]
+    assert dict(est.callbacks_)["valid_score"].data_ is None
+
+
 def test_weighted_fit_passes_the_validation_weights_to_the_scorer():
     X, y = three_blobs(np.arange(3))
     w = 1.0 + np.arange(len(y)) / len(y)

@@ -10,7 +10,7 @@ from skorch.callbacks import Callback, EpochScoring
 from skorch.dataset import Dataset, ValidSplit
 
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
-from sk_softreg._batching import TensorBatches
+from sk_softreg._batching import TensorBatches, fast_batches_source, pack_weights
 
 # Any iterator option outside batch_size/shuffle/drop_last selects the DataLoader.
 FORCE_DATALOADER = {"iterator_train__num_workers": 0, "iterator_valid__num_workers": 0}
@@ -198,3 +198,73 @@ def test_nested_subsets_batch_their_own_rows():
     Xb, yb = (torch.cat(parts) for parts in zip(*batches))
     rows = [15, 3, 7]
     assert torch.equal(Xb, torch.as_tensor(X[rows])) and torch.equal(yb, torch.as_tensor(y[rows]))
+
+
+@pytest.mark.parametrize("dtype", [bool, np.int64, np.float32, np.complex64])
+def test_numeric_and_bool_arrays_take_the_fast_path(dtype):
+    X = np.zeros((6, 2), dtype=dtype)
+    y = np.arange(6)
+    source = fast_batches_source(Dataset(X, y))
+    assert source is not None and source[0] is X and source[1] is y
+    assert fast_batches_source(Dataset(X.astype(object), y)) is None
+
+
+def test_sparse_tensors_use_the_dataloader():
+    y = torch.arange(6.0)
+    assert fast_batches_source(Dataset(torch.eye(6), y)) is not None
+    assert fast_batches_source(Dataset(torch.eye(6).to_sparse(), y)) is None
+
+
+def test_dataset_of_an_explicit_length_uses_the_dataloader():
+    """A Dataset whose ``length`` is not its arrays' yields its own rows only, as the
+    DataLoader does; so does a packed dict whose weights are not one per row."""
+    X = np.arange(20.0, dtype=np.float32).reshape(10, 2)
+    y = np.arange(10, dtype=np.float32)
+    short = Dataset(X, y, length=3)
+    assert fast_batches_source(short) is None
+    batches = _regressor(batch_size=2).get_iterator(short)
+    Xb = torch.cat([xb for xb, _ in batches])
+    assert torch.equal(Xb, torch.as_tensor(X[:3]))
+    assert fast_batches_source(Dataset(pack_weights(X, np.ones(5, np.float32)), y, length=10)) is None
+    assert fast_batches_source(Dataset(X, y[:4], length=10)) is None
+
+
+def test_a_batch_larger_than_a_block_is_gathered_alone(monkeypatch):
+    """Rows of one batch above BLOCK_BYTES: one batch per block, the DataLoader's batches."""
+    import sk_softreg._batching as batching
+
+    monkeypatch.setattr(batching, "BLOCK_BYTES", 16)  # a batch of 3 rows is 60 bytes
+    X = torch.arange(33.0).reshape(11, 3)
+    y = torch.arange(11.0)
+    w = torch.linspace(0.5, 1.5, 11)
+    assert batching.block_batches(3, (X, y, w)) == 1
+    torch.manual_seed(3)
+    ref = list(torch.utils.data.DataLoader(Dataset(batching.pack_weights(X, w), y), batch_size=3,
+                                           shuffle=True))
+    torch.manual_seed(3)
+    got = list(TensorBatches(X, y, 3, True, False, sample_weight=w))
+    assert len(got) == len(ref) == 4
+    for (xa, ya), (xb, yb) in zip(ref, got):
+        assert torch.equal(xa["X"], xb["X"]) and torch.equal(ya, yb)
+        assert torch.equal(xa["sample_weight"], xb["sample_weight"])
+
+
+def test_without_y_the_batches_carry_the_dataloaders_placeholder():
+    X = torch.arange(14.0).reshape(7, 2)
+    ref = list(torch.utils.data.DataLoader(Dataset(X, None), batch_size=3))
+    got = list(TensorBatches(X, None, 3, False, False))
+    assert len(got) == len(ref) == 3
+    for (xa, ya), (xb, yb) in zip(ref, got):
+        assert torch.equal(xa, xb)
+        assert yb.shape == ya.shape == (len(xa), 1) and yb.dtype == ya.dtype
+        assert torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_drop_last_with_fewer_rows_than_a_batch_yields_nothing(shuffle):
+    X = torch.arange(4.0).reshape(2, 2)
+    y = torch.arange(2.0)
+    ref = list(torch.utils.data.DataLoader(Dataset(X, y), batch_size=3, shuffle=shuffle,
+                                           drop_last=True))
+    batches = TensorBatches(X, y, 3, shuffle, True)
+    assert ref == list(batches) == [] and len(batches) == 0

@@ -275,3 +275,62 @@ def test_alpha_zero_takes_no_dropout_free_pass(data):
     assert passes == n_steps
     passes, n_steps = training_passes(0.1)
     assert passes == 2 * n_steps
+
+
+class _CountingShared(GaussianMLP):
+    """GaussianMLP (with ``dropout_free``) recording each training call's keyword."""
+
+    calls = []
+
+    def forward(self, X, dropout_free=False):
+        if self.training:
+            self.calls.append(dropout_free)
+        return super().forward(X, dropout_free=dropout_free)
+
+
+def test_shared_pass_is_one_forward_per_step(data):
+    """A module whose forward takes ``dropout_free`` gives the KL its output from the
+    training pass itself: one call per training step, with ``dropout_free=True``."""
+    X, y = data
+    _CountingShared.calls = []
+    reg = small_reg(module=_CountingShared, max_epochs=2, module__dropout=0.3, alpha=0.1,
+                    early_stopping=False).fit(X, y)
+    n_steps = sum(len(epoch["batches"]) for epoch in reg.history)
+    assert _CountingShared.calls == [True] * n_steps
+
+
+class _FrozenDropout(_Shifted):
+    """Its dropout layers stay in eval mode in training too."""
+
+    def train(self, mode=True):
+        super().train(mode)
+        for layer in dropout_layers(self):
+            layer.eval()
+        return self
+
+
+def test_no_second_pass_when_no_dropout_layer_is_training(data):
+    """With every dropout layer already off, the training output is the dropout-free
+    one: no second pass for the KL."""
+    X, y = data
+    _Shifted.shifts = []
+    reg = small_reg(module=_FrozenDropout, max_epochs=2, module__dropout=0.3, alpha=0.1,
+                    early_stopping=False).fit(X, y)
+    n_steps = sum(len(epoch["batches"]) for epoch in reg.history)
+    assert dropout_layers(reg.module_) and len(_Shifted.shifts) == n_steps
+
+
+def test_forward_without_a_signature_does_not_share_the_pass():
+    module = torch.nn.Identity()
+    module.forward = torch.relu  # a builtin: inspect.signature raises ValueError
+    assert not shares_dropout_free_pass(module)
+    assert shares_dropout_free_pass(GaussianMLP(n_features=2, n_outputs=1))
+
+
+def test_std_scale_computes_in_float64():
+    # float32 inputs: (3e20)**2 overflows float32, not float64
+    residual = np.array([[3e20], [4e20]], dtype=np.float32)
+    std = np.ones((2, 1), dtype=np.float32)
+    scale = std_scale(residual, std)
+    assert scale.dtype == np.float64
+    np.testing.assert_allclose(scale, [np.sqrt((9 + 16) / 2) * 1e20], rtol=1e-6)

@@ -320,3 +320,27 @@ def test_balanced_class_weight_and_criterion_pos_weight_are_exclusive(data):
     est = clf(max_epochs=1, class_weight="balanced", criterion__pos_weight=torch.ones(3))
     with pytest.raises(ValueError, match="not both"):
         est.fit(X, Y)
+
+
+def test_probabilities_near_one_and_zero_are_not_rounded(data):
+    # the sigmoid runs in float64: a logit of 20 gives 1 - 2.1e-9, which float32 rounds to 1
+    X, Y, X_test, _ = data
+    est = clf(max_epochs=1).fit(X, Y)
+    last = [m for m in est.module_.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([20.0, -20.0, 0.0]))
+    proba = est.predict_proba(X_test[:4])
+    expected = 1 / (1 + np.exp(-np.array([20.0, -20.0, 0.0])))
+    np.testing.assert_allclose(proba, np.tile(expected, (4, 1)), rtol=1e-12)
+    assert (proba[:, 0] < 1).all() and (proba[:, 1] > 0).all()
+
+
+def test_balanced_pos_weight_of_a_weighted_fit_counts_the_sample_weights(data):
+    X, Y, _, _ = data
+    w = np.where(Y[:, 0] == 1, 3.0, 1.0)  # the first label's positives weigh three rows
+    est = clf(class_weight="balanced", max_epochs=1).fit(X, Y, sample_weight=w)
+    np.testing.assert_allclose(est.pos_weight_, balanced_pos_weight(Y, w), rtol=1e-12)
+    positives = (w * Y[:, 0]).sum()
+    assert est.pos_weight_[0] == pytest.approx((w.sum() - positives) / positives)
+    assert not np.allclose(est.pos_weight_, balanced_pos_weight(Y))

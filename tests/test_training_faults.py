@@ -58,6 +58,17 @@ def test_non_finite_validation_loss_stops_training_clearly():
         est.predict(X_TAB)
 
 
+def test_infinite_validation_loss_stops_training_clearly():
+    # an infinite validation target makes the validation loss inf, not NaN: inf stops too
+    y_valid = Y_REG[:16].astype(np.float32).reshape(-1, 1).copy()
+    y_valid[5] = np.inf
+    split = predefined_split(Dataset(X_TAB[:16].astype(np.float32), y_valid))
+    est = SoftRegRegressor(max_epochs=3, train_split=split, **FAST)
+    with pytest.raises(NonFiniteLossError, match=r"validation loss became inf at epoch 1, batch 1"):
+        est.fit(X_TAB, Y_REG)
+    assert len(est.history) == 1
+
+
 class _PoisonWeights(Callback):
     """Set a weight to NaN after the last optimizer step, keeping that batch's loss finite."""
 
@@ -74,7 +85,7 @@ class _PoisonWeights(Callback):
 @pytest.mark.parametrize("index", [0, -1], ids=["first weight", "last weight"])
 def test_non_finite_weights_after_last_batch_are_caught(index):
     est = SoftRegRegressor(max_epochs=2, callbacks=[_PoisonWeights(index)], **FAST)
-    with pytest.raises(NonFiniteLossError, match="weights of 'module' became non-finite"):
+    with pytest.raises(NonFiniteLossError, match="weights of 'module' became non-finite by the end of epoch 2"):
         est.fit(X_TAB, Y_REG)
     with pytest.raises(NotFittedError):
         est.predict(X_TAB)

@@ -13,6 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.class_weight import compute_sample_weight
+from skorch.callbacks import Callback
 from skorch.dataset import ValidSplit
 from torch import nn
 
@@ -140,6 +141,32 @@ def test_sample_weight_never_reaches_the_module(reg_data, options):
     est = reg(module=TensorOnly, alpha=0.0, train_split=ValidSplit(0.25, random_state=0), **options)
     est.fit(X, y, sample_weight=w)
     assert est.predict(X).shape == (len(y),)
+
+
+class _WeightDtypes(Callback):
+    """Records the dtype of each training batch's sample weights."""
+
+    def initialize(self):
+        self.dtypes = set()
+        return self
+
+    def on_batch_begin(self, net, batch=None, training=None, **kwargs):
+        if training:
+            Xi = batch[0]
+            self.dtypes.add(Xi["sample_weight"].dtype if isinstance(Xi, dict) else None)
+
+
+@pytest.mark.parametrize("options", [{}, FORCE_DATALOADER], ids=["fast_path", "dataloader"])
+def test_weights_travel_as_float32_and_leave_the_criterion_as_it_was(reg_data, options):
+    X, y, w = reg_data
+    seen = _WeightDtypes()
+    est = reg(callbacks=[seen], **options).fit(X, y, sample_weight=w)
+    assert seen.dtypes == {torch.float32}
+    # the per-sample reduction is only set for the weighted loss, then restored
+    assert est.criterion_.reduction == "mean"
+    seen.dtypes.clear()
+    est.partial_fit(X, y)  # unweighted: the criterion's mean loss again
+    assert seen.dtypes == {None} and np.isfinite(est.history[-1, "train_loss"])
 
 
 def test_partial_fit_takes_sample_weight(reg_data):
