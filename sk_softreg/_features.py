@@ -8,11 +8,11 @@ so inputs leave the network with exact zeros, and ``feature_importances_``
 are the columns' norms.
 """
 
-import warnings
 
 import numpy as np
 import torch
 
+from ._warnings import warn
 from .penalties import group_l2_penalty, input_layer, prox_group_l2_, prox_thresholds
 
 __all__ = ["FeatureSelectionMixin"]
@@ -91,9 +91,7 @@ class FeatureSelectionMixin:
         self.feature_importances_ = norms / total if total > 0 else norms
         self.n_features_selected_ = int(np.count_nonzero(norms))
         if self.n_features_selected_ == 0:
-            warnings.warn(
+            warn(
                 f"lambda_features={self.lambda_features!r} set the weights of every input to "
-                "zero: the network ignores its inputs. Use a smaller lambda_features.",
-                UserWarning,
-                stacklevel=3,
+                "zero: the network ignores its inputs. Use a smaller lambda_features."
             )

@@ -20,13 +20,13 @@ An ``(n, 1)`` column stays the binary target, as scikit-learn's
 ``type_of_target`` says.
 """
 
-import warnings
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.utils.multiclass import type_of_target
 
+from ._warnings import warn
 from .penalties import bernoulli_kl_from_half, bernoulli_kl_to_half
 
 __all__ = [
@@ -105,11 +105,9 @@ def balanced_pos_weight(Y, sample_weight=None):
 def _warn_constant_labels(Y):
     constant = np.flatnonzero((Y == Y[:1]).all(axis=0)) if len(Y) else []
     if len(constant):
-        warnings.warn(
+        warn(
             f"Label(s) {list(map(int, constant))} of Y are constant in the training data "
-            "(all 0 or all 1): the network can only learn that constant for them.",
-            UserWarning,
-            stacklevel=5,  # the caller of fit / partial_fit
+            "(all 0 or all 1): the network can only learn that constant for them."
         )
 
 

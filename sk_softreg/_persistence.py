@@ -21,13 +21,13 @@ import importlib
 import json
 import numbers
 import os
-import warnings
 
 import numpy as np
 import torch
 
 from ._batch_loop import BatchHistory
 from ._exceptions import ModelFileError
+from ._warnings import warn
 
 __all__ = ["load", "save"]
 
@@ -187,11 +187,7 @@ def save(estimator, path):
                 ) from None
             dropped.append(key)
     if dropped:
-        warnings.warn(
-            f"Not saved (JSON cannot hold them; they get their defaults on load): {sorted(dropped)}.",
-            UserWarning,
-            stacklevel=3,
-        )
+        warn(f"Not saved (JSON cannot hold them; they get their defaults on load): {sorted(dropped)}.")
 
     fitted = {}
     for key, value in vars(estimator).items():
@@ -203,7 +199,7 @@ def save(estimator, path):
         try:
             fitted[key] = _encode(value)
         except _Unencodable:
-            warnings.warn(f"Fitted attribute {key!r} cannot be saved and is dropped.", UserWarning, stacklevel=2)
+            warn(f"Fitted attribute {key!r} cannot be saved and is dropped.")
     for key in ("_y_1d", "_n_fit_rows", "_y_dtype"):
         if hasattr(estimator, key):
             fitted[key] = _encode(getattr(estimator, key))
@@ -324,10 +320,6 @@ def _load_device(saved, requested):
     if saved is None or saved == "auto":
         return saved
     if torch.device(saved).type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(
-            f"The model was saved with device={saved!r}, but CUDA is not available; loading on the CPU.",
-            UserWarning,
-            stacklevel=3,
-        )
+        warn(f"The model was saved with device={saved!r}, but CUDA is not available; loading on the CPU.")
         return "cpu"
     return saved

@@ -7,12 +7,13 @@ a time for folders that do not fit in memory.
 """
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from ._warnings import warn
 
 __all__ = ["ImageFolderDataset", "list_image_files", "load_image_folder"]
 
@@ -88,11 +89,7 @@ def _warn_unreadable(bad):
     if bad:
         shown = ", ".join(repr(str(f)) for f in bad[:_SHOWN])
         more = f" and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
-        warnings.warn(
-            f"Skipped {len(bad)} unreadable image file(s): {shown}{more}.",
-            UserWarning,
-            stacklevel=4,
-        )
+        warn(f"Skipped {len(bad)} unreadable image file(s): {shown}{more}.")
 
 
 def _read_images(files, size, grayscale):

@@ -21,6 +21,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._warnings import warn
 from .modules import GaussianMLP
 
 __all__ = ["SoftRegSelectorCV"]
@@ -432,8 +433,8 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
             if result is None:
                 from .model_selection import StackingFallbackWarning
 
-                warnings.warn(f"The paths are trained one by one, not stacked: {reason}.",
-                              StackingFallbackWarning, stacklevel=2)
+                warn(f"The paths are trained one by one, not stacked: {reason}.",
+                     StackingFallbackWarning)
         if result is not None:
             all_norms, all_scores = result
             fold_norms, path_scores = all_norms[:, :n_folds], all_scores[:, :n_folds]

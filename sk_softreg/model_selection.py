@@ -12,7 +12,6 @@ sk_softreg estimator, by the search's own scorers.
 
 import math
 import time
-import warnings
 from contextlib import contextmanager
 from numbers import Integral
 
@@ -35,6 +34,7 @@ from sklearn.utils.validation import _check_method_params, indexable
 from ._base import SoftRegMixin
 from ._stacked import train_stack
 from ._stacked_members import STACKABLE_PARAMS, Member, prepare_member, stack_key
+from ._warnings import warn
 
 __all__ = ["BatchedGridSearchCV", "StackingFallbackWarning"]
 
@@ -270,11 +270,8 @@ class BatchedGridSearchCV(GridSearchCV):
                 reasons[reason] = reasons.get(reason, 0) + 1
         for reason, count in reasons.items():
             self.n_fallback_fits_ += count
-            warnings.warn(
-                f"{count} fit(s) were trained one by one, not stacked: {reason}.",
-                StackingFallbackWarning,
-                stacklevel=3,
-            )
+            warn(f"{count} fit(s) were trained one by one, not stacked: {reason}.",
+                 StackingFallbackWarning)
         return out
 
     def _tasks(self, base_estimator, candidates, n_splits):

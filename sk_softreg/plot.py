@@ -20,10 +20,11 @@ module (and :func:`sparsity_scorer`) works without it.
   CV score (with its one-SE band) and inputs kept along its λ path.
 """
 
-import warnings
 
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
+
+from ._warnings import warn
 
 __all__ = [
     "plot_history",
@@ -328,11 +329,9 @@ def plot_regularization_path(search, param="lambda1", ax=None, score=None):
             labels.append(sline.get_label())
             ax.sparsity_ax = twin
         elif name != "sparsity":
-            warnings.warn(
+            warn(
                 "cv_results_ has no 'sparsity' score, so the sparsity axis is not drawn. "
-                "Add scoring={..., 'sparsity': sk_softreg.plot.sparsity_scorer} to the search.",
-                UserWarning,
-                stacklevel=2,
+                "Add scoring={..., 'sparsity': sk_softreg.plot.sparsity_scorer} to the search."
             )
     ax.legend(handles, labels, loc="best")
     return ax
