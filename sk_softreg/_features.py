@@ -8,7 +8,6 @@ so inputs leave the network with exact zeros, and ``feature_importances_``
 are the columns' norms.
 """
 
-
 import numpy as np
 import torch
 

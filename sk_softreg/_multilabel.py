@@ -20,7 +20,6 @@ An ``(n, 1)`` column stays the binary target, as scikit-learn's
 ``type_of_target`` says.
 """
 
-
 import numpy as np
 import scipy.sparse as sp
 import torch

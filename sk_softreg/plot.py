@@ -20,7 +20,6 @@ module (and :func:`sparsity_scorer`) works without it.
   CV score (with its one-SE band) and inputs kept along its λ path.
 """
 
-
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
