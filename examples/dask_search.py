@@ -18,7 +18,7 @@ import joblib
 import numpy as np
 
 try:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 except ImportError:
     sys.exit('dask_search.py needs dask.distributed: pip install -e ".[distributed]"')
 from sklearn.datasets import load_digits
@@ -38,9 +38,13 @@ def main():
 
     if args.scheduler:
         client = Client(args.scheduler)
-    else:
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
-        client = Client(cluster)
+    else:  # a client that starts its own LocalCluster closes it with itself
+        client = Client(n_workers=args.workers, threads_per_worker=1, processes=True)
+    with client:
+        run_search(client, args)
+
+
+def run_search(client, args):
     print("dashboard:", client.dashboard_link)
     print("torch threads per worker:", set_torch_threads(client, args.torch_threads))
 
@@ -59,7 +63,6 @@ def main():
     print("best params:", search.best_params_)
     print(f"cv accuracy {search.best_score_:.3f}, test accuracy {search.score(X_test, y_test):.3f}")
     print(f"sparsity of the refit network: {search.best_estimator_.sparsity_:.3f}")
-    client.close()
 
 
 if __name__ == "__main__":

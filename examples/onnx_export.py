@@ -80,7 +80,7 @@ def regressor_rows(folder):
                 "test rows": len(X_te),
                 "max abs diff": np.abs(got - expected).max(),
                 "same predicted class": "",
-                    "file MB": size / 1e6,
+                "file MB": size / 1e6,
             })
     return rows
 

@@ -1,7 +1,10 @@
 import numpy as np
 import pytest
+import sklearn.datasets
 from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
+import sk_softreg._demo
 from sk_softreg import _numba_loops
 
 
@@ -39,3 +42,25 @@ def torch_kernels(monkeypatch):
     """Run without numba's compiled loops (sk_softreg._numba_loops), as where numba is not
     installed."""
     monkeypatch.setattr(_numba_loops, "_kernels", False)
+
+
+@pytest.fixture
+def shrink_digits(monkeypatch):
+    """``shrink_digits(n)``: ``load_digits(return_X_y=True)`` gives ``n`` images, stratified.
+
+    For code that loads digits itself (the docs' examples, the scripts in ``examples/``,
+    ``sk_softreg._demo``), so that its searches run in seconds.
+    """
+
+    def shrink(n):
+        def load_small(*args, **kwargs):
+            data = load_digits(*args, **kwargs)
+            if not isinstance(data, tuple):
+                return data
+            X, _, y, _ = train_test_split(*data, train_size=n, stratify=data[1], random_state=0)
+            return X, y
+
+        monkeypatch.setattr(sklearn.datasets, "load_digits", load_small)
+        monkeypatch.setattr(sk_softreg._demo, "load_digits", load_small)
+
+    return shrink

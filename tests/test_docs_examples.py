@@ -26,8 +26,6 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import sklearn
-import sklearn.datasets
-from sklearn.model_selection import train_test_split
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS_ROOT_FILES = ["README.md"] + sorted(
@@ -220,21 +218,6 @@ def _entry(table, block):
     return None
 
 
-@pytest.fixture
-def small_load_digits(monkeypatch):
-    """``load_digits(return_X_y=True)`` gives 200 images, stratified."""
-    load_digits = sklearn.datasets.load_digits
-
-    def load_small(*args, **kwargs):
-        data = load_digits(*args, **kwargs)
-        if not isinstance(data, tuple):
-            return data
-        X, _, y, _ = train_test_split(*data, train_size=200, stratify=data[1], random_state=0)
-        return X, y
-
-    monkeypatch.setattr(sklearn.datasets, "load_digits", load_small)
-
-
 # the optional packages a page's examples import (all in the ``dev`` extra)
 PAGE_NEEDS = {
     "docs/onnx.rst": ["onnx", "onnxscript", "onnxruntime"],
@@ -244,13 +227,14 @@ PAGE_NEEDS = {
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_page_examples_run(page, tmp_path, monkeypatch, small_load_digits):
+def test_page_examples_run(page, tmp_path, monkeypatch, shrink_digits):
     for module in PAGE_NEEDS.get(page, []):
         pytest.importorskip(module)
     if page == "docs/quickstart.rst":
         import matplotlib
 
         matplotlib.use("Agg")
+    shrink_digits(200)
     monkeypatch.chdir(tmp_path)  # the files the examples write
     namespace = {"tmp_path": tmp_path, "np": np}
     # a page may set scikit-learn's global config (metadata routing): restore it after
