@@ -24,6 +24,7 @@ feature selection (:mod:`~sk_softreg._features`) and the fast layer
 import inspect
 import math
 import numbers
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -137,8 +138,10 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
             weighted means, ``sum(w_i * l_i) / sum(w_i)`` over the batch, as
             in scikit-learn's MLP; the λ penalties do not change, and the
             validation loss is weighted the same way. Rows of weight 0 are
-            dropped before training, so the fit equals one without them;
-            constant weights give exactly the unweighted fit. The weights
+            dropped before training, so the fit equals one without them
+            (except that a class whose rows all weigh 0 stays in the
+            classifier's ``classes_``, as in scikit-learn); constant
+            weights give exactly the unweighted fit. The weights
             never reach the module's ``forward``. Not supported for a torch
             ``Dataset`` X.
         **fit_params : dict
@@ -150,8 +153,7 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         """
         self._validate_hyperparameters()
         reset = not (self.warm_start and self.initialized_)
-        X, y, sample_weight = self._weighted_rows(X, y, sample_weight)
-        X, y = self._validate_fit_data(X, y, reset=reset, sample_weight=sample_weight)
+        X, y, sample_weight = self._fit_data(X, y, sample_weight, reset=reset)
         with self._seeded():
             if reset:
                 self.initialize()
@@ -159,6 +161,29 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
                 super().partial_fit(self._with_weights(X, sample_weight), y, **fit_params)
         self._after_fit(X, y, sample_weight, held_out=state.dataset_valid)
         return self
+
+    def _fit_data(self, X, y, sample_weight, reset, classes=None, partial=False):
+        """The validated rows to train on, ``(X, y, weights)``: the first step of
+        ``fit``, ``partial_fit`` and a stacked member's set-up.
+
+        Rows of weight 0 are dropped (:meth:`_weighted_rows`). A first fit of the
+        classifier reads its classes before that (:meth:`_target_labels`), so a
+        class whose rows all weigh 0 keeps its place in ``classes_``, as in
+        scikit-learn. ``classes`` is ``partial_fit``'s.
+        """
+        if classes is None and reset:
+            classes = self._target_labels(y, sample_weight)
+        X, y, sample_weight = self._weighted_rows(
+            X, y, sample_weight, classes=classes, partial=partial
+        )
+        X, y = self._validate_fit_data(
+            X, y, reset=reset, classes=classes, sample_weight=sample_weight
+        )
+        return X, y, sample_weight
+
+    def _target_labels(self, y, sample_weight):
+        """The labels of y to keep whatever rows are dropped, or None (the regressor)."""
+        return None
 
     def partial_fit(self, X, y=None, classes=None, sample_weight=None, **fit_params):
         """Train for ``max_epochs`` more epochs, initializing only on the first call.
@@ -185,9 +210,8 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
                 "set_params(early_stopping=False) before calling partial_fit."
             )
         reset = not self.initialized_
-        X, y, sample_weight = self._weighted_rows(X, y, sample_weight, classes=classes, partial=True)
-        X, y = self._validate_fit_data(
-            X, y, reset=reset, classes=classes, sample_weight=sample_weight
+        X, y, sample_weight = self._fit_data(
+            X, y, sample_weight, reset=reset, classes=classes, partial=True
         )
         self._incremental = True  # early_stopping="auto" is off in partial_fit, as in sklearn
         try:
@@ -367,10 +391,15 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
 
         Under a forked torch RNG: predicting may draw from it (a ``DataLoader``
         draws a seed), and the training run must not depend on the scoring.
+        The validation rows come from the training X, as arrays: scikit-learn's
+        warning that they lack the feature names of a DataFrame X is silenced.
         """
         scorer = self._validation_scorer()
         kwargs = {} if sample_weight is None else {"sample_weight": sample_weight}
-        with torch.random.fork_rng(devices=self._cuda_devices()):
+        with torch.random.fork_rng(devices=self._cuda_devices()), warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="X does not have valid feature names", category=UserWarning
+            )
             return float(scorer(self, X, y, **kwargs))
 
     def _cuda_devices(self):

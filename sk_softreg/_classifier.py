@@ -22,7 +22,7 @@ from ._batching import pack_weights, unpack_weights
 from ._images import ImageInputMixin
 from ._multilabel import MultilabelMixin, is_label_matrix, subset_correct
 from ._torchvision import TorchvisionClassifierNet
-from ._validation import is_lazy
+from ._validation import is_lazy, label_indices
 from .modules import SoftRegCNN
 from .penalties import kl_from_uniform, kl_to_uniform
 
@@ -386,7 +386,33 @@ class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, Neura
         check_classification_targets(y)
         if reset:
             self._set_classes(y, classes)
+        elif classes is not None:
+            self._check_same_classes(classes)
         return X, self._encode(y)
+
+    def _check_same_classes(self, classes):
+        """A later ``partial_fit``'s ``classes`` must be the first call's (scikit-learn's check)."""
+        if not np.array_equal(np.sort(self.classes_), unique_labels(np.asarray(classes))):
+            raise ValueError(
+                f"`classes={classes!r}` is not the same as on last call to partial_fit, "
+                f"was: {self.classes_!r}"
+            )
+
+    def _target_labels(self, y, sample_weight):
+        """The labels of a 1-D in-memory y, read before rows of weight 0 are dropped.
+
+        None where no row can be dropped (no ``sample_weight`` and no
+        ``class_weight``), for a label matrix or a Dataset, and for a y that
+        ``_validate_fit_data`` will reject (it raises, in its own wording).
+        """
+        if sample_weight is None and self.class_weight is None:
+            return None
+        if y is None or is_lazy(y) or is_label_matrix(y):
+            return None
+        try:
+            return unique_labels(column_or_1d(y))
+        except (TypeError, ValueError):
+            return None
 
     def _set_classes(self, y, classes):
         if self.classes is not None and len(self.classes):
@@ -414,13 +440,7 @@ class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, Neura
         return super().classes_
 
     def _encode(self, y):
-        classes = self.classes_
-        idx = np.searchsorted(classes, y)
-        idx = np.clip(idx, 0, len(classes) - 1)
-        unseen = classes[idx] != y
-        if np.any(unseen):
-            raise ValueError(f"y contains previously unseen labels: {np.unique(y[unseen]).tolist()}")
-        return idx.astype(np.int64)
+        return label_indices(self.classes_, y)
 
     @property
     def _default_callbacks(self):

@@ -21,7 +21,7 @@ from sklearn.utils.validation import (
 )
 
 from ._multilabel import is_label_matrix
-from ._validation import FLOAT_DTYPES, as_float32, first_sample_shape, is_lazy
+from ._validation import FLOAT_DTYPES, as_float32, first_sample_shape, is_lazy, label_indices
 
 __all__ = ["ImageInputMixin"]
 
@@ -178,8 +178,4 @@ class _EncodedTargets(torch.utils.data.Dataset):
         x, label = self.dataset[i]
         if self.names is not None:
             label = self.names[label]
-        idx = np.searchsorted(self.classes, label)
-        if idx >= len(self.classes) or self.classes[idx] != label:
-            # worded as in-memory labels are (_encode): a plain list, [5] not [np.int64(5)]
-            raise ValueError(f"y contains previously unseen labels: {np.atleast_1d(label).tolist()}")
-        return x, int(idx)
+        return x, int(label_indices(self.classes, [label])[0])

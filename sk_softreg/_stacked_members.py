@@ -71,8 +71,7 @@ def prepare_member(net, X, y, sample_weight=None, **fit_params):
     """
     member = Member(net)
     net._validate_hyperparameters()
-    X, y, sample_weight = net._weighted_rows(X, y, sample_weight)
-    X, y = net._validate_fit_data(X, y, reset=True, sample_weight=sample_weight)
+    X, y, sample_weight = net._fit_data(X, y, sample_weight, reset=True)
     member.X, member.y, member.sample_weight = X, y, sample_weight
     with net._seeded():
         net.initialize()

@@ -1,10 +1,10 @@
-"""Input checks shared by both estimators: float dtypes and lazy (Dataset) inputs."""
+"""Input checks shared by both estimators: float dtypes, lazy (Dataset) inputs, labels."""
 
 import numpy as np
 import torch
 from skorch.helper import SliceDataset
 
-__all__ = ["FLOAT_DTYPES", "as_float32", "first_sample_shape", "is_lazy"]
+__all__ = ["FLOAT_DTYPES", "as_float32", "first_sample_shape", "is_lazy", "label_indices"]
 
 #: the dtypes ``check_array`` keeps; anything else is converted to the first
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -20,6 +20,30 @@ def as_float32(X):
     if out.dtype != X.dtype and not np.isfinite(out).all():
         raise ValueError("Input X contains infinity or a value too large for dtype('float32').")
     return out
+
+
+def label_indices(classes, labels):
+    """The index of each of ``labels`` in ``classes``, which may be in any order.
+
+    ``classes`` is a classifier's ``classes_``: sorted when inferred from y, in the
+    user's order when given as skorch's ``classes`` parameter.
+
+    Raises
+    ------
+    ValueError
+        If a label is not among ``classes`` (scikit-learn's wording, the labels as a
+        plain list).
+    """
+    classes, labels = np.asarray(classes), np.asarray(labels)
+    order = np.argsort(classes, kind="stable")
+    ranked = classes[order]
+    at = np.searchsorted(ranked, labels).clip(0, len(ranked) - 1)
+    unseen = ranked[at] != labels
+    if np.any(unseen):
+        raise ValueError(
+            f"y contains previously unseen labels: {np.unique(labels[unseen]).tolist()}"
+        )
+    return order[at].astype(np.int64)
 
 
 def is_lazy(X):
