@@ -12,11 +12,12 @@ sk_softreg estimator, by the search's own scorers.
 
 import math
 import time
+from collections import defaultdict
 from contextlib import contextmanager
 from numbers import Integral
 
 import numpy as np
-from joblib import effective_n_jobs
+from joblib import effective_n_jobs, logger
 from sklearn.base import _fit_context, clone, is_classifier
 from sklearn.model_selection import GridSearchCV, ParameterGrid
 from sklearn.model_selection._split import check_cv
@@ -159,6 +160,26 @@ class BatchedGridSearchCV(GridSearchCV):
         self.max_stack_size = max_stack_size
         self.mixed_precision = mixed_precision
 
+    def set_callbacks(self, *callbacks):
+        """Not supported: scikit-learn's callbacks (:mod:`sklearn.callback`, 1.9+).
+
+        ``GridSearchCV`` runs them on each fit; the stacked fits are not run
+        through the callback contexts, so they would be silently left out.
+        ``verbose=1`` draws a progress bar over each stack's epochs.
+
+        Raises
+        ------
+        NotImplementedError
+            If any callback is given (``set_callbacks()`` with none is allowed).
+        """
+        if callbacks:
+            raise NotImplementedError(
+                "BatchedGridSearchCV does not run scikit-learn's callbacks (sklearn.callback); "
+                "use GridSearchCV for them, or verbose=1 for a progress bar over each "
+                "stack's epochs."
+            )
+        return self
+
     def _run_search(self, evaluate_candidates):
         """Search all candidates in ``param_grid``."""
         evaluate_candidates(ParameterGrid(self.param_grid))
@@ -190,6 +211,7 @@ class BatchedGridSearchCV(GridSearchCV):
         base_estimator = clone(self.estimator)
         self.n_stacks_ = self.n_fallback_fits_ = 0
         all_candidates, all_out = [], []
+        all_more_results = defaultdict(list)
         results = {}
 
         def evaluate_candidates(candidate_params, cv=None, more_results=None):
@@ -201,6 +223,12 @@ class BatchedGridSearchCV(GridSearchCV):
                     "cv.split and cv.get_n_splits return inconsistent results. "
                     f"Expected {n_splits} splits, got {len(splits)}"
                 )
+            if self.verbose > 0:
+                n_candidates = len(candidate_params)
+                print(
+                    f"Fitting {n_splits} folds for each of {n_candidates} candidates, "
+                    f"totalling {n_candidates * n_splits} fits"
+                )
             out = self._evaluate(base_estimator, X, y, candidate_params, splits, scorers, routed)
             if len(out) < 1:
                 raise ValueError(
@@ -211,7 +239,9 @@ class BatchedGridSearchCV(GridSearchCV):
                 _insert_error_scores(out, self.error_score)
             all_candidates.extend(candidate_params)
             all_out.extend(out)
-            results = self._format_results(all_candidates, n_splits, all_out, more_results)
+            for key, value in (more_results or {}).items():
+                all_more_results[key].extend(value)
+            results = self._format_results(all_candidates, n_splits, all_out, all_more_results)
             return results
 
         self._run_search(evaluate_candidates)
@@ -341,13 +371,20 @@ def _evaluate_task(base_estimator, X, y, task, candidates, splits, kwargs, mixed
     fit_params = kwargs["fit_params"] or {}
     prepared, results, fallbacks = [], [], []
 
+    verbose = kwargs["verbose"]
+
+    def progress(cand, split):
+        return {"split_progress": (split, len(splits)),
+                "candidate_progress": (cand, len(candidates))}
+
     def fit_alone(cand, split, reason):
         """The fit as GridSearchCV makes it, for a fit that does not stack."""
         train, test = splits[split]
         fallbacks.append(reason)
         results.append(((cand, split), _fit_and_score(
             clone(base_estimator), X, y, train=train, test=test, parameters=candidates[cand],
-            return_n_test_samples=True, return_times=True, return_parameters=False, **kwargs,
+            return_n_test_samples=True, return_times=True, return_parameters=False,
+            **progress(cand, split), **kwargs,
         )))
 
     for cand, split in task:
@@ -367,6 +404,8 @@ def _evaluate_task(base_estimator, X, y, task, candidates, splits, kwargs, mixed
     for key, items in stacks.items():
         start = time.time()
         if key is not None:
+            for (cand, split), *_ in items:
+                _print_fit_line("START", verbose, candidates[cand], **progress(cand, split))
             try:
                 train_stack(
                     [item[2] for item in items],
@@ -385,11 +424,51 @@ def _evaluate_task(base_estimator, X, y, task, candidates, splits, kwargs, mixed
                 result = _fit_and_score(
                     estimator, X, y, train=train, test=test, parameters=None,
                     return_n_test_samples=True, return_times=True, return_parameters=False,
-                    **{**kwargs, "fit_params": None},
+                    **{**kwargs, "fit_params": None, "verbose": 0},
                 )
             result["fit_time"] = share
+            _print_fit_line("END", verbose, candidates[cand], result, **progress(cand, split))
             results.append(((cand, split), result))
     return results, n_stacks, fallbacks
+
+
+def _print_fit_line(kind, verbose, parameters, result=None, *, split_progress,
+                    candidate_progress):
+    """A stacked fit's ``[CV ...] START`` or ``END`` line, as ``_fit_and_score`` prints a fit's.
+
+    A stacked fit is scored with ``verbose=0`` (``_fit_and_score`` would time only
+    its scoring, and would set the candidate's parameters again on the trained
+    estimator). START lines come before the stack trains; an END line's total time
+    is the fit's share of the stack's time plus its scoring time.
+    """
+    if verbose <= 1 or (kind == "START" and verbose <= 9):
+        return
+    progress = ""
+    if verbose > 2:
+        progress = f" {split_progress[0] + 1}/{split_progress[1]}"
+        if verbose > 9:
+            progress += f"; {candidate_progress[0] + 1}/{candidate_progress[1]}"
+    params = ", ".join(f"{k}={parameters[k]}" for k in sorted(parameters))
+    if kind == "START":
+        line = f"[CV{progress}] START {params}"
+        print(f"{line}{(80 - len(line)) * '.'}")
+        return
+    message = params + (";" if params else "")
+    if verbose > 2:
+        test, train = result["test_scores"], result.get("train_scores")
+        if isinstance(test, dict):
+            for name in sorted(test):
+                message += f" {name}: ("
+                if train is not None:
+                    message += f"train={train[name]:.3f}, "
+                message += f"test={test[name]:.3f})"
+        else:
+            message += ", score="
+            message += f"{test:.3f}" if train is None else f"(train={train:.3f}, test={test:.3f})"
+    total = result["fit_time"] + result["score_time"]
+    message += f" total time={logger.short_format_time(total)}"
+    line = f"[CV{progress}] END "
+    print(line + "." * (80 - len(line) - len(message)) + message)
 
 
 def _not_softreg(estimator):

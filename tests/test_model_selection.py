@@ -7,6 +7,7 @@ fitted attribute (``_attr``) compare the fitted members themselves.
 """
 
 import pickle
+import re
 import warnings
 
 import joblib
@@ -328,6 +329,67 @@ def test_verbose_draws_a_bar_over_epochs(reg_data, capsys):
     BatchedGridSearchCV(_regressor(), {"alpha": [0.0, 0.5]}, cv=2, verbose=1).fit(X, y)
     err = capsys.readouterr().err
     assert "stack of 4" in err and "training=" in err
+
+
+def _cv_lines(out):
+    """The search's printed lines, without the times (which differ by nature)."""
+    return [re.sub(r" total time=.*$", "", line).rstrip(".") for line in out.splitlines()
+            if line.startswith(("Fitting", "[CV"))]
+
+
+@pytest.mark.parametrize("verbose", [1, 2, 3, 10])
+def test_verbose_prints_what_gridsearchcv_prints(reg_data, capsys, verbose):
+    """The header, and each fit's [CV split; candidate] START / END line with its
+    parameters and scores, as GridSearchCV prints them (START lines of a stack come
+    before it trains, so the order differs; the lines do not)."""
+    X, y = reg_data
+    kwargs = dict(cv=2, verbose=verbose, refit=False, return_train_score=verbose == 3)
+    grid = {"lambda1": [0.0, 1e-3], "lr": [1e-3, 2e-3]}  # two stacks
+    BatchedGridSearchCV(_regressor(), grid, **kwargs).fit(X, y)
+    batched = capsys.readouterr().out
+    GridSearchCV(_regressor(), grid, **kwargs).fit(X, y)
+    plain = capsys.readouterr().out
+    assert sorted(_cv_lines(batched)) == sorted(_cv_lines(plain))
+    assert _cv_lines(batched)[0] == "Fitting 2 folds for each of 4 candidates, totalling 8 fits"
+    if verbose > 1:
+        assert len(_cv_lines(batched)) == 1 + 8 * (2 if verbose > 9 else 1)
+        assert len(re.findall(r"total time=\s*[\d.]+s", batched)) == 8
+
+
+def test_verbose_lines_of_fallback_fits_count_splits_and_candidates(reg_data, capsys):
+    X, y = reg_data
+    with pytest.warns(StackingFallbackWarning):
+        BatchedGridSearchCV(_module_regressor(module=NormedMLP, max_epochs=2),
+                            {"lambda1": [0.0, 1e-3]}, cv=2, verbose=10, refit=False).fit(X, y)
+    lines = _cv_lines(capsys.readouterr().out)
+    assert "[CV 2/2; 1/2] START lambda1=0.0" in lines
+    assert any(line.startswith("[CV 1/2; 2/2] END") and "lambda1=0.001;, score=" in line
+               for line in lines)
+
+
+def test_more_results_gather_over_evaluate_candidates_calls(reg_data):
+    """A subclass's _run_search may call evaluate_candidates several times, each with
+    its more_results: cv_results_ holds them all, as GridSearchCV's does."""
+
+    def searches():
+        for base in (GridSearchCV, BatchedGridSearchCV):
+            class InTwoRounds(base):
+                def _run_search(self, evaluate_candidates, **kwargs):
+                    evaluate_candidates([{"lambda1": 0.0}, {"lambda1": 1e-3}],
+                                        more_results={"round": [1, 1]})
+                    evaluate_candidates([{"lambda1": 1e-2}], more_results={"round": [2]})
+
+            yield InTwoRounds(_regressor(), {"lambda1": [0.0]}, cv=2, refit=False).fit(*reg_data)
+
+    plain, batched = searches()
+    assert list(batched.cv_results_["round"]) == list(plain.cv_results_["round"]) == [1, 1, 2]
+
+
+def test_set_callbacks_is_refused_not_ignored():
+    search = BatchedGridSearchCV(_regressor(), {"lambda1": [0.0]})
+    assert search.set_callbacks() is search
+    with pytest.raises(NotImplementedError, match="does not run scikit-learn's callbacks"):
+        search.set_callbacks(object())
 
 
 # ----------------------------------------------------------------------
