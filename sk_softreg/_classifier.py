@@ -390,6 +390,26 @@ class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, Neura
             self._check_same_classes(classes)
         return X, self._encode(y)
 
+    def _stratified_split(self, y):
+        """Whether early stopping's split stratifies by y (see the base class); where it
+        does, each class needs two rows, one for each side of the split.
+
+        Checked here so that the error names the user's labels: the split sees
+        class indices.
+        """
+        stratified = super()._stratified_split(y)
+        if stratified and isinstance(y, np.ndarray) and y.ndim == 1:
+            counts = np.bincount(y.astype(np.intp), minlength=len(self.classes_))
+            single = np.asarray(self.classes_)[counts == 1]
+            if len(single):
+                raise ValueError(
+                    f"early_stopping holds out a stratified validation_fraction="
+                    f"{self.validation_fraction} of the training rows, which needs at least "
+                    f"2 rows of each class; these classes have 1: {single.tolist()}. Pass "
+                    "early_stopping=False, or a train_split of your own."
+                )
+        return stratified
+
     def _check_same_classes(self, classes):
         """A later ``partial_fit``'s ``classes`` must be the first call's (scikit-learn's check)."""
         if not np.array_equal(np.sort(self.classes_), unique_labels(np.asarray(classes))):

@@ -135,3 +135,14 @@ def test_the_validation_scorer_does_not_warn_about_feature_names(small_digits, e
     assert len(est.history[:, "valid_score"]) == 3
     with pytest.warns(UserWarning, match="X does not have valid feature names"):
         est.predict(X[:3])  # the user's own call still warns, as scikit-learn's estimators do
+
+
+def test_a_class_of_one_row_under_early_stopping_is_named_by_its_label(three_classes):
+    """The stratified split needs two rows of each class; the error names the label,
+    not the class index that the split sees."""
+    X, y = three_classes
+    labels = np.array(["cat", "dog", "zebra"])[y]
+    labels[0] = "eel"
+    with pytest.raises(ValueError, match=r"these classes have 1: \['eel'\]\. Pass early_stopping"):
+        clf(early_stopping=True).fit(X, labels)
+    assert clf(early_stopping=True, max_epochs=1).fit(X[1:], labels[1:]).n_iter_ == 1
