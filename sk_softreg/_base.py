@@ -38,8 +38,9 @@ from sklearn.utils._param_validation import (
     StrOptions,
     validate_parameter_constraints,
 )
-from skorch.dataset import ValidSplit
+from skorch.dataset import Dataset, ValidSplit
 from skorch.utils import data_from_dataset, to_numpy
+from torch.utils.data import Subset
 
 from ._batching import unpack_weights
 from ._callbacks import (
@@ -54,6 +55,7 @@ from ._features import FeatureSelectionMixin
 from ._fit_state import HISTORY_TERMS, EpochTerms, FitState
 from ._progress import EpochProgressBar
 from ._sklearn import SklearnPlumbingMixin
+from ._validation import TargetsEncoded
 from ._weights import SampleWeightMixin
 from .penalties import select_penalized, weighted_mean
 
@@ -257,7 +259,9 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         """skorch's split; with ``early_stopping`` and no ``train_split``, hold out
         ``validation_fraction`` of the data (stratified where ``_stratified_split`` says)."""
         if not (self._early_stopping_active() and self.train_split is None):
-            return self._held_out(*super().get_split_datasets(X, y, **fit_params))
+            dataset_train, dataset_valid = super().get_split_datasets(X, y, **fit_params)
+            return self._held_out(dataset_train, self._encoded_validation(dataset_train,
+                                                                          dataset_valid))
         random_state = self.random_state
         if random_state is not None and not isinstance(random_state, numbers.Integral):
             random_state = check_random_state(random_state)
@@ -273,6 +277,29 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
                 "'validation_fraction' or the size of your dataset."
             )
         return self._held_out(dataset_train, dataset_valid)
+
+    def _encoded_validation(self, dataset_train, dataset_valid):
+        """A validation set of the user's own with its targets encoded as the training set's.
+
+        The training set holds encoded targets (the classifier's class indices,
+        the regressor's standardized y). A validation set of the user's own
+        (``train_split=predefined_split(valid_ds)``) holds them in the user's labels
+        or units, as for ``fit``: they are encoded with :meth:`_encode_targets`. A
+        split of the training set itself (skorch's ``ValidSplit``: subsets of one
+        data set) is left as it is.
+        """
+        if dataset_valid is None:
+            return None
+        source = getattr(dataset_train, "dataset", dataset_train)
+        if isinstance(dataset_valid, Subset) and dataset_valid.dataset is source:
+            return dataset_valid
+        if isinstance(dataset_valid, Dataset) and dataset_valid.y is not None:
+            return Dataset(dataset_valid.X, self._encode_targets(dataset_valid.y))
+        return TargetsEncoded(dataset_valid, self._encode_targets)
+
+    def _encode_targets(self, y):
+        """Targets in the user's labels or units, encoded as ``fit`` encodes its y."""
+        raise NotImplementedError
 
     def _held_out(self, dataset_train, dataset_valid):
         """Keep the fit's validation set for ``_after_fit``; return both sets."""

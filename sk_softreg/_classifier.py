@@ -462,6 +462,11 @@ class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, Neura
     def _encode(self, y):
         return label_indices(self.classes_, y)
 
+    def _encode_targets(self, y):
+        if self._is_multilabel():
+            return self._validate_label_matrix(y, reset=False)
+        return self._encode(column_or_1d(np.asarray(y)))
+
     @property
     def _default_callbacks(self):
         # skorch's valid_acc compares predict's labels with the validation targets,

@@ -464,6 +464,10 @@ class SoftRegRegressor(DropoutFreeKLMixin, SoftRegMixin, NeuralNetRegressor):
         std = self._predictive_std(torch.from_numpy(log_var.astype(np.float64))).numpy()
         return std_scale(residual, std, sample_weight)
 
+    def _encode_targets(self, y):
+        y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+        return self._standardize_y(y, reset=False)
+
     def _user_targets(self, y):
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1) * self.y_scale_ + self.y_mean_
         return y[:, 0] if self._y_1d else y

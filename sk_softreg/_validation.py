@@ -4,7 +4,14 @@ import numpy as np
 import torch
 from skorch.helper import SliceDataset
 
-__all__ = ["FLOAT_DTYPES", "as_float32", "first_sample_shape", "is_lazy", "label_indices"]
+__all__ = [
+    "FLOAT_DTYPES",
+    "TargetsEncoded",
+    "as_float32",
+    "first_sample_shape",
+    "is_lazy",
+    "label_indices",
+]
 
 #: the dtypes ``check_array`` keeps; anything else is converted to the first
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -65,3 +72,24 @@ def first_sample_shape(X, y, name, ndim, expected):
             f"has shape {shape}."
         )
     return shape
+
+
+class TargetsEncoded(torch.utils.data.Dataset):
+    """A ``Dataset`` of ``(x, y)`` pairs served as ``(x, encode(y))``.
+
+    ``encode`` maps an array of targets (one per row) to the encoding the
+    training set holds (class indices, standardized y); it is called on one
+    target at a time. For a skorch ``Dataset`` of arrays, prefer encoding its
+    ``y`` once (see ``SoftRegMixin._encoded_validation``).
+    """
+
+    def __init__(self, dataset, encode):
+        self.dataset = dataset
+        self.encode = encode
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return x, self.encode(np.asarray(y)[None])[0]

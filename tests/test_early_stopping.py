@@ -186,7 +186,7 @@ def test_score_stops_on_valid_score_in_the_users_labels():
     from skorch.dataset import Dataset
     from skorch.helper import predefined_split
 
-    valid = Dataset(X_valid, np.searchsorted(["cat", "dog", "owl"], y_valid))
+    valid = Dataset(X_valid, y_valid)  # the user's labels, as for fit
     est = SoftRegCNNClassifier(max_epochs=30, early_stopping=True, n_iter_no_change=3,
                                scoring="accuracy", train_split=predefined_split(valid),
                                random_state=0, device="cpu").fit(X, y)

@@ -91,13 +91,13 @@ def scale_on(reg, X, y):
 def test_the_scale_is_the_larger_of_the_training_and_validation_rows(data):
     X, y = data
     X_fit, X_valid, y_fit, y_valid = X[:300], X[300:], y[:300], y[300:]
-    valid = Dataset(X_valid, ((y_valid - y_fit.mean()) / y_fit.std()).astype(np.float32))
+    valid = Dataset(X_valid, y_valid)  # y's units, as for fit
     reg = small_reg(train_split=predefined_split(valid)).fit(X_fit, y_fit)
     on_valid, on_train = scale_on(reg, X_valid, y_valid), scale_on(reg, X_fit, y_fit)
     assert not np.isclose(on_valid, on_train, rtol=1e-2)
     np.testing.assert_allclose(reg.std_scale_[0], max(on_valid, on_train), rtol=1e-4)
     # validation rows that ask for more width than the training rows decide it
-    noisy = Dataset(X_valid, valid.y * 3.0)
+    noisy = Dataset(X_valid, 3.0 * (y_valid - y_fit.mean()) + y_fit.mean())
     wide = small_reg(train_split=predefined_split(noisy)).fit(X_fit, y_fit)
     np.testing.assert_allclose(wide.std_scale_[0], scale_on(wide, X_valid, 3.0 * (y_valid - y_fit.mean()) + y_fit.mean()), rtol=1e-4)
     assert wide.std_scale_[0] > 1.5 * scale_on(wide, X_fit, y_fit)
@@ -230,7 +230,7 @@ def test_alpha_zero_keeps_a_scale_of_one_with_held_out_rows(data):
     """std_scale_ is 1 when alpha == 0, even where held-out rows would ask for more."""
     X, y = data
     X_fit, X_valid, y_fit, y_valid = X[:300], X[300:], y[:300], y[300:]
-    noisy = Dataset(X_valid, (3.0 * (y_valid - y_fit.mean()) / y_fit.std()).astype(np.float32))
+    noisy = Dataset(X_valid, 3.0 * (y_valid - y_fit.mean()) + y_fit.mean())
     reg = small_reg(alpha=0.0, train_split=predefined_split(noisy)).fit(X_fit, y_fit)
     np.testing.assert_array_equal(reg.std_scale_, [1.0])
     np.testing.assert_allclose(reg.predict(X_valid, return_std=True)[1], reg.residual_std_[0])

@@ -11,6 +11,9 @@ import torch
 from sklearn.datasets import make_regression
 from sklearn.ensemble import VotingClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from skorch.dataset import Dataset
+from skorch.helper import predefined_split
 
 from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
 from sk_softreg._validation import label_indices
@@ -146,3 +149,36 @@ def test_a_class_of_one_row_under_early_stopping_is_named_by_its_label(three_cla
     with pytest.raises(ValueError, match=r"these classes have 1: \['eel'\]\. Pass early_stopping"):
         clf(early_stopping=True).fit(X, labels)
     assert clf(early_stopping=True, max_epochs=1).fit(X[1:], labels[1:]).n_iter_ == 1
+
+
+# ----------------------------------------------------------------------------
+# a validation set of the user's own holds the user's labels and units
+def test_a_validation_set_of_ones_own_is_in_the_users_labels(small_digits):
+    X, y = small_digits
+    labels = y * 10 + 5  # labels that are not class indices
+    X_img = X.reshape(-1, 1, 8, 8).astype(np.float32)
+    for valid in (Dataset(X_img[200:], labels[200:]),  # a skorch Dataset: encoded at once
+                  torch.utils.data.TensorDataset(torch.tensor(X_img[200:]),
+                                                 torch.tensor(labels[200:]))):  # item by item
+        est = clf(train_split=predefined_split(valid)).fit(X[:200], labels[:200])
+        expected = log_loss(labels[200:], est.predict_proba(X[200:]), labels=est.classes_)
+        assert est.history[-1, "valid_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_validation_set_of_ones_own_is_in_ys_units():
+    X, y = make_regression(n_samples=400, n_features=5, noise=10.0, random_state=0)
+    X, y = X.astype(np.float32), 1000.0 + 50.0 * y  # y far from standardized
+    kwargs = dict(alpha=0.1, max_epochs=15, module__hidden_units=(16,), random_state=0,
+                  device="cpu")
+    own = SoftRegRegressor(train_split=predefined_split(Dataset(X[300:], y[300:])),
+                           early_stopping=True, scoring="r2", **kwargs).fit(X[:300], y[:300])
+    plain = SoftRegRegressor(early_stopping=False, **kwargs).fit(X[:300], y[:300])
+    # the validation loss is the standardized half squared error of these rows
+    mean = own.predict(X[300:])
+    z = (y[300:] - mean) / own.y_scale_[0]
+    assert own.history[own.best_epoch_ - 1, "valid_score"] == pytest.approx(
+        1 - np.sum((y[300:] - mean) ** 2) / np.sum((y[300:] - y[300:].mean()) ** 2), rel=1e-5)
+    assert np.mean(z ** 2) < 2.0
+    # the std's scale comes from standardized residuals, so it stays near the plain fit's
+    ratio = own.predict(X[:5], return_std=True)[1] / plain.predict(X[:5], return_std=True)[1]
+    assert np.all((ratio > 0.5) & (ratio < 2.0))

@@ -59,14 +59,24 @@ def test_non_finite_validation_loss_stops_training_clearly():
 
 
 def test_infinite_validation_loss_stops_training_clearly():
-    # an infinite validation target makes the validation loss inf, not NaN: inf stops too
-    y_valid = Y_REG[:16].astype(np.float32).reshape(-1, 1).copy()
-    y_valid[5] = np.inf
-    split = predefined_split(Dataset(X_TAB[:16].astype(np.float32), y_valid))
+    # a huge (finite) validation input makes the squared error overflow to inf, not NaN:
+    # inf stops too
+    X_valid = X_TAB[:16].astype(np.float32).copy()
+    X_valid[5, 0] = 1e30
+    split = predefined_split(Dataset(X_valid, Y_REG[:16].astype(np.float32)))
     est = SoftRegRegressor(max_epochs=3, train_split=split, **FAST)
     with pytest.raises(NonFiniteLossError, match=r"validation loss became inf at epoch 1, batch 1"):
         est.fit(X_TAB, Y_REG)
     assert len(est.history) == 1
+
+
+def test_an_infinite_validation_target_is_bad_input():
+    """The targets of a validation set of the user's own are checked as fit's y is."""
+    y_valid = Y_REG[:16].astype(np.float32).copy()
+    y_valid[5] = np.inf
+    split = predefined_split(Dataset(X_TAB[:16].astype(np.float32), y_valid))
+    with pytest.raises(ValueError, match="Input y contains infinity"):
+        SoftRegRegressor(max_epochs=3, train_split=split, **FAST).fit(X_TAB, Y_REG)
 
 
 class _PoisonWeights(Callback):
