@@ -34,6 +34,14 @@ __all__ = ["load", "save"]
 FORMAT_NAME = "sk_softreg"
 FORMAT_VERSION = 1
 _ALLOWED_MODULES = ("torch", "skorch", "sk_softreg")
+#: the kinds of class a model file may name (as a module, criterion, optimizer,
+#: dataset or iterator parameter, or one of their ``__`` arguments)
+_CLASS_KINDS = (
+    torch.nn.Module,
+    torch.optim.Optimizer,
+    torch.utils.data.Dataset,
+    torch.utils.data.DataLoader,
+)
 # skorch bookkeeping that ``initialize`` rebuilds
 _SKORCH_STATE = {
     "history_", "initialized_", "virtual_params_", "init_context_", "callbacks_",
@@ -104,8 +112,29 @@ def _decode(value, trusted):
         arr[:] = items
         return arr.reshape(value["shape"])
     if "__class__" in value:
-        return _import_object(value["__class__"], allowed=(*_ALLOWED_MODULES, *trusted))
+        return _decode_class(value["__class__"], allowed=(*_ALLOWED_MODULES, *trusted))
     raise ModelFileError(f"Unknown value {value!r} in the config.")
+
+
+def _decode_class(path, allowed):
+    """The class at ``path``, as :func:`_encode` writes one: only a class of
+    :data:`_CLASS_KINDS`, named by its own module and qualified name.
+
+    A name that reaches something else through an allowed package (for example
+    ``torch.serialization.os.system``, a function of ``os`` imported there, or a torch
+    class that reads files when built) is refused before anything is called.
+    """
+    obj = _import_object(path, allowed)
+    if (
+        not isinstance(obj, type)
+        or f"{obj.__module__}.{obj.__qualname__}" != path
+        or not issubclass(obj, _CLASS_KINDS)
+    ):
+        raise ModelFileError(
+            f"The model file names {path!r}, which is not a network, loss, optimizer, "
+            "dataset or data loader class under its own name; it is not loaded."
+        )
+    return obj
 
 
 def _import_object(path, allowed):
@@ -237,9 +266,11 @@ def load(path, *, device=None, trusted_modules=()):
     device : str or torch.device, default=None
         Device to load onto. ``None`` uses the saved ``device`` parameter, or
         ``"cpu"`` (with a warning) when it names CUDA and CUDA is not available.
-    trusted_modules : sequence of str, default=()
+    trusted_modules : str or sequence of str, default=()
         Top-level packages besides ``torch``, ``skorch`` and ``sk_softreg`` from which the
-        saved module/criterion/optimizer classes may be imported.
+        saved module/criterion/optimizer classes may be imported. Whatever the
+        package, only network, loss, optimizer, dataset and data-loader classes
+        are loaded, under their own names.
 
     Returns
     -------
@@ -291,12 +322,15 @@ def load(path, *, device=None, trusted_modules=()):
     if config.get("class") not in _ESTIMATOR_CLASSES:
         raise ModelFileError(f"Unknown estimator class {config.get('class')!r} in {path!r}.")
     cls = _import_object(_ESTIMATOR_CLASSES[config["class"]], allowed=("sk_softreg",))
-    params = {k: _decode(v, tuple(trusted_modules)) for k, v in config["params"].items()}
+    if isinstance(trusted_modules, str):  # one package, not its letters
+        trusted_modules = (trusted_modules,)
+    trusted_modules = tuple(trusted_modules)
+    params = {k: _decode(v, trusted_modules) for k, v in config["params"].items()}
     params["device"] = _load_device(params.get("device", "auto"), device)
 
     est = cls(**params)
     for key, value in config["fitted"].items():
-        setattr(est, key, _decode(value, tuple(trusted_modules)))
+        setattr(est, key, _decode(value, trusted_modules))
     est.initialize()
     for name in [*est._modules, *est._criteria]:
         obj = getattr(est, name + "_", None)

@@ -68,6 +68,9 @@ def test_load_imports_a_user_module_only_when_trusted(user_model, tmp_path):
         sk_softreg.load(path)
     with pytest.raises(ModelFileError, match="outside the allowed"):
         sk_softreg.load(path, trusted_modules=["user_module", "tests"])  # not that package
+    with pytest.raises(ModelFileError, match="outside the allowed"):
+        sk_softreg.load(path, trusted_modules="_user_modules")  # one name, not its letters
+    assert sk_softreg.load(path, trusted_modules="_user_module").module is UserMeans
     loaded = sk_softreg.load(path, trusted_modules=["_user_module"])
     assert loaded.module is UserMeans and type(loaded.module_) is UserMeans
     assert loaded.get_params()["module__hidden"] == 12

@@ -343,6 +343,31 @@ def test_safe_format_refuses_classes_outside_allow_list(models, tmp_path, target
         sk_softreg.load(path)
 
 
+@pytest.mark.parametrize("target", [
+    "torch.serialization.os.system",  # os.system, reached through a module of torch
+    "torch.load",  # a function of torch, not a class
+    "torch.package.PackageImporter",  # a torch class that unpickles a file when built...
+    "torch.package.package_importer.PackageImporter",  # ... even under its own name
+    "torch.serialization.os.PathLike",  # a class, under a name that is not its own
+])
+def test_safe_format_loads_only_classes_of_the_right_kind_under_their_own_names(
+        models, tmp_path, monkeypatch, target):
+    """The allow list names packages; within them, only network, loss, optimizer,
+    dataset and data-loader classes load, and nothing the file names is called first."""
+    est, _ = models["reg"]
+    monkeypatch.chdir(tmp_path)
+
+    def edit(config):
+        config["params"].update({"criterion": {"__class__": target},
+                                 "criterion__command": "echo pwned > pwned.txt",
+                                 "criterion__file_or_buffer": "pwned.pt"})
+
+    path = _saved_with_edited_config(est, tmp_path, edit)
+    with pytest.raises(ModelFileError, match=f"names '{target}', which is not a network"):
+        sk_softreg.load(path)
+    assert not (tmp_path / "pwned.txt").exists()
+
+
 @pytest.mark.parametrize("edit, match", [
     (lambda c: c.update({"class": "Pwned"}), "Unknown estimator class 'Pwned'"),
     (lambda c: c.update({"format_version": c["format_version"] + 1}), "Upgrade sk_softreg"),
