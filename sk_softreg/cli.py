@@ -126,11 +126,22 @@ def main(argv=None):
             parser.error("export: give the .onnx file to write once, as OUTPUT or as -o OUTPUT")
         args.output = args.output or args.output_option
     try:
+        if getattr(args, "output", None) is not None:
+            _check_output(args.output)  # before a fit or a search spends its time
         return _COMMANDS[args.command](args)
-    except (CLIError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+    except (CLIError, OSError, ValueError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _check_output(path):
+    """Raise :class:`CLIError` where ``path`` cannot be written as a new or replaced file."""
+    path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"output {str(path)!r} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise CLIError(f"the folder of output {str(path)!r} does not exist")
 
 
 def _demo(args):

@@ -21,6 +21,7 @@ module (and :func:`sparsity_scorer`) works without it.
 """
 
 import numpy as np
+from sklearn.model_selection._search import BaseSearchCV
 from sklearn.utils.validation import check_is_fitted
 
 from ._warnings import warn
@@ -281,6 +282,11 @@ def plot_regularization_path(search, param="lambda1", ax=None, score=None):
     >>> ax.get_xscale()
     'symlog'
     """
+    if not (isinstance(search, BaseSearchCV) or hasattr(search, "cv_results_")):
+        raise TypeError(
+            "plot_regularization_path takes a fitted search (GridSearchCV, "
+            f"BatchedGridSearchCV, ...); got {type(search).__name__}."
+        )
     check_is_fitted(search, "cv_results_")
     results = search.cv_results_
     key = _param_key(results, param)
@@ -468,7 +474,15 @@ def plot_selector_cv(selector, ax=None):
     ax : matplotlib Axes
         The Axes with the score; the count is on its twin, ``ax.count_ax``.
     """
-    selector = _final_estimator(selector)
+    from .feature_selection import SoftRegSelectorCV
+
+    final = _final_estimator(selector)
+    if not isinstance(final, SoftRegSelectorCV):
+        raise TypeError(
+            "plot_selector_cv takes a fitted SoftRegSelectorCV or a Pipeline ending in one; "
+            f"got {type(selector).__name__}."
+        )
+    selector = final
     check_is_fitted(selector, "cv_scores_")
     x = selector.lambdas_
     scores = selector.cv_scores_

@@ -231,6 +231,39 @@ def test_input_errors_exit_2_with_one_line(trained, tmp_path, capsys, case, says
     assert not (tmp_path / "m.joblib").exists()
 
 
+@pytest.mark.parametrize("command", ["fit", "predict", "export", "demo"])
+@pytest.mark.parametrize("where, says", [("folder", "is a folder; give a file name"),
+                                         ("no_parent", "does not exist")])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(
+        trained, tmp_path, capsys, monkeypatch, command, where, says):
+    _, folder, model = trained
+    output = str(tmp_path) if where == "folder" else str(tmp_path / "nope" / "out.file")
+    monkeypatch.setattr(SoftRegCNNClassifier, "fit", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr("sk_softreg._demo.run_demo", lambda **k: pytest.fail("searched"))
+    argv = {"fit": ["fit", str(folder)], "predict": ["predict", str(model), str(folder)],
+            "export": ["export", str(model)], "demo": ["demo"]}[command]
+    assert main([*argv, "-o", output]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sk-softreg: error: ") and says in err and err.count("\n") == 1
+
+
+def test_an_os_error_while_writing_exits_2_with_one_line(trained, tmp_path, capsys, monkeypatch):
+    _, folder, model = trained
+
+    target, real_open = str(tmp_path / "out.csv"), open
+
+    def denied(file, *args, **kwargs):
+        if str(file) == target:
+            raise PermissionError(13, "Permission denied", target)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", denied)
+    assert main(["predict", str(model), str(folder), "-o", str(tmp_path / "out.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sk-softreg: error: ") and "Permission denied" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_demo_function_small(tmp_path):
     import io
 

@@ -5,12 +5,13 @@ import sys
 import numpy as np
 import pytest
 from sklearn.datasets import make_regression
+from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from skorch.dataset import ValidSplit
 
-from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor
+from sk_softreg import SoftRegCNNClassifier, SoftRegRegressor, SoftRegSelectorCV
 from sk_softreg import plot as softreg_plot
 
 matplotlib = pytest.importorskip("matplotlib")
@@ -91,6 +92,22 @@ def test_plots_of_a_fitted_search_draw_its_refit(data, plot):
         draw(no_refit)
     with pytest.raises(TypeError, match="got Ridge"):
         draw(Ridge().fit(X, y))
+
+
+@pytest.mark.parametrize("plot, takes", [
+    ("plot_regularization_path", "takes a fitted search"),
+    ("plot_selector_cv", "takes a fitted SoftRegSelectorCV"),
+])
+def test_plots_of_a_search_say_what_they_take_for_a_fitted_estimator(data, plot, takes):
+    """A fitted estimator of another kind gets a TypeError, not "not fitted yet"."""
+    X, y = data
+    draw = getattr(softreg_plot, plot)
+    with pytest.raises(TypeError, match=f"{takes}.*; got SoftRegRegressor"):
+        draw(_regressor().fit(X, y))
+    unfitted = (GridSearchCV(_regressor(), {"alpha": [0.0]}) if plot == "plot_regularization_path"
+                else SoftRegSelectorCV(_regressor()))
+    with pytest.raises(NotFittedError):
+        draw(unfitted)
 
 
 def test_plot_weight_histogram_counts_exact_zeros(data):
