@@ -378,9 +378,8 @@ class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, Neura
         if not reset:
             self._check_target_kind(multilabel)
         if multilabel:
-            Y = self._validate_label_matrix(y, reset, classes, sample_weight)
-            check_consistent_length(X, Y)
-            return X, Y
+            check_consistent_length(X, y)  # before the fitted label attributes change
+            return X, self._validate_label_matrix(y, reset, classes, sample_weight)
         y = column_or_1d(y, warn=True)
         check_consistent_length(X, y)
         check_classification_targets(y)

@@ -23,6 +23,7 @@ An ``(n, 1)`` column stays the binary target, as scikit-learn's
 import numpy as np
 import scipy.sparse as sp
 import torch
+from sklearn.utils import check_array
 from sklearn.utils.multiclass import type_of_target
 
 from ._warnings import warn
@@ -62,8 +63,15 @@ def is_label_matrix(y):
 
 
 def check_indicator(Y, name):
-    """``Y`` as a dense ``(n, L)`` array of 0 and 1 in its own dtype; a ValueError otherwise."""
-    Y = np.asarray(Y.toarray() if sp.issparse(Y) else Y)
+    """``Y`` as a dense ``(n, L)`` array of 0 and 1 in its own dtype; a ValueError otherwise.
+
+    A DataFrame of pandas' nullable dtypes (``"boolean"``, ``"Int64"``) becomes float64,
+    as scikit-learn's ``check_array`` converts it.
+    """
+    if sp.issparse(Y):
+        Y = Y.toarray()
+    else:
+        Y = check_array(Y, dtype=None, ensure_2d=False, ensure_all_finite=False, input_name="Y")
     values = np.unique(Y)
     if type_of_target(Y) != "multilabel-indicator" or not np.isin(values, (0, 1)).all():
         shown = ", ".join(repr(v) for v in values[:10].tolist()) + (", ..." if len(values) > 10 else "")

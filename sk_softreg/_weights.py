@@ -8,6 +8,7 @@ module only the data, and the loss reads the weights back
 """
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.utils import _safe_indexing
 from sklearn.utils.validation import _check_sample_weight, check_consistent_length
 from skorch.utils import is_dataset
@@ -39,6 +40,9 @@ class SampleWeightMixin:
             return X, y, None
         keep = weights > 0
         if not keep.all():
+            # a COO matrix cannot be indexed by rows (a sparse X is refused afterwards,
+            # with the estimators' own error)
+            X, y = (v.tocsr() if sp.issparse(v) else v for v in (X, y))
             X, y, weights = _safe_indexing(X, keep), _safe_indexing(y, keep), weights[keep]
         weights = weights / weights.max()
         if np.all(weights == 1.0):

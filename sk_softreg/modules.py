@@ -261,6 +261,9 @@ class PinballLoss(nn.Module):
     ----------
     quantile : float, default=0.5
         The quantile level ``q``, in ``(0, 1)``.
+    reduction : {"mean", "sum", "none"}, default="mean"
+        As in torch's losses: the mean or the sum of the elementwise losses, or
+        the losses themselves (which ``sample_weight`` uses).
 
     Examples
     --------
@@ -270,12 +273,20 @@ class PinballLoss(nn.Module):
     0.5
     """
 
-    def __init__(self, quantile=0.5):
+    def __init__(self, quantile=0.5, reduction="mean"):
         super().__init__()
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"PinballLoss needs 0 < quantile < 1; got quantile={quantile!r}.")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(
+                f"PinballLoss takes reduction 'mean', 'sum' or 'none'; got {reduction!r}."
+            )
         self.quantile = float(quantile)
+        self.reduction = reduction
 
     def forward(self, input, target):
         diff = target - input
-        return torch.maximum(self.quantile * diff, (self.quantile - 1.0) * diff).mean()
+        loss = torch.maximum(self.quantile * diff, (self.quantile - 1.0) * diff)
+        if self.reduction == "none":
+            return loss
+        return loss.sum() if self.reduction == "sum" else loss.mean()

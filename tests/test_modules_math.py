@@ -46,6 +46,16 @@ def test_pinball_loss_rejects_quantiles_outside_the_open_interval(quantile):
         PinballLoss(quantile=quantile)
 
 
+def test_pinball_loss_reductions():
+    input, target = torch.zeros(3), torch.tensor([2.0, -2.0, 1.0])
+    per_row = PinballLoss(quantile=0.9, reduction="none")(input, target)
+    torch.testing.assert_close(per_row, torch.tensor([1.8, 0.2, 0.9]))
+    torch.testing.assert_close(PinballLoss(0.9, reduction="sum")(input, target), per_row.sum())
+    torch.testing.assert_close(PinballLoss(0.9)(input, target), per_row.mean())
+    with pytest.raises(ValueError, match="reduction 'mean', 'sum' or 'none'; got 'max'"):
+        PinballLoss(0.9, reduction="max")
+
+
 def test_pinball_loss_weights_the_two_sides_by_q_and_one_minus_q():
     loss = PinballLoss(quantile=0.9)
     # under-prediction (y above mu) costs q per unit, over-prediction 1 - q

@@ -344,3 +344,36 @@ def test_balanced_pos_weight_of_a_weighted_fit_counts_the_sample_weights(data):
     positives = (w * Y[:, 0]).sum()
     assert est.pos_weight_[0] == pytest.approx((w.sum() - positives) / positives)
     assert not np.allclose(est.pos_weight_, balanced_pos_weight(Y))
+
+
+# ----------------------------------------------------------------------
+# target forms and refits (found by a bug hunt against scikit-learn's behaviour)
+def test_a_refit_on_a_label_matrix_of_the_wrong_length_leaves_the_model_alone(data, digits):
+    X, Y, _, _ = data
+    y = digits[1][:240]
+    est = clf().fit(X, y)
+    before = est.predict_proba(X[:5])
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        est.fit(X, Y[:100])
+    np.testing.assert_array_equal(est.classes_, np.unique(y))
+    assert not est.multilabel_
+    np.testing.assert_array_equal(est.predict_proba(X[:5]), before)
+
+
+def test_a_coo_label_matrix_with_weights_of_zero(data):
+    X, Y, _, _ = data
+    w = np.r_[0.0, np.ones(len(Y) - 1)]
+    from_coo = clf().fit(X, sp.coo_matrix(Y), sample_weight=w)
+    dense = clf().fit(X, Y, sample_weight=w)
+    np.testing.assert_array_equal(from_coo.predict_proba(X), dense.predict_proba(X))
+
+
+@pytest.mark.parametrize("dtype", ["boolean", "Int64"])
+def test_a_frame_of_pandas_nullable_dtypes_is_a_label_matrix(data, dtype):
+    """Converted as scikit-learn's check_array converts them (to float64)."""
+    pd = pytest.importorskip("pandas")
+    X, Y, _, _ = data
+    frame = pd.DataFrame(Y, columns=["even", "big", "prime"]).astype(dtype)
+    est = clf().fit(X, frame)
+    np.testing.assert_array_equal(est.predict_proba(X), clf().fit(X, Y).predict_proba(X))
+    assert est.predict(X[:3]).dtype == np.float64
