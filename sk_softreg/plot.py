@@ -402,6 +402,11 @@ def plot_selection_path(estimators, ax=None, highlight=None, feature_names=None)
     >>> ax.get_ylabel()
     'inputs kept'
     """
+    if hasattr(estimators, "fit"):
+        raise TypeError(
+            "plot_selection_path takes a sequence of fitted estimators (the fits of a path "
+            f"over lambda_features); got one {type(estimators).__name__}: pass [estimator]."
+        )
     finals = [_final_estimator(est) for est in estimators]
     if not finals:
         raise ValueError("plot_selection_path needs at least one fitted estimator.")
@@ -412,6 +417,12 @@ def plot_selection_path(estimators, ax=None, highlight=None, feature_names=None)
                 f"{type(est).__name__} has no feature_importances_: its module's first layer "
                 "is not an nn.Linear taking the input features."
             )
+    widths = {len(est.feature_importances_) for est in finals}
+    if len(widths) > 1:
+        raise ValueError(
+            f"plot_selection_path takes fits on the same inputs; these have {sorted(widths)} "
+            "input features."
+        )
     x = np.array([float(est.lambda_features) for est in finals])
     order = np.argsort(x, kind="stable")
     x = x[order]
@@ -423,6 +434,12 @@ def plot_selection_path(estimators, ax=None, highlight=None, feature_names=None)
     if feature_names is None:
         feature_names = [f"x{j}" for j in range(n_features)]
     highlight = [] if highlight is None else [int(j) for j in highlight]
+    outside = [j for j in highlight if not -n_features <= j < n_features]
+    if outside:
+        raise ValueError(
+            f"highlight names inputs {outside}, but the fits have {n_features} inputs "
+            f"(0 to {n_features - 1})."
+        )
 
     ax = _get_ax(ax)
     twin = ax.twinx()

@@ -205,6 +205,19 @@ def test_selection_path_orders_counts_and_importances_by_lambda():
     assert ax.get_ylim() == (0.0, 3.5)
 
 
+@pytest.mark.parametrize("call, error, says", [
+    (lambda: softreg_plot.plot_selection_path(_Fit(0.1, [0.5, 0.5])), TypeError,
+     "got one _Fit: pass"),
+    (lambda: softreg_plot.plot_selection_path([_Fit(0.1, [0.5, 0.5])], highlight=[2]),
+     ValueError, r"highlight names inputs \[2\], but the fits have 2 inputs"),
+    (lambda: softreg_plot.plot_selection_path([_Fit(0.1, [1.0]), _Fit(0.0, [0.5, 0.5])]),
+     ValueError, r"these have \[1, 2\] input features"),
+])
+def test_selection_path_says_what_is_wrong_with_its_input(call, error, says):
+    with pytest.raises(error, match=says):
+        call()
+
+
 # ----------------------------------------------------------------------
 # plot_selector_cv
 def _selector(scores, lambdas, best_lambda):
