@@ -67,6 +67,8 @@ class _Unencodable(Exception):
 def _encode(value):
     if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, torch.device):  # device=torch.device("cuda", 1): kept as "cuda:1"
+        return str(value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):

@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import joblib
@@ -532,3 +533,15 @@ def test_pickling_leaves_the_live_lr_scheduler_alone(tmp_path):
     est = _with_callbacks(tmp_path)
     pickle.dumps(est)
     assert dict(est.callbacks_)["lrs"].lr_scheduler_ is not None
+
+
+def test_a_torch_device_parameter_is_saved_as_its_name(tmp_path):
+    """device=torch.device(...) is kept (as its name), not dropped with a warning."""
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    est = SoftRegRegressor(max_epochs=1, random_state=0, device=torch.device("cpu")).fit(X, X[:, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est.save(tmp_path / "m.safetensors")
+    loaded = sk_softreg.load(tmp_path / "m.safetensors")
+    assert loaded.device == "cpu"
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
