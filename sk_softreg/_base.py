@@ -38,6 +38,7 @@ from sklearn.utils._param_validation import (
     StrOptions,
     validate_parameter_constraints,
 )
+from skorch.callbacks import BatchScoring, EpochScoring
 from skorch.dataset import Dataset, ValidSplit
 from skorch.utils import data_from_dataset, to_numpy
 from torch.utils.data import Subset
@@ -60,6 +61,17 @@ from ._weights import SampleWeightMixin
 from .penalties import select_penalized, weighted_mean
 
 __all__ = ["SoftRegMixin"]
+
+
+class _UserTargets:
+    """A scoring callback's ``target_extractor``: encoded training targets in the
+    user's labels or units (``net._user_targets``)."""
+
+    def __init__(self, net):
+        self.net = net
+
+    def __call__(self, y):
+        return self.net._user_targets(to_numpy(y))
 
 _NON_NEGATIVE = Interval(numbers.Real, 0, None, closed="left")
 # fused Adam/AdamW kernels exist on these devices in every supported torch (>= 2.4)
@@ -364,8 +376,8 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         chose ``optimizer__fused``, ``__foreach`` or ``__differentiable``.
         """
         params = super().get_params_for(prefix)
-        if prefix == "iterator_train":
-            params.setdefault("shuffle", True)
+        if prefix == "iterator_train" and not {"sampler", "batch_sampler"} & params.keys():
+            params.setdefault("shuffle", True)  # a sampler of the user's orders the rows
         elif (
             prefix == "optimizer"
             and self._fused_adam_default
@@ -441,11 +453,33 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         """Within: a :class:`~sk_softreg._fit_state.FitState` for skorch's ``partial_fit``
         (``on_train_begin`` to ``on_train_end``), closed also when training raises."""
         self._fit_state = state = FitState()
+        scorers = self._scoring_callbacks_of_the_user()
+        for callback in scorers:
+            callback.target_extractor = _UserTargets(self)
         try:
             yield state
         finally:
+            for callback in scorers:
+                callback.target_extractor = to_numpy
             self._fit_state.close()
             self._fit_state = None
+
+    def _scoring_callbacks_of_the_user(self):
+        """The user's skorch ``EpochScoring`` / ``BatchScoring`` callbacks with skorch's
+        default ``target_extractor``.
+
+        Training targets are encoded (class indices, standardized y) while ``predict``
+        answers in the user's labels and units; within training these callbacks get
+        :class:`_UserTargets` so that their scorers compare like with like, as in plain
+        skorch. The estimator's own callbacks score the encoded targets themselves.
+        """
+        own = {name for name, _ in self._default_callbacks}
+        return [
+            callback for name, callback in getattr(self, "callbacks_", [])
+            if name not in own
+            and isinstance(callback, (EpochScoring, BatchScoring))
+            and callback.target_extractor is to_numpy
+        ]
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         super().on_train_begin(net, X=X, y=y, **kwargs)

@@ -588,12 +588,13 @@ class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, Neura
             multilabel targets, one column per label.
         """
         check_is_fitted(self)
+        X = unpack_weights(X)[0]  # a weighted fit's packed rows, as skorch's scoring passes them
         # lazy data, and skorch's scoring callbacks pass validation Datasets
         if not is_lazy(X):
             X = self._check_X(X, reset=False)
         proba = super().predict_proba(X).astype(np.float64)
-        if self._is_multilabel():
-            return proba
+        if self._is_multilabel() or self.predict_nonlinearity != "auto":
+            return proba  # the user's nonlinearity's outputs, as skorch gives them
         return proba / proba.sum(axis=1, keepdims=True)
 
     def predict(self, X):

@@ -13,7 +13,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 from skorch import NeuralNetRegressor
-from skorch.utils import to_tensor
+from skorch.utils import to_numpy, to_tensor
 
 from ._base import SoftRegMixin
 from ._batching import unpack_weights
@@ -499,7 +499,8 @@ class SoftRegRegressor(DropoutFreeKLMixin, SoftRegMixin, NeuralNetRegressor):
         y_pred = self.forward(X, training=False)
         with torch.no_grad():
             mu, log_var = self._split_output(y_pred)
-        return mu.numpy(), log_var.numpy()
+        # detached: skorch's on-train scoring passes the training batches' cached outputs
+        return to_numpy(mu), to_numpy(log_var)
 
     def predict(self, X, return_std=False):
         """Predicted means, and optionally predictive standard deviations.
@@ -521,6 +522,7 @@ class SoftRegRegressor(DropoutFreeKLMixin, SoftRegMixin, NeuralNetRegressor):
             Only when ``return_std`` is true.
         """
         check_is_fitted(self)
+        X = unpack_weights(X)[0]  # a weighted fit's packed rows, as skorch's scoring passes them
         if not is_lazy(X):  # lazy data; skorch's scoring callbacks pass validation Datasets
             X = as_float32(validate_data(self, X, reset=False, dtype=FLOAT_DTYPES))
         mu, log_var = self._predict_standardized(X)
