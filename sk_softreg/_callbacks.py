@@ -11,6 +11,7 @@
 """
 
 import math
+from copy import deepcopy
 
 import torch
 from skorch.callbacks import Callback, EarlyStopping
@@ -28,15 +29,48 @@ __all__ = [
 
 class SwitchedEarlyStopping(EarlyStopping):
     """skorch's ``EarlyStopping``, idle in the fits where the net's early stopping is off
-    (``early_stopping="auto"`` on small data or in ``partial_fit``)."""
+    (``early_stopping="auto"`` on small data or in ``partial_fit``).
+
+    The best epoch's weights are kept for every module of the net, not only
+    ``module_`` as skorch keeps them: a regressor whose module returns means
+    only learns its log-variance in a second module, ``log_var_``.
+    """
+
+    def on_train_begin(self, net, **kwargs):
+        super().on_train_begin(net, **kwargs)
+        self.best_other_weights_ = None
 
     def on_epoch_end(self, net, **kwargs):
-        if net._early_stopping_active():
-            super().on_epoch_end(net, **kwargs)
+        if not net._early_stopping_active():
+            return
+        super().on_epoch_end(net, **kwargs)  # raises KeyboardInterrupt to stop
+        if self.load_best and self.best_epoch_ == net.history[-1, "epoch"]:
+            self.best_other_weights_ = {
+                name: deepcopy(module.state_dict()) for name, module in _other_modules(net)
+            }
 
     def on_train_end(self, net, **kwargs):
-        if net._early_stopping_active():
-            super().on_train_end(net, **kwargs)
+        if not net._early_stopping_active():
+            return
+        restores = (self.load_best and self.best_epoch_ != net.history[-1, "epoch"]
+                    and self.best_model_weights_ is not None)
+        super().on_train_end(net, **kwargs)
+        if restores and self.best_other_weights_:
+            for name, module in _other_modules(net):
+                module.load_state_dict(self.best_other_weights_[name])
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["best_other_weights_"] = None  # as skorch drops best_model_weights_
+        return state
+
+
+def _other_modules(net):
+    """``(name, module)`` of the net's modules besides ``module_`` (skorch's ``_modules``)."""
+    for name in net._modules:
+        module = getattr(net, name + "_", None)
+        if name != "module" and isinstance(module, torch.nn.Module):
+            yield name, module
 
 
 class ValidationScore(Callback):

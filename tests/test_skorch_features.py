@@ -5,8 +5,9 @@ callbacks that see the user's labels and units."""
 import numpy as np
 import pytest
 import torch
+from _user_module import UserMeans
 from sklearn.metrics import accuracy_score, r2_score
-from skorch.callbacks import BatchScoring, EpochScoring
+from skorch.callbacks import BatchScoring, Callback, EpochScoring
 from skorch.dataset import ValidSplit
 from skorch.utils import to_numpy
 from torch import nn
@@ -111,3 +112,24 @@ def test_a_scoring_callback_sees_the_users_labels():
     # after the fit the callbacks hold skorch's extractor again (clone, pickle, get_params)
     callbacks = [cb for _, cb in est.callbacks_ if isinstance(cb, (EpochScoring, BatchScoring))]
     assert all(cb.target_extractor is to_numpy for cb in callbacks)
+
+
+def test_early_stopping_restores_the_variance_of_a_means_only_module():
+    """A module that returns means only learns its log-variance in log_var_; restoring
+    the best epoch restores it too (skorch's EarlyStopping keeps module_ alone)."""
+    class Record(Callback):
+        def on_train_begin(self, net, **kwargs):
+            self.log_vars = []
+
+        def on_epoch_end(self, net, **kwargs):
+            self.log_vars.append(net.log_var_.log_var.detach().clone())
+
+    record = Record()
+    X4 = rng.randn(400, 5).astype(np.float32)
+    y4 = X4 @ rng.randn(5) + 0.5 * rng.randn(400)
+    est = SoftRegRegressor(UserMeans, alpha=0.5, early_stopping=True, n_iter_no_change=3, lr=0.05,
+                           max_epochs=40, random_state=0, device="cpu",
+                           callbacks=[("record", record)]).fit(X4, y4)
+    assert est.best_epoch_ < est.n_iter_  # it stopped after its best epoch
+    torch.testing.assert_close(est.log_var_.log_var, record.log_vars[est.best_epoch_ - 1])
+    assert not torch.equal(est.log_var_.log_var, record.log_vars[-1])
