@@ -90,7 +90,9 @@ class FeatureSelectionMixin:
         self.feature_importances_ = norms / total if total > 0 else norms
         self.n_features_selected_ = int(np.count_nonzero(norms))
         if self.n_features_selected_ == 0:
+            causes = [f"{name}={getattr(self, name)!r}" for name in ("lambda_features", "lambda1")
+                      if getattr(self, name)]
             warn(
-                f"lambda_features={self.lambda_features!r} set the weights of every input to "
-                "zero: the network ignores its inputs. Use a smaller lambda_features."
+                f"The weights of every input are zero: the network ignores its inputs. Use a "
+                f"smaller {' or '.join(causes) or 'penalty'}."
             )

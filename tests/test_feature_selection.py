@@ -384,7 +384,17 @@ def test_refit_without_a_linear_input_layer_drops_the_importances(regression_dat
 def test_lambda_features_that_drops_every_input_warns(regression_data):
     X, y = regression_data
     est = SoftRegRegressor(lambda_features=1e4, max_epochs=3, random_state=0, device="cpu")
-    with pytest.warns(UserWarning, match="ignores its inputs"):
+    with pytest.warns(UserWarning, match=r"ignores its inputs\. Use a smaller lambda_features=10000"):
         est.fit(X, y)
     assert est.n_features_selected_ == 0
     np.testing.assert_array_equal(est.feature_importances_, 0.0)
+
+
+def test_lambda1_that_zeroes_every_input_is_named_in_the_warning(regression_data):
+    """The warning names the penalty that was on: here lambda1, not lambda_features=0."""
+    X, y = regression_data
+    est = SoftRegRegressor(lambda1=50.0, max_epochs=3, random_state=0, device="cpu")
+    with pytest.warns(UserWarning, match=r"Use a smaller lambda1=50\.0\.") as caught:
+        est.fit(X, y)
+    assert est.n_features_selected_ == 0
+    assert not any("lambda_features" in str(w.message) for w in caught)
