@@ -22,7 +22,7 @@ from ._batching import pack_weights, unpack_weights
 from ._images import ImageInputMixin
 from ._multilabel import MultilabelMixin, is_label_matrix, subset_correct
 from ._torchvision import TorchvisionClassifierNet
-from ._validation import is_lazy, label_indices
+from ._validation import is_lazy, label_indices, predicted_sample_shape
 from .modules import SoftRegCNN
 from .penalties import kl_from_uniform, kl_to_uniform
 
@@ -527,6 +527,13 @@ class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, Neura
             Xi, yi = batch
             Xi, weights = unpack_weights(Xi)
             Xi = torch.stack([self.train_transform(x) for x in torch.as_tensor(Xi)])
+            if tuple(Xi.shape[1:]) != tuple(self.input_shape_):
+                raise ValueError(
+                    f"train_transform must keep the images' shape {tuple(self.input_shape_)} "
+                    f"(C, H, W); it made them {tuple(Xi.shape[1:])}. Resize the images "
+                    "before fit, and pad a crop back to the shape (v2.RandomCrop(..., "
+                    "padding=...)) or use v2.RandomResizedCrop(size=(H, W))."
+                )
             batch = (Xi if weights is None else pack_weights(Xi, weights), yi)
         return super().train_step_single(batch, **fit_params)
 
@@ -592,6 +599,8 @@ class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, Neura
         # lazy data, and skorch's scoring callbacks pass validation Datasets
         if not is_lazy(X):
             X = self._check_X(X, reset=False)
+        else:  # one sample read: the images the network was fitted on
+            self._check_same_image_shape(predicted_sample_shape(X, type(self).__name__))
         proba = super().predict_proba(X).astype(np.float64)
         if self._is_multilabel() or self.predict_nonlinearity != "auto":
             return proba  # the user's nonlinearity's outputs, as skorch gives them

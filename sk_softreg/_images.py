@@ -113,7 +113,9 @@ class ImageInputMixin:
         """
         pairs = y is None
         names = _class_names(X) if pairs else None
-        shape = first_sample_shape(X, y, type(self).__name__, 3, "(C, H, W) tensors")
+        first = X[0] if pairs and isinstance(X, torch.utils.data.Dataset) and len(X) else None
+        shape = first_sample_shape(X, y, type(self).__name__, 3, "(C, H, W) tensors",
+                                   first=None if first is None else first[0])
         if reset:
             self._check_image_shape_matches(shape)
             self.input_shape_ = shape
@@ -141,9 +143,19 @@ class ImageInputMixin:
         if not pairs:
             return X, self._encode(labels)
         served = names if names is not None else np.arange(len(self.classes_))
-        if np.array_equal(self.classes_, served):
-            return X, None  # the targets are already the class indices
+        if np.array_equal(self.classes_, served) and _is_int64_label(first[1]):
+            return X, None  # the targets are already the class indices, as the loss takes them
         return _EncodedTargets(X, self.classes_, names), None
+
+
+def _is_int64_label(label):
+    """Whether a Dataset's label reaches the loss as an int64 class index (a Python int,
+    or an int64 scalar); an int32, float or bool label must be encoded."""
+    if isinstance(label, bool):
+        return False
+    if isinstance(label, int):
+        return True
+    return getattr(label, "dtype", None) in (torch.int64, np.dtype(np.int64))
 
 
 def _ndim(X):

@@ -19,7 +19,13 @@ from ._base import SoftRegMixin
 from ._batching import unpack_weights
 from ._predictive_std import DropoutFreeKLMixin, std_scale
 from ._size_rules import AUTO_STOP_MIN_VALID, auto_batch_size, auto_dropout, auto_lr, is_auto
-from ._validation import FLOAT_DTYPES, as_float32, first_sample_shape, is_lazy
+from ._validation import (
+    FLOAT_DTYPES,
+    as_float32,
+    first_sample_shape,
+    is_lazy,
+    predicted_sample_shape,
+)
 from .modules import GaussianMLP, HalfMSELoss, LogVariance
 from .penalties import clamp_log_var, gaussian_soft_kl, soft_target_std
 
@@ -525,6 +531,13 @@ class SoftRegRegressor(DropoutFreeKLMixin, SoftRegMixin, NeuralNetRegressor):
         X = unpack_weights(X)[0]  # a weighted fit's packed rows, as skorch's scoring passes them
         if not is_lazy(X):  # lazy data; skorch's scoring callbacks pass validation Datasets
             X = as_float32(validate_data(self, X, reset=False, dtype=FLOAT_DTYPES))
+        else:  # one sample read
+            shape = predicted_sample_shape(X, type(self).__name__)
+            if shape != (self.n_features_in_,):
+                raise ValueError(
+                    f"X has samples of shape {shape}, but {type(self).__name__} is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
         mu, log_var = self._predict_standardized(X)
         mean = mu.astype(np.float64) * self.y_scale_ + self.y_mean_
         if self._y_1d:

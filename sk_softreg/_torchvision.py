@@ -100,6 +100,12 @@ class TorchvisionClassifierNet(nn.Module):
         if not (min_size == "auto" or (isinstance(min_size, int) and min_size >= 0)):
             raise ValueError(f"min_size must be 'auto' or an int >= 0. Got {min_size!r} instead.")
         channels, height, width = (int(s) for s in input_shape)
+        if constructor_kwargs.get("weights") is not None:
+            raise ValueError(
+                f"module__weights={constructor_kwargs['weights']!r}: pretrained torchvision "
+                "weights are not supported (the network is built with weights=None and "
+                "trained from its random initialization; nothing is downloaded)."
+            )
         builder = torchvision.models.get_model_builder(name)
         kwargs = {"num_classes": int(n_classes), **constructor_kwargs, "weights": None}
         if name in _AUX_LOGITS:
@@ -149,11 +155,19 @@ def _replace_first_conv(net, channels):
 
 
 def _probe_min_size(net, channels, height, width):
-    """Smallest candidate side on which ``net`` runs (eval mode, no grad, no RNG use)."""
+    """Smallest candidate side on which ``net`` runs (eval mode, no grad, no RNG use).
+
+    Raises
+    ------
+    ValueError
+        If it runs on none of them (a vision transformer fixed to square inputs,
+        say), naming the last error.
+    """
     start = min(height, width)
     first = max(start, _PROBE_SIDES[0])
     was_training = net.training
     net.eval()
+    error = None
     try:
         for side in (first, *(s for s in _PROBE_SIDES if s > first)):
             h = max(side, round(height * side / start))
@@ -161,9 +175,15 @@ def _probe_min_size(net, channels, height, width):
             try:
                 with torch.no_grad():
                     net(torch.zeros(1, channels, h, w))
-            except (RuntimeError, ValueError, AssertionError):
+            except (RuntimeError, ValueError, AssertionError) as exc:
+                error = exc
                 continue
             return side
     finally:
         net.train(was_training)
-    return 0
+    raise ValueError(
+        f"The torchvision model runs on none of the image sizes tried for ({channels}, "
+        f"{height}, {width}) images (up to {_PROBE_SIDES[-1]} pixels, the aspect kept): "
+        f"{str(error).splitlines()[0] if error else 'no size'}. Resize the images, or give "
+        "module__min_size."
+    )

@@ -4,6 +4,8 @@ import numpy as np
 import torch
 from skorch.helper import SliceDataset
 
+from ._batching import unpack_weights
+
 __all__ = [
     "FLOAT_DTYPES",
     "TargetsEncoded",
@@ -11,6 +13,7 @@ __all__ = [
     "first_sample_shape",
     "is_lazy",
     "label_indices",
+    "predicted_sample_shape",
 ]
 
 #: the dtypes ``check_array`` keeps; anything else is converted to the first
@@ -58,20 +61,57 @@ def is_lazy(X):
     return isinstance(X, (torch.utils.data.Dataset, SliceDataset))
 
 
-def first_sample_shape(X, y, name, ndim, expected):
+def first_sample_shape(X, y, name, ndim, expected, first=None):
     """Shape of the first sample of lazy ``X`` (a Dataset of ``(x, y)`` pairs when
     ``y`` is None, else a SliceDataset or Dataset of samples), checked to have
-    ``ndim`` dimensions; ``expected`` describes them in the error."""
+    ``ndim`` dimensions; ``expected`` describes them in the error. ``first``: that
+    sample, where the caller has read it already."""
     if y is None and not isinstance(X, torch.utils.data.Dataset):
         raise ValueError(f"{name} got a SliceDataset X without y; pass the targets as y.")
-    first = X[0][0] if y is None else X[0]
-    shape = tuple(int(s) for s in getattr(first, "shape", ()))
+    _check_not_empty(X, name)
+    if first is None:
+        first = X[0][0] if y is None else X[0]
+    if isinstance(first, (tuple, list)):
+        raise ValueError(
+            f"{name} got y, but the Dataset X yields (x, y) pairs: pass y=None, or the "
+            "samples alone (skorch's SliceDataset(X, idx=0)) with y."
+        )
+    if not hasattr(first, "shape"):
+        raise ValueError(
+            f"{name} expects the samples of a Dataset to be {expected}; the first sample is "
+            f"a {type(first).__module__}.{type(first).__qualname__}. Convert each sample "
+            "to a float32 tensor in the Dataset (for PIL images, torchvision's "
+            "v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))."
+        )
+    shape = tuple(int(s) for s in first.shape)
     if len(shape) != ndim:
         raise ValueError(
             f"{name} expects the samples of a Dataset to be {expected}; the first sample "
             f"has shape {shape}."
         )
+    if str(getattr(first, "dtype", "")).rsplit(".", 1)[-1] != "float32":
+        raise ValueError(
+            f"{name} expects the samples of a Dataset to be float32 {expected}; the first "
+            f"sample is {first.dtype}."
+        )
     return shape
+
+
+def predicted_sample_shape(X, name):
+    """Shape of the first sample of a lazy ``X`` to predict (a Dataset of samples or of
+    ``(x, y)`` pairs, packed with weights or not); 0 samples is an error."""
+    _check_not_empty(X, name)
+    first = X[0]
+    if isinstance(first, (tuple, list)):
+        first = first[0]
+    return tuple(int(s) for s in getattr(unpack_weights(first)[0], "shape", ()))
+
+
+def _check_not_empty(X, name):
+    if len(X) == 0:
+        raise ValueError(
+            f"Found a Dataset with 0 sample(s) while a minimum of 1 is required by {name}."
+        )
 
 
 class TargetsEncoded(torch.utils.data.Dataset):

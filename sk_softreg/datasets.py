@@ -62,12 +62,25 @@ def list_image_files(path):
 
 
 def _read_image(file, image_size, grayscale):
-    """float32 array (C, H, W) in [0, 1]."""
+    """float32 array (C, H, W) in [0, 1]: 8-bit images divided by 255, 16-bit ones
+    (Pillow's modes ``I;16...`` and ``I``, one channel) by 65535."""
     with Image.open(file) as img:
-        img = img.convert("L" if grayscale else "RGB")
+        if img.mode.startswith("I"):  # Pillow's convert("L"/"RGB") would clip them at 255
+            img = Image.fromarray(np.asarray(img, dtype=np.float32) / 65535.0, mode="F")
+            scale = 1.0
+        elif img.mode == "F":
+            raise ValueError(
+                f"{str(file)!r} is a 32-bit float image, whose range is not known; convert it "
+                "to 8 or 16 bits."
+            )
+        else:
+            img = img.convert("L" if grayscale else "RGB")
+            scale = 255.0
         if image_size is not None:
             img = img.resize((image_size[1], image_size[0]), Image.BILINEAR)
-        array = np.asarray(img, dtype=np.float32) / 255.0
+        array = np.asarray(img, dtype=np.float32) / scale
+    if array.ndim == 2 and not grayscale:
+        array = np.repeat(array[..., None], 3, axis=2)  # a 16-bit gray image as RGB
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
