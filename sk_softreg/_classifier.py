@@ -60,8 +60,12 @@ class SoftRegCNNClassifier(ImageInputMixin, MultilabelMixin, SoftRegMixin, Neura
         from the data unless set through ``module__*``. A string names a
         torchvision classification model (``"resnet18"``, ``"mobilenet_v3_small"``,
         any of ``torchvision.models.list_models(module=torchvision.models)``),
-        built untrained (``weights=None``) for the data's channels and classes,
-        with small images upsampled; ``module__*`` reach its constructor. See
+        built untrained (``weights=None``; pretrained weights are refused) for
+        the data's channels and classes, with small images upsampled;
+        ``module__*`` reach its constructor. Models with BatchNorm layers (most
+        of them) cannot train on a batch of one image: where the training rows
+        leave one over (``n % batch_size == 1``, in a fold too), pass
+        ``iterator_train__drop_last=True``. See
         :class:`~sk_softreg._torchvision.TorchvisionClassifierNet`.
     lambda1 : float, default=0.0
         Weight of the L1 penalty ``sum_W |w|`` (a sum over weights, independent
