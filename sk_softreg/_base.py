@@ -505,9 +505,19 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         the CPU, the reference engine elsewhere.
         """
         state = getattr(self, "_fit_state", None)
+        params = None
         if state is not None and state.engine is not None and state.engine_module is self.module_:
-            return state.engine
-        args = (self._penalized_params(), self.lambda1, self.lambda2, self.l1_method)
+            if not state.reselect:
+                return state.engine
+            # the epoch's first use: a callback (skorch's Freezer, Unfreezer) may have
+            # changed which weights train, and the penalties act on the trainable ones
+            state.reselect = False
+            params = self._penalized_params()
+            if [id(p) for p in params] == [id(p) for p in state.engine.params]:
+                return state.engine
+        if params is None:
+            params = self._penalized_params()
+        args = (params, self.lambda1, self.lambda2, self.l1_method)
         if self._fast_layer and self._torch_device().type == "cpu":
             engine = FlatPenaltyEngine(*args)
         else:
@@ -619,8 +629,10 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
     # history: the epoch's mean penalty terms
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
-        if getattr(self, "_fit_state", None) is not None:
-            self._fit_state.terms = None
+        state = getattr(self, "_fit_state", None)
+        if state is not None:
+            state.terms = None
+            state.reselect = True  # see _penalty_engine
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         state = getattr(self, "_fit_state", None)

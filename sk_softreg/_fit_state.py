@@ -43,11 +43,15 @@ class FitState:
     kl_pair : bool or None
         Whether the training steps take that output from the training pass
         (decided at the first step).
+    reselect : bool
+        Whether the engine's weights are to be selected again at their next use
+        (set at each epoch's start, after which callbacks may have frozen or
+        unfrozen weights).
     """
 
     __slots__ = (
         "engine", "engine_module", "feature_weight", "batches", "terms", "evaluations", "hooks",
-        "dataset_valid", "kl_output", "kl_pair",
+        "dataset_valid", "kl_output", "kl_pair", "reselect",
     )
 
     def __init__(self):
@@ -61,6 +65,7 @@ class FitState:
         self.dataset_valid = None
         self.kl_output = None
         self.kl_pair = None
+        self.reselect = False
 
     def close(self):
         """End of the fit: the engine releases what it holds."""

@@ -133,3 +133,26 @@ def test_early_stopping_restores_the_variance_of_a_means_only_module():
     assert est.best_epoch_ < est.n_iter_  # it stopped after its best epoch
     torch.testing.assert_close(est.log_var_.log_var, record.log_vars[est.best_epoch_ - 1])
     assert not torch.equal(est.log_var_.log_var, record.log_vars[-1])
+
+
+def test_the_penalties_follow_freezer_and_unfreezer():
+    """Weights a callback freezes after the first epoch stay where they are under λ1 and
+    λ2; weights it unfreezes are penalized from then on."""
+    from skorch.callbacks import Freezer, Unfreezer
+
+    class Snapshot(Callback):
+        def on_epoch_end(self, net, **kwargs):
+            if len(net.history) == 2:
+                self.weight = net.module_.body[0].weight.detach().clone()
+
+    snapshot = Snapshot()
+    kwargs = dict(module__hidden_units=(16,), max_epochs=5, early_stopping=False,
+                  random_state=0, device="cpu")
+    frozen = SoftRegRegressor(lambda1=0.05, lambda2=0.1, **kwargs,
+                              callbacks=[Freezer("body.0.weight", at=3), snapshot]).fit(X, Y)
+    torch.testing.assert_close(frozen.module_.body[0].weight, snapshot.weight, rtol=0, atol=0)
+    thawed = SoftRegRegressor(lambda1=0.5, **kwargs, callbacks=[
+        Freezer("body.0.weight"), Unfreezer("body.0.weight", at=3)]).fit(X, Y)
+    assert (thawed.module_.body[0].weight == 0).float().mean() > 0.3  # the prox reached it
+    # and counted in train_l1 from the epoch it trains in
+    assert thawed.history[2, "train_l1"] > 2 * thawed.history[1, "train_l1"]
