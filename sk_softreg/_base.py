@@ -344,7 +344,11 @@ class SoftRegMixin(SklearnPlumbingMixin, SampleWeightMixin, FeatureSelectionMixi
         module = self.module if self.module is not None else self._default_module
         if isinstance(module, type) or (callable(module) and not isinstance(module, torch.nn.Module)):
             accepted = _accepted_kwargs(module)
-            for key, value in self._inferred_module_kwargs().items():
+            try:
+                inferred = self._inferred_module_kwargs()
+            except AttributeError:  # initialize() before any data: the module's own arguments
+                inferred = {}
+            for key, value in inferred.items():
                 if key in accepted:
                     kwargs.setdefault(key, value)
         self.module_ = self.initialized_instance(module, kwargs)

@@ -156,3 +156,28 @@ def test_the_penalties_follow_freezer_and_unfreezer():
     assert (thawed.module_.body[0].weight == 0).float().mean() > 0.3  # the prox reached it
     # and counted in train_l1 from the epoch it trains in
     assert thawed.history[2, "train_l1"] > 2 * thawed.history[1, "train_l1"]
+
+
+def test_initialize_before_fit_then_load_params(tmp_path):
+    """skorch's initialize() + load_params workflow on a fresh net, with a module whose
+    arguments are given: the weights load; predicting still needs a fit (or
+    sk_softreg.load), whose fitted attributes load_params does not restore."""
+    from sklearn.exceptions import NotFittedError
+
+    class Means(nn.Module):
+        def __init__(self, n_in=5):
+            super().__init__()
+            self.lin = nn.Linear(n_in, 1)
+
+        def forward(self, X):
+            return self.lin(X)
+
+    fitted = SoftRegRegressor(module=Means, module__n_in=5, max_epochs=2, random_state=0,
+                              device="cpu").fit(X, Y)
+    fitted.save_params(f_params=tmp_path / "params.pt")
+    fresh = SoftRegRegressor(module=Means, module__n_in=5, device="cpu").initialize()
+    fresh.load_params(f_params=tmp_path / "params.pt")
+    torch.testing.assert_close(fresh.module_.lin.weight, fitted.module_.lin.weight)
+    assert isinstance(SoftRegCNNClassifier(device="cpu").initialize().module_, nn.Module)
+    with pytest.raises(NotFittedError):
+        fresh.predict(X)
