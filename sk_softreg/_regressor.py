@@ -81,7 +81,10 @@ class SoftRegRegressor(DropoutFreeKLMixin, SoftRegMixin, NeuralNetRegressor):
     normalize_y : bool, default=True
         Standardize y for training and map predictions back.
     penalize : {"weights", "all"} or callable, default="weights"
-        Which parameters the λ penalties act on.
+        Which parameters of ``module_`` the λ penalties act on (as for
+        :class:`SoftRegCNNClassifier`). The learned log-variance a module that
+        returns means only gets, ``log_var_``, is never penalized: it is a
+        per-output scale, not a weight of the network.
     l1_method : {"proximal", "subgradient"}, default="proximal"
         How the L1 penalty is applied (see :class:`SoftRegCNNClassifier`).
     random_state : int, RandomState instance or None, default=None
