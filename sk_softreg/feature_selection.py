@@ -377,6 +377,8 @@ class SoftRegSelectorCV(SelectorMixin, MetaEstimatorMixin, BaseEstimator):
     def _lambda_grid(self):
         if self.lambdas is None:
             lambda_max = _AUTO_LAMBDA_MAX if self._auto_range() else self.lambda_max
+            if self.n_lambdas == 1:  # lambda_max itself, as LassoCV's one-alpha grid
+                return np.array([float(lambda_max)])
             return np.geomspace(lambda_max * self.lambda_min_ratio, lambda_max, self.n_lambdas)
         lambdas = np.asarray(self.lambdas, dtype=np.float64)
         if lambdas.ndim != 1 or lambdas.size == 0:

@@ -478,3 +478,10 @@ def test_plot_selector_cv_draws_the_one_se_threshold_of_the_rule():
         np.testing.assert_allclose(dotted[0].get_ydata(), 0.7 - se)
     finally:
         plt.close("all")
+
+
+@pytest.mark.parametrize("lambda_max, expected", [(2.0, [2.0]), ("auto", [0.3])])
+def test_a_grid_of_one_lambda_is_lambda_max(lambda_max, expected):
+    """As LassoCV's one-alpha grid; "auto" then goes on from there, past 0.3."""
+    sel = SoftRegSelectorCV(n_lambdas=1, lambda_max=lambda_max)
+    np.testing.assert_array_equal(sel._lambda_grid(), expected)
