@@ -22,6 +22,7 @@ from sklearn.utils.validation import (
 
 from ._multilabel import is_label_matrix
 from ._validation import FLOAT_DTYPES, as_float32, first_sample_shape, is_lazy, label_indices
+from ._warnings import warn
 
 __all__ = ["ImageInputMixin"]
 
@@ -46,6 +47,7 @@ class ImageInputMixin:
             images = X if X.ndim == 4 else X[:, None]
             shape = tuple(int(s) for s in images.shape[1:])
             if reset:
+                _warn_if_channels_last(shape)
                 self._check_image_shape_matches(shape)
             else:
                 self._check_same_image_shape(shape)
@@ -146,6 +148,17 @@ class ImageInputMixin:
         if np.array_equal(self.classes_, served) and _is_int64_label(first[1]):
             return X, None  # the targets are already the class indices, as the loss takes them
         return _EncodedTargets(X, self.classes_, names), None
+
+
+def _warn_if_channels_last(shape):
+    """Warn where ``(C, H, W)`` looks like an image stored ``(H, W, C)``."""
+    channels, _, width = shape
+    if width in (3, 4) and channels > 4:
+        warn(
+            f"X has images of shape (C, H, W) = {shape}: {channels} channels, {width} pixels "
+            "wide. If they are stored channels-last (n, H, W, C), pass "
+            "X.transpose(0, 3, 1, 2); the estimator takes (n, C, H, W)."
+        )
 
 
 def _is_int64_label(label):

@@ -2,6 +2,8 @@
 hunt): label dtypes, empty and mistyped Datasets, shapes at predict, 16-bit images,
 pretrained weights, sizes no model runs on, and shape-changing augmentation."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,13 @@ def test_a_train_transform_that_changes_the_shape_is_refused():
     X = np.random.rand(32, 1, 12, 12).astype(np.float32)
     with pytest.raises(ValueError, match=r"train_transform must keep the images' shape \(1, 12, 12\)"):
         clf(train_transform=v2.Compose([v2.RandomCrop(8)])).fit(X, np.arange(32) % 2)
+
+
+def test_channels_last_images_get_a_warning():
+    rgb = np.random.rand(20, 8, 8, 3).astype(np.float32)  # (n, H, W, C)
+    with pytest.warns(UserWarning, match=r"stored channels-last .*X\.transpose\(0, 3, 1, 2\)"):
+        clf().fit(rgb, np.arange(20) % 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        clf().fit(rgb.transpose(0, 3, 1, 2), np.arange(20) % 2)  # (n, C, H, W): no warning
+        clf().fit(np.random.rand(20, 1, 8, 3).astype(np.float32), np.arange(20) % 2)
