@@ -4,10 +4,11 @@
 at the first fit: a flat array is reshaped by ``image_shape`` when given, or
 into the largest square (else one row of pixels). A torch ``Dataset`` of
 ``(image, label)`` pairs is checked from its first sample, and its labels are
-served as class indices (:class:`_EncodedTargets`).
+served as class indices (:class:`~sk_softreg._validation.TargetsEncoded`).
 """
 
 import math
+from functools import partial
 
 import numpy as np
 import torch
@@ -21,7 +22,14 @@ from sklearn.utils.validation import (
 )
 
 from ._multilabel import is_label_matrix
-from ._validation import FLOAT_DTYPES, as_float32, first_sample_shape, is_lazy, label_indices
+from ._validation import (
+    FLOAT_DTYPES,
+    TargetsEncoded,
+    as_float32,
+    first_sample_shape,
+    is_lazy,
+    label_indices,
+)
 from ._warnings import warn
 
 __all__ = ["ImageInputMixin"]
@@ -147,7 +155,7 @@ class ImageInputMixin:
         served = names if names is not None else np.arange(len(self.classes_))
         if np.array_equal(self.classes_, served) and _is_int64_label(first[1]):
             return X, None  # the targets are already the class indices, as the loss takes them
-        return _EncodedTargets(X, self.classes_, names), None
+        return TargetsEncoded(X, partial(_class_indices, self.classes_, names)), None
 
 
 def _warn_if_channels_last(shape):
@@ -185,22 +193,8 @@ def _class_names(dataset):
     return None
 
 
-class _EncodedTargets(torch.utils.data.Dataset):
-    """A ``Dataset`` of ``(x, label)`` pairs served as ``(x, class index)``.
-
-    With ``names``, the dataset's targets are indices into ``names``.
-    """
-
-    def __init__(self, dataset, classes, names=None):
-        self.dataset = dataset
-        self.classes = classes
-        self.names = names
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        x, label = self.dataset[i]
-        if self.names is not None:
-            label = self.names[label]
-        return x, int(label_indices(self.classes, [label])[0])
+def _class_indices(classes, names, labels):
+    """``labels`` (with ``names``, indices into ``names``) as indices into ``classes``."""
+    if names is not None:
+        labels = names[np.asarray(labels, dtype=np.intp)]
+    return label_indices(classes, labels)

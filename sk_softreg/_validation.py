@@ -119,8 +119,9 @@ class TargetsEncoded(torch.utils.data.Dataset):
 
     ``encode`` maps an array of targets (one per row) to the encoding the
     training set holds (class indices, standardized y); it is called on one
-    target at a time. For a skorch ``Dataset`` of arrays, prefer encoding its
-    ``y`` once (see ``SoftRegMixin._encoded_validation``).
+    target at a time, and is picklable where the Dataset goes to DataLoader
+    workers. For a skorch ``Dataset`` of arrays, prefer encoding its ``y`` once
+    (see ``SoftRegMixin._encoded_validation``).
     """
 
     def __init__(self, dataset, encode):
